@@ -1,0 +1,298 @@
+"""The ``edgeres`` command line.
+
+Heavy modules (keras, TensorFlow, tf2onnx) are imported inside the command
+bodies that need them, so ``edgeres info``/``targets`` on ``.tflite``/``.onnx``
+files run with only numpy and a runtime installed.
+
+Exit codes: 0 success; 1 other user error; 2 bad usage; 3 model problem;
+4 data problem; 5 shape/class mismatch; 6 conversion failed; 7 runtime or
+delegate missing; 8 output exists; 10 accuracy budget not met (artifacts and
+report are still written); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import sys
+from contextlib import redirect_stdout
+from pathlib import Path
+
+import click
+
+from edgeres import __version__
+from edgeres.errors import EdgeresError, UsageError
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+log = logging.getLogger("edgeres")
+
+
+class _Group(click.Group):
+    """Turns every EdgeresError into one line on stderr and its exit code."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except EdgeresError as exc:
+            click.echo(f"edgeres: error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("edgeres: interrupted", err=True)
+            ctx.exit(130)
+
+
+class _WarningsToStderr(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        click.echo(f"edgeres: {record.levelname.lower()}: {record.getMessage()}", err=True)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="edgeres")
+@click.option("-v", "--verbose", is_flag=True, help="Show converter logs and debug messages.")
+def cli(verbose: bool) -> None:
+    """Take a Keras ResNet (or any Keras image classifier) to int8 TFLite and ONNX,
+    and measure what it cost in accuracy, size and latency."""
+    root = logging.getLogger("edgeres")
+    root.handlers[:] = [_WarningsToStderr()]
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    root.propagate = False
+    if verbose:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+        os.environ["EDGERES_VERBOSE"] = "1"
+
+
+def main() -> None:
+    cli(prog_name="edgeres")
+
+
+# ---------------------------------------------------------------- shared options
+
+def preprocess_options(fn):
+    """--scale/--mean/--std/--resize, turned into one ``preprocess`` argument."""
+    @click.option("--scale", type=float, default=1.0, show_default=True,
+                  help="Multiply pixels (0..255) by S before normalising.")
+    @click.option("--mean", default=None, metavar="R,G,B", help="Subtract per-channel mean (after --scale).")
+    @click.option("--std", default=None, metavar="R,G,B", help="Divide by per-channel std.")
+    @click.option("--resize", type=click.Choice(["crop", "stretch"]), default="crop", show_default=True,
+                  help="Fit images to the model input: keep aspect and center-crop, or stretch.")
+    @functools.wraps(fn)
+    def wrapper(*args, scale, mean, std, resize, **kwargs):
+        from edgeres.data import Preprocess
+
+        kwargs["preprocess"] = Preprocess.parse(scale, mean, std, resize)
+        return fn(*args, **kwargs)
+    return wrapper
+
+
+def json_option(fn):
+    return click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON to stdout.")(fn)
+
+
+def _progress(enabled: bool):
+    def make(label: str, length: int):
+        if not enabled:
+            from edgeres.pipeline import ProgressBar
+            return ProgressBar()
+        return click.progressbar(length=length, label=f"{label:<20}", file=sys.stderr, show_pos=True,
+                                 show_eta=False)
+    return make
+
+
+def _echo_table(header, rows) -> None:
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
+    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths))  # noqa: E731
+    click.echo(line(header))
+    click.echo("  ".join("-" * w for w in widths))
+    for r in rows:
+        click.echo(line(r))
+
+
+# ---------------------------------------------------------------- convert
+
+@cli.command()
+@click.argument("model", required=False)
+@click.option("--calib", type=click.Path(), help="Calibration images: folder (class subfolders or flat) or .npz.")
+@click.option("--data", type=click.Path(), help="Held-out labelled validation set: class-subfolder folder or .npz with y.")
+@click.option("--int8/--no-int8", default=False, help="Also produce full-integer int8 TFLite and int8 ONNX.")
+@click.option("-o", "--output-dir", type=click.Path(path_type=Path), default=Path("edgeres-out"),
+              show_default=True, help="Run folder for artifacts and reports.")
+@click.option("--force", is_flag=True, help="Replace a non-empty output folder.")
+@click.option("--target", default=None, metavar="NAME|FILE",
+              help="Device profile (see 'edgeres targets'); default: this machine's.")
+@click.option("--io-dtype", type=click.Choice(["int8", "uint8", "float32"]), default=None,
+              help="I/O dtype of the int8 TFLite model (default: the target's).")
+@click.option("--calib-size", type=click.IntRange(min=1), default=300, show_default=True,
+              help="Calibration images to sample (deterministic, --seed).")
+@click.option("--val-size", type=click.IntRange(min=1), default=None, help="Validate on a sample of N images.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--threads", type=int, default=None, help="Inference threads (default: the target's).")
+@click.option("--runs", type=click.IntRange(min=50), default=50, show_default=True,
+              help="Timed runs per artifact after warm-up.")
+@click.option("--warmup", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--max-drop", type=float, default=None, metavar="PP",
+              help="Exit 10 when an int8 artifact loses more than PP top-1 points.")
+@click.option("--input-size", type=click.IntRange(min=1), default=None, help="Input size for zoo models.")
+@click.option("--num-classes", type=click.IntRange(min=1), default=None, help="Classes for zoo models.")
+@click.option("--weights", default=None, help="Zoo weights: 'imagenet' (downloads) or none.")
+@click.option("--on-bad-image", type=click.Choice(["warn", "error"]), default="warn", show_default=True,
+              help="Skip unreadable images with a warning, or stop.")
+@preprocess_options
+@json_option
+def convert(model, calib, data, int8, output_dir, force, target, io_dtype, calib_size, val_size, seed,
+            threads, runs, warmup, max_drop, input_size, num_classes, weights, on_bad_image, preprocess,
+            as_json):
+    """Convert MODEL (zoo name, .keras, .h5 or SavedModel) to TFLite and ONNX, validate, and report.
+
+    With no MODEL, uses the embedded default: a ResNet-8 trained on real
+    handwritten digits, calibrated and validated on disjoint digit images.
+
+    \b
+    Example:
+      edgeres convert --int8
+      edgeres convert model.keras --int8 --calib calib/ --data test/ -o out --max-drop 0.5
+    """
+    from edgeres import defaults
+    from edgeres.pipeline import ConvertConfig, parse_usage, run_convert, table_rows, TABLE_HEADER
+    from edgeres.targets import resolve_target
+
+    parse_usage(max_drop, "--max-drop")
+    if threads is not None and threads < 1:
+        raise UsageError(f"--threads must be 1 or more, got {threads}")
+    note = ""
+    if model is None:
+        model, note = defaults.default_model(), defaults.NOTE
+        calib = calib or defaults.default_calib()
+        data = data or defaults.default_data()
+    elif calib is None:
+        raise UsageError("--calib is required with your own model (a folder of representative images or an .npz)")
+    cfg = ConvertConfig(
+        model=model, calib=calib, data=data, output_dir=output_dir, target=resolve_target(target),
+        preprocess=preprocess, int8=int8, io_dtype=io_dtype, input_size=input_size, num_classes=num_classes,
+        weights=weights, calib_size=calib_size, val_size=val_size, seed=seed, threads=threads, runs=runs,
+        warmup=warmup, max_drop=max_drop, force=force, on_error=on_bad_image, default_note=note)
+    report = None
+    try:
+        with redirect_stdout(sys.stderr):  # converters print; keep stdout for the table / JSON
+            report = run_convert(cfg, progress=_progress(sys.stderr.isatty()))
+    finally:
+        if report is None:
+            report = _read_report(output_dir) if max_drop is not None else None
+        if report is not None:
+            _print_convert(report, output_dir, as_json)
+
+
+def _read_report(out: Path):
+    p = out / "report.json"
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
+def _print_convert(report: dict, out: Path, as_json: bool) -> None:
+    from edgeres.pipeline import TABLE_HEADER, table_rows
+
+    if as_json:
+        from edgeres.fsutil import to_json
+        click.echo(to_json(report), nl=False)
+        return
+    _echo_table(TABLE_HEADER, table_rows(report))
+    stages = ", ".join(f"{k} {v:.1f}s" for k, v in report["stages_seconds"].items())
+    click.echo(f"\nstages: {stages}")
+    for n in report["notes"]:
+        click.echo(f"note: {n}")
+    click.echo(f"wrote {out}/ (report.md, report.json, {len(report['artifacts'])} artifacts): "
+               + ("PASSED" if report["passed"] else "FAILED"))
+
+
+# ---------------------------------------------------------------- build / info / targets
+
+@cli.command()
+@click.argument("arch")
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Where to write the .keras file.")
+@click.option("--input-size", type=click.IntRange(min=1), default=None, help="Square input size (default: the arch's).")
+@click.option("--num-classes", type=click.IntRange(min=1), default=None)
+@click.option("--channels", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--width", type=float, default=1.0, show_default=True, help="Width multiplier for all filters.")
+@click.option("--shortcut", type=click.Choice(["A", "B"], case_sensitive=False), default=None,
+              help="CIFAR ResNets: A zero-pad (parameter-free) or B projection shortcuts.")
+@click.option("--weights", default=None, help="'imagenet' to load keras.applications weights (downloads).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--force", is_flag=True, help="Overwrite an existing file.")
+def build(arch, output, input_size, num_classes, channels, width, shortcut, weights, seed, force):
+    """Build zoo model ARCH and save it as a .keras file.
+
+    Known architectures: resnet18/34/50/101/152, resnet50v2/101v2/152v2 and
+    CIFAR-style resnet8/20/32/44/56/110 (see 'edgeres info ARCH').
+    """
+    from edgeres.errors import OutputExistsError
+
+    if output.suffix != ".keras":
+        raise UsageError(f"--output must end in .keras, got {output}")
+    if output.exists() and not force:
+        raise OutputExistsError(f"{output} already exists; pass --force to overwrite")
+    import keras
+
+    from edgeres.zoo import create_model
+
+    keras.utils.set_random_seed(seed)
+    model = create_model(arch, input_size=input_size, num_classes=num_classes, channels=channels,
+                         width=width, shortcut=shortcut.upper() if shortcut else None, weights=weights)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(f".{output.stem}.partial.keras")
+    try:
+        model.save(tmp)
+        os.replace(tmp, output)
+    finally:
+        tmp.unlink(missing_ok=True)
+    from edgeres.convert.keras_io import count_params
+
+    total, _ = count_params(model)
+    click.echo(f"wrote {output}: {arch}, {total:,} parameters, input {tuple(model.inputs[0].shape)}")
+
+
+@cli.command()
+@click.argument("model")
+@json_option
+def info(model, as_json):
+    """Describe MODEL: a zoo name, .keras/.h5/SavedModel, .tflite or .onnx file.
+
+    Prints parameters, MACs, input/output shapes and layer count for Keras
+    models; shapes, dtypes, quantization and op counts for .tflite/.onnx.
+    """
+    suffix = Path(model).suffix.lower()
+    if suffix in (".tflite", ".onnx"):
+        from edgeres.artifact_info import describe_artifact
+        d = describe_artifact(model)
+    else:
+        from edgeres.convert.keras_io import describe, load_model
+        with redirect_stdout(sys.stderr):
+            d = describe(load_model(model))
+    if as_json:
+        from edgeres.fsutil import to_json
+        click.echo(to_json(d), nl=False)
+        return
+    for k, v in d.items():
+        if isinstance(v, int) and not isinstance(v, bool) and k.endswith(("params", "macs", "bytes")):
+            v = f"{v:,}"
+        elif isinstance(v, dict):
+            v = ", ".join(f"{a} x{b}" if isinstance(b, int) else f"{a}={b}" for a, b in v.items())
+        click.echo(f"{k:<18} {v}")
+
+
+@cli.command()
+@json_option
+def targets(as_json):
+    """List the device profiles that --target accepts."""
+    from edgeres.targets import default_target_name, list_targets
+
+    items = list_targets()
+    if as_json:
+        click.echo(json.dumps([t.to_dict() for t in items], indent=2))
+        return
+    default = default_target_name()
+    rows = [(t.name + (" *" if t.name == default else ""), t.arch, str(t.threads), t.tflite.delegate,
+             t.tflite.io_dtype, t.onnx_scheme, t.description) for t in items]
+    _echo_table(("target", "arch", "threads", "delegate", "tflite io", "onnx int8", "description"), rows)
+    click.echo("\n* default on this machine")

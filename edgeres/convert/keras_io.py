@@ -1,0 +1,197 @@
+"""Load Keras models from the zoo or from disk, and describe them.
+
+HEAVY layer: imports keras / TensorFlow.  Models are always loaded with
+``safe_mode=True``: a ``.keras`` file that would need arbitrary code (a Lambda
+layer, a pickled object) is refused, never executed.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgeres.errors import ModelError, ShapeError
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
+
+
+@dataclass
+class LoadedModel:
+    model: Any  # keras.Model
+    name: str
+    source: str  # zoo name or path
+    kind: str  # "zoo" | "keras" | "h5" | "savedmodel"
+
+    @property
+    def input_shape(self) -> tuple:
+        return tuple(self.model.inputs[0].shape)
+
+    @property
+    def hwc(self) -> tuple[int, int, int]:
+        shape = self.input_shape
+        if len(shape) != 4 or any(d is None for d in shape[1:]):
+            raise ShapeError(f"model input shape {shape} cannot be fed images: edgeres needs (N, H, W, C) "
+                             "with fixed H, W and C")
+        return tuple(int(d) for d in shape[1:])  # type: ignore[return-value]
+
+    @property
+    def num_outputs(self) -> int:
+        shape = self.model.outputs[0].shape
+        return int(shape[-1])
+
+
+def load_model(spec: str, *, input_size: int | None = None, num_classes: int | None = None,
+               weights: str | None = None) -> LoadedModel:
+    """Resolve ``spec`` as a zoo name or a path to .keras/.h5/SavedModel."""
+    path = Path(spec)
+    if not path.exists():
+        from edgeres.zoo import is_model_name
+
+        if is_model_name(spec):
+            return _from_zoo(spec, input_size, num_classes, weights)
+        if path.suffix or os.sep in spec:
+            raise ModelError(f"model {spec} does not exist")
+        raise ModelError(f"'{spec}' is neither a model file nor a zoo model name "
+                         "(see 'edgeres build --help' for the zoo)")
+    if path.is_dir():
+        if (path / "saved_model.pb").is_file():
+            return _from_savedmodel(path)
+        raise ModelError(f"{path} is a folder but not a SavedModel (no saved_model.pb)")
+    suffix = path.suffix.lower()
+    if suffix not in KERAS_SUFFIXES:
+        raise ModelError(f"{path} is not a Keras model: expected .keras, .h5 or a SavedModel folder")
+    if path.stat().st_size == 0:
+        raise ModelError(f"{path} is empty")
+    if suffix == ".keras" and not zipfile.is_zipfile(path):
+        raise ModelError(f"{path} is corrupt or not a .keras file (not a zip archive)")
+    import keras
+
+    try:
+        model = keras.saving.load_model(str(path), compile=False, safe_mode=True)
+    except Exception as exc:  # Keras raises many types; all mean "not loadable"
+        raise ModelError(f"cannot load {path}: {_one_line(exc)}") from None
+    if not isinstance(model, keras.Model):
+        raise ModelError(f"{path} does not hold a Keras model")
+    _check_single_io(model, str(path))
+    return LoadedModel(model, path.stem, str(path), suffix.lstrip(".").replace("hdf5", "h5"))
+
+
+def _from_zoo(name: str, input_size, num_classes, weights) -> LoadedModel:
+    from edgeres.zoo import create_model
+
+    model = create_model(name, input_size=input_size, num_classes=num_classes, weights=weights)
+    return LoadedModel(model, name, name, "zoo")
+
+
+def _from_savedmodel(path: Path) -> LoadedModel:
+    import keras
+    import tensorflow as tf
+
+    try:
+        loaded = tf.saved_model.load(str(path))
+        fn = loaded.signatures["serving_default"]
+    except Exception as exc:
+        raise ModelError(f"cannot load SavedModel {path}: {_one_line(exc)}") from None
+    specs = list(fn.structured_input_signature[1].values())
+    if len(specs) != 1:
+        raise ModelError(f"SavedModel {path} has {len(specs)} inputs; edgeres handles single-input image models")
+    shape = tuple(specs[0].shape)
+    if len(shape) != 4 or any(d is None for d in shape[1:]):
+        raise ShapeError(f"SavedModel {path} input shape {shape} cannot be fed images (need N,H,W,C)")
+    inp = keras.Input(shape=shape[1:], dtype="float32", name="input")
+    layer = keras.layers.TFSMLayer(str(path), call_endpoint="serving_default")
+    out = layer(inp)
+    if isinstance(out, dict):
+        if len(out) != 1:
+            raise ModelError(f"SavedModel {path} has {len(out)} outputs; edgeres handles one")
+        out = next(iter(out.values()))
+    model = keras.Model(inp, out, name=path.name)
+    return LoadedModel(model, path.name, str(path), "savedmodel")
+
+
+def _check_single_io(model, where: str) -> None:
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise ModelError(f"{where} has {len(model.inputs)} inputs and {len(model.outputs)} outputs; "
+                         "edgeres handles single-input, single-output image classifiers")
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    text = lines[0] if lines else type(exc).__name__
+    return text if len(text) < 300 else text[:297] + "..."
+
+
+def is_preprocessing(layer) -> bool:
+    return layer.name.startswith("preprocess_")
+
+
+def count_params(model) -> tuple[int, int]:
+    """(total, trainable) parameters, not counting ``preprocess_*`` layers."""
+    total = trainable = 0
+    for layer in model.layers:
+        if is_preprocessing(layer):
+            continue
+        total += sum(int(_size(w.shape)) for w in layer.weights)
+        trainable += sum(int(_size(w.shape)) for w in layer.trainable_weights)
+    return total, trainable
+
+
+def _size(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
+
+
+def count_macs(model) -> int:
+    """Multiply-accumulates for one image: convolutions and dense layers."""
+    import keras
+
+    macs = 0
+    for layer in _flat_layers(model):
+        try:
+            out = layer.output.shape
+        except (AttributeError, ValueError):
+            continue
+        if isinstance(layer, keras.layers.DepthwiseConv2D):
+            kh, kw, cin, mult = layer.depthwise_kernel.shape
+            macs += int(out[1]) * int(out[2]) * kh * kw * cin * mult
+        elif isinstance(layer, keras.layers.Conv2D):  # includes SeparableConv2D's pointwise part poorly
+            kh, kw, cin_g, cout = layer.kernel.shape
+            macs += int(out[1]) * int(out[2]) * kh * kw * cin_g * cout
+        elif isinstance(layer, keras.layers.Dense):
+            cin, cout = layer.kernel.shape
+            spatial = 1
+            for d in out[1:-1]:
+                spatial *= int(d)
+            macs += spatial * cin * cout
+    return int(macs)
+
+
+def _flat_layers(model):
+    for layer in model.layers:
+        if hasattr(layer, "layers") and layer.layers:
+            yield from _flat_layers(layer)
+        else:
+            yield layer
+
+
+def describe(loaded: LoadedModel) -> dict:
+    model = loaded.model
+    total, trainable = count_params(model)
+    return {
+        "name": loaded.name,
+        "source": loaded.source,
+        "kind": loaded.kind,
+        "params": total,
+        "trainable_params": trainable,
+        "macs": count_macs(model),
+        "input_shape": [None if d is None else int(d) for d in model.inputs[0].shape],
+        "output_shape": [None if d is None else int(d) for d in model.outputs[0].shape],
+        "layers": len(list(_flat_layers(model))),
+    }

@@ -1,0 +1,62 @@
+"""One error hierarchy for everything a user can get wrong.
+
+The CLI turns any :class:`EdgeresError` into one line on stderr and the exit
+code stored on the class.  Anything else escaping to the top is a bug in
+edgeres and keeps its traceback.  Standard library only.
+"""
+
+from __future__ import annotations
+
+
+class EdgeresError(Exception):
+    """Base class: a problem with the user's input or environment."""
+
+    exit_code = 1
+
+
+class UsageError(EdgeresError):
+    """Bad option values or combinations."""
+
+    exit_code = 2
+
+
+class ModelError(EdgeresError):
+    """A model path that is missing, corrupt, not a model, or unsupported."""
+
+    exit_code = 3
+
+
+class DataError(EdgeresError):
+    """Calibration or validation data that is missing, empty, or unreadable."""
+
+    exit_code = 4
+
+
+class ShapeError(EdgeresError):
+    """Input shapes, dtypes or class counts that do not fit the model."""
+
+    exit_code = 5
+
+
+class ConversionError(EdgeresError):
+    """A converter or quantizer failed, e.g. an op with no int8 kernel."""
+
+    exit_code = 6
+
+
+class RuntimeUnavailableError(EdgeresError):
+    """A runtime, delegate or optional dependency is not installed."""
+
+    exit_code = 7
+
+
+class OutputExistsError(EdgeresError):
+    """The output folder exists and is not empty, and --force was not given."""
+
+    exit_code = 8
+
+
+class BudgetExceededError(EdgeresError):
+    """An accuracy budget (--max-drop) was not met.  Artifacts are still written."""
+
+    exit_code = 10

@@ -1,0 +1,365 @@
+"""``edgeres convert``: load -> calibrate -> convert -> validate -> bench -> report.
+
+Each stage is a plain function over typed inputs; this module only wires them
+together, times them, and writes the run folder atomically.  TensorFlow is
+imported only inside the stages that need it (load and convert).
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from edgeres import __version__
+from edgeres.data import Dataset, Preprocess, open_dataset
+from edgeres.errors import BudgetExceededError, DataError, UsageError
+from edgeres.fsutil import sha256_file, staged_dir, write_bytes_atomic, write_json_atomic, write_text_atomic
+from edgeres.machine import machine_info, tool_versions
+from edgeres.metrics import Tally, collapsed
+from edgeres.quiet import quiet
+from edgeres.targets import Target
+
+log = logging.getLogger(__name__)
+
+COLLAPSE_AGREEMENT = 50.0  # below this an int8 model has collapsed, whatever its budget
+
+
+@dataclass(frozen=True)
+class ConvertConfig:
+    model: str
+    calib: str
+    data: str | None
+    output_dir: Path
+    target: Target
+    preprocess: Preprocess = field(default_factory=Preprocess)
+    int8: bool = True
+    io_dtype: str | None = None  # None: the target's
+    input_size: int | None = None
+    num_classes: int | None = None
+    weights: str | None = None
+    calib_size: int = 300
+    val_size: int | None = None
+    seed: int = 0
+    threads: int | None = None  # None: the target's
+    runs: int = 50
+    warmup: int = 10
+    max_drop: float | None = None
+    force: bool = False
+    on_error: str = "warn"
+    batch_size: int = 32
+    default_note: str = ""
+
+    @property
+    def tflite_io(self) -> str:
+        return self.io_dtype or self.target.tflite.io_dtype
+
+    @property
+    def n_threads(self) -> int:
+        return self.threads or self.target.threads
+
+
+@dataclass
+class Artifact:
+    name: str  # e.g. tflite_int8
+    format: str
+    precision: str
+    filename: str
+    metrics: dict = field(default_factory=dict)
+    latency: dict = field(default_factory=dict)
+    info: dict = field(default_factory=dict)
+
+
+class Stages:
+    """Times each stage; the report lists them."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+
+
+Progress = Callable[[str, int], "ProgressBar"]
+
+
+class ProgressBar:  # minimal protocol; the CLI passes click progress bars
+    def update(self, n: int) -> None: ...
+    def __enter__(self): return self
+    def __exit__(self, *exc): return False
+
+
+def _no_progress(label: str, length: int) -> ProgressBar:
+    return ProgressBar()
+
+
+def run_convert(cfg: ConvertConfig, progress: Progress = _no_progress) -> dict:
+    """Run the whole pipeline; returns the report dict.  Raises EdgeresError on bad input.
+
+    When ``cfg.max_drop`` is exceeded the run folder is still written (marked
+    ``passed: false``) and BudgetExceededError is raised afterwards.
+    """
+    from edgeres.convert import keras_io
+
+    stages = Stages()
+    # Cheap checks first, so bad input fails before anything slow happens.
+    calib_ds = open_dataset(cfg.calib, "calibration")
+    val_ds = open_dataset(cfg.data, "validation") if cfg.data else None
+    if val_ds is not None and not val_ds.labelled:
+        raise DataError(f"validation data {cfg.data} has no labels: use class subfolders or an .npz with 'y'")
+    from edgeres.fsutil import check_output_dir
+    check_output_dir(cfg.output_dir, cfg.force)
+
+    with stages("load"), quiet():
+        loaded = keras_io.load_model(cfg.model, input_size=cfg.input_size,
+                                     num_classes=cfg.num_classes, weights=cfg.weights)
+        hwc = loaded.hwc
+        n_out = loaded.num_outputs
+        model_info = keras_io.describe(loaded)
+    calib_ds.check_classes(n_out, "calibration")
+    if val_ds is not None:
+        val_ds.check_classes(n_out, "validation")
+        if cfg.val_size:
+            val_ds = val_ds.sample(cfg.val_size, cfg.seed)
+
+    with stages("calibration_data"):
+        calib_sample = calib_ds.sample(min(cfg.calib_size, len(calib_ds)), cfg.seed)
+        with progress("calibration images", len(calib_sample)) as bar:
+            parts = []
+            for x, _ in calib_sample.batches(hwc, cfg.batch_size, cfg.preprocess, cfg.on_error):
+                parts.append(x)
+                bar.update(len(x))
+        calib = np.concatenate(parts).astype(np.float32)
+
+    artifacts: list[Artifact] = []
+    report: dict = {}
+    with staged_dir(cfg.output_dir, cfg.force) as stage:
+        artifacts = _convert_all(cfg, loaded.model, hwc, calib, stage, stages)
+        runners = _open_runners(cfg, artifacts, stage)
+        if val_ds is not None:
+            with stages("validate"):
+                ref = _validate(cfg, loaded.model, val_ds, hwc, n_out, artifacts, runners, progress)
+        else:
+            ref = None
+        with stages("bench"):
+            sample = calib[:1]
+            _bench(cfg, artifacts, runners, sample, progress)
+        report = _report(cfg, model_info, calib_sample, val_ds, artifacts, stages, ref, stage)
+        write_json_atomic(stage / "report.json", report)
+        write_text_atomic(stage / "report.md", render_markdown(report))
+    if not report["passed"]:
+        raise BudgetExceededError("; ".join(report["failures"]) + f" (report in {cfg.output_dir})")
+    return report
+
+
+def _convert_all(cfg: ConvertConfig, model, hwc, calib, stage: Path, stages: Stages) -> list[Artifact]:
+    from edgeres.convert import onnx as onnx_conv
+    from edgeres.convert import tflite as tflite_conv
+
+    out: list[Artifact] = []
+
+    def emit(name, fmt, precision, filename, data: bytes, info: dict | None = None):
+        write_bytes_atomic(stage / filename, data)
+        out.append(Artifact(name, fmt, precision, filename, info=info or {}))
+
+    with stages("tflite_fp32"), quiet():
+        emit("tflite_fp32", "tflite", "float32", "model_fp32.tflite", tflite_conv.to_float32(model))
+    if cfg.int8:
+        with stages("tflite_int8"), quiet():
+            emit("tflite_int8", "tflite", "int8", "model_int8.tflite",
+                 tflite_conv.to_int8(model, calib, cfg.tflite_io),
+                 {"io_dtype": cfg.tflite_io, "full_integer": True, "calibration": "minmax"})
+    with stages("onnx_fp32"), quiet():
+        fp32_onnx = onnx_conv.to_float32(model, hwc)
+        emit("onnx_fp32", "onnx", "float32", "model_fp32.onnx", fp32_onnx, {"opset": onnx_conv.OPSET})
+    if cfg.int8:
+        t = cfg.target
+        with stages("onnx_int8"), quiet():
+            emit("onnx_int8", "onnx", "int8", "model_int8.onnx",
+                 onnx_conv.to_int8(fp32_onnx, calib, t.onnx.activation_type, t.onnx.per_channel),
+                 {"scheme": t.onnx_scheme, "format": "QDQ", "per_channel": t.onnx.per_channel,
+                  "calibration": f"percentile {onnx_conv.DEFAULT_PERCENTILE}"})
+    return out
+
+
+def _open_runners(cfg: ConvertConfig, artifacts: list[Artifact], stage: Path) -> dict:
+    from edgeres.runtime import open_runner
+
+    runners = {}
+    for a in artifacts:
+        delegate = cfg.target.tflite.delegate if a.format == "tflite" else None
+        if delegate == "edgetpu":  # the Edge TPU compiles separately; validate on the CPU here
+            delegate = "xnnpack"
+        with quiet():
+            r = open_runner(stage / a.filename, threads=cfg.n_threads, delegate=delegate)
+        a.info.update(r.describe())
+        a.info["input_quant"] = r.input_quant
+        a.info["output_quant"] = r.output_quant
+        runners[a.name] = r
+    return runners
+
+
+def _validate(cfg, model, val_ds: Dataset, hwc, n_out, artifacts, runners, progress) -> dict:
+    topk = 5 if n_out > 10 else 1
+    ref_tally = Tally(topk=topk)
+    tallies = {a.name: Tally(topk=topk) for a in artifacts}
+    with progress("validating", len(val_ds)) as bar:
+        for x, y in val_ds.batches(hwc, cfg.batch_size, cfg.preprocess, cfg.on_error):
+            ref = np.asarray(model(x, training=False))
+            ref_tally.update(ref, y)
+            for a in artifacts:
+                tallies[a.name].update(runners[a.name].predict(x), y, ref)
+            bar.update(len(x))
+    ref_metrics = ref_tally.result()
+    for a in artifacts:
+        a.metrics = tallies[a.name].result()
+        a.metrics["top1_drop"] = ref_metrics["top1"] - a.metrics["top1"]
+        a.metrics["collapsed"] = collapsed(tallies[a.name].predictions) and not collapsed(
+            ref_tally.predictions)
+    return ref_metrics
+
+
+def _bench(cfg, artifacts, runners, sample, progress) -> None:
+    from edgeres.bench import measure_interleaved
+
+    fns = {a.name: runners[a.name].timed_invoke(runners[a.name].quantize_input(sample)) for a in artifacts}
+    with progress("benchmarking", cfg.runs * len(fns)) as bar:
+        results = measure_interleaved(fns, runs=cfg.runs, warmup=cfg.warmup, progress=bar.update)
+    for a in artifacts:
+        stats, samples = results[a.name]
+        a.latency = stats.to_dict(samples)
+
+
+def _report(cfg, model_info, calib_ds, val_ds, artifacts, stages, ref, stage: Path) -> dict:
+    p50 = {a.name: a.latency.get("p50") for a in artifacts}
+    rows = []
+    failures: list[str] = []
+    for a in artifacts:
+        path = stage / a.filename
+        fp32 = f"{a.format}_fp32"
+        row = {
+            "name": a.name, "format": a.format, "precision": a.precision, "path": a.filename,
+            "size_bytes": path.stat().st_size, "sha256": sha256_file(path),
+            "input_dtype": a.info.get("input_dtype"), "output_dtype": a.info.get("output_dtype"),
+            "input_quant": a.info.get("input_quant"), "output_quant": a.info.get("output_quant"),
+            "runtime": a.info.get("runtime"), "runtime_version": a.info.get("runtime_version"),
+            "delegate": a.info.get("delegate"), "threads": a.info.get("threads"),
+            "top1": a.metrics.get("top1"), "top5": a.metrics.get("top5"),
+            "top1_drop": a.metrics.get("top1_drop"), "agreement": a.metrics.get("agreement"),
+            "sqnr_db": a.metrics.get("sqnr_db"), "max_abs_diff": a.metrics.get("max_abs_diff"),
+            "latency_ms": {k: a.latency[k] for k in ("min", "p50", "p90", "p99", "mean", "stdev",
+                                                     "first", "runs", "warmup", "unstable")},
+            "latency_samples_ms": a.latency.get("samples_ms"),
+            "speedup_vs_fp32": (p50[fp32] / p50[a.name]) if p50.get(fp32) and p50.get(a.name) else None,
+            "details": {k: v for k, v in a.info.items() if k in ("io_dtype", "full_integer", "scheme",
+                                                                 "format", "per_channel", "calibration", "opset")},
+        }
+        rows.append(row)
+        if a.precision != "int8" or not a.metrics:
+            continue
+        if a.metrics.get("collapsed") or (a.metrics.get("agreement", 100.0) < COLLAPSE_AGREEMENT):
+            failures.append(f"{a.name} collapsed: agreement with float32 is {a.metrics.get('agreement', 0):.1f}%")
+        if cfg.max_drop is not None and a.metrics["top1_drop"] > cfg.max_drop:
+            failures.append(f"{a.name} drops {a.metrics['top1_drop']:.2f} points of top-1 "
+                            f"(budget {cfg.max_drop:g})")
+    notes = []
+    if cfg.default_note:
+        notes.append(cfg.default_note)
+    if val_ds is None:
+        notes.append("no --data given: accuracy was not measured")
+    host = platform.machine()
+    if cfg.target.arch != host:
+        notes.append(f"accuracy and latency were measured on {host}; the target is {cfg.target.arch}, "
+                     "where int8 kernels round differently: re-run 'edgeres validate' on the device")
+    unstable = [a.name for a in artifacts if a.latency.get("unstable")]
+    if unstable:
+        notes.append(f"latency unstable (stdev > 10% of mean) for: {', '.join(unstable)}")
+    return {
+        "edgeres_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "model": {k: model_info[k] for k in ("name", "source", "kind", "params", "trainable_params", "macs",
+                                             "input_shape", "output_shape", "layers")},
+        "preprocess": cfg.preprocess.to_dict(),
+        "target": {"name": cfg.target.name, "arch": cfg.target.arch, "threads": cfg.n_threads,
+                   "tflite_delegate": cfg.target.tflite.delegate, "tflite_io_dtype": cfg.tflite_io,
+                   "onnx_scheme": cfg.target.onnx_scheme},
+        "calibration": {**calib_ds.describe(), "seed": cfg.seed},
+        "validation": val_ds.describe() if val_ds is not None else None,
+        "reference": {"name": "keras_fp32", **(ref or {})},
+        "artifacts": rows,
+        "stages_seconds": stages.seconds,
+        "conversion_seconds": sum(v for k, v in stages.seconds.items() if k not in ("validate", "bench")),
+        "max_drop": cfg.max_drop,
+        "passed": not failures,
+        "failures": failures,
+        "notes": notes,
+        "machine": machine_info(),
+        "tools": tool_versions(),
+    }
+
+
+def _fmt(v, spec: str, suffix: str = "") -> str:
+    return "-" if v is None else f"{v:{spec}}{suffix}"
+
+
+def human_size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+TABLE_HEADER = ("artifact", "format", "precision", "size", "top-1 %", "drop pp", "agree %", "p50 ms",
+                "speedup")
+
+
+def table_rows(report: dict) -> list[tuple[str, ...]]:
+    ref = report.get("reference") or {}
+    rows = [("keras (reference)", "keras", "float32", "-", _fmt(ref.get("top1"), ".2f"), "-", "-", "-", "-")]
+    for a in report["artifacts"]:
+        rows.append((a["name"], a["format"], a["precision"] + (f" ({a['details']['scheme']})"
+                                                              if a["details"].get("scheme") else ""),
+                     human_size(a["size_bytes"]), _fmt(a["top1"], ".2f"), _fmt(a["top1_drop"], "+.2f"),
+                     _fmt(a["agreement"], ".2f"), _fmt(a["latency_ms"]["p50"], ".3f"),
+                     _fmt(a["speedup_vs_fp32"], ".2f", "x")))
+    return rows
+
+
+def render_markdown(report: dict) -> str:
+    m = report["model"]
+    lines = [f"# edgeres report: {m['name']}", "",
+             f"Model: `{m['source']}`, {m['params']:,} parameters, {m['macs']:,} MACs, input "
+             f"{m['input_shape']}.  Target: `{report['target']['name']}` "
+             f"({report['target']['threads']} threads).", ""]
+    cal, val = report["calibration"], report["validation"]
+    lines.append(f"Calibration: {cal['count']} images from `{cal['source']}`.  "
+                 + (f"Validation: {val['count']} held-out images from `{val['source']}`." if val else
+                    "No validation data."))
+    lines += ["", "| " + " | ".join(TABLE_HEADER) + " |", "|" + "---|" * len(TABLE_HEADER)]
+    lines += ["| " + " | ".join(r) + " |" for r in table_rows(report)]
+    lines += ["", "Drop: top-1 percentage points lost against Keras float32.  Agree: top-1 agreement with "
+              "Keras float32.  Latency: batch 1, median of "
+              f"{report['artifacts'][0]['latency_ms']['runs']} runs after warm-up; speedup over float32 on the "
+              "same runtime.", "", "Stage times (s): " + ", ".join(
+                  f"{k} {v:.2f}" for k, v in report["stages_seconds"].items()), ""]
+    if report["notes"]:
+        lines += ["Notes:", ""] + [f"- {n}" for n in report["notes"]] + [""]
+    lines.append(f"Result: {'PASSED' if report['passed'] else 'FAILED: ' + '; '.join(report['failures'])}")
+    return "\n".join(lines) + "\n"
+
+
+def parse_usage(value: float | None, name: str) -> None:
+    if value is not None and value < 0:
+        raise UsageError(f"{name} must be 0 or more, got {value:g}")

@@ -1,0 +1,57 @@
+"""Silence the converters' and runtimes' own chatter.  Standard library only.
+
+TensorFlow, the TFLite converter and XNNPACK print from C++ straight to file
+descriptors 1 and 2, and Keras' exporter prints from Python.  Both would mix
+into ``--json`` output and bury edgeres' own messages.  ``quiet()`` sends them
+to a temporary file for the duration of a block; with ``EDGERES_VERBOSE=1`` it
+does nothing.  What was captured is logged at debug level.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import tempfile
+from contextlib import contextmanager
+from typing import Iterator
+
+log = logging.getLogger(__name__)
+
+
+@contextmanager
+def quiet() -> Iterator[None]:
+    if os.environ.get("EDGERES_VERBOSE") == "1":
+        yield
+        return
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    try:
+        saved = [os.dup(1), os.dup(2)]
+    except OSError:  # no real file descriptors (embedded interpreters): nothing to silence
+        yield
+        return
+    py_out, py_err = sys.stdout, sys.stderr
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+        sys.stdout = sys.stderr = open(os.dup(sink.fileno()), "w", closefd=True)  # Python-level prints
+        try:
+            yield
+        finally:
+            try:
+                sys.stdout.flush()
+                sys.stdout.close()
+            finally:
+                sys.stdout, sys.stderr = py_out, py_err
+                os.dup2(saved[0], 1)
+                os.dup2(saved[1], 2)
+                for fd in saved:
+                    os.close(fd)
+            sink.seek(0)
+            captured = sink.read().decode("utf-8", "replace")
+            if captured.strip():
+                log.debug("converter output:\n%s", captured[-20000:])

@@ -1,0 +1,287 @@
+"""Run ``.tflite`` and ``.onnx`` artifacts with one interface.
+
+LIGHT layer: numpy plus one runtime.  The TFLite interpreter comes from
+ai-edge-litert, falling back to tflite-runtime, then to ``tf.lite`` (the only
+place this module may touch TensorFlow, and only when nothing lighter exists).
+
+A :class:`Runner` takes float32 NHWC input already preprocessed, quantizes it
+when the model has integer I/O, and returns float32 outputs (dequantized), so
+every artifact can be compared with the Keras float32 reference directly.
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from edgeres.errors import ModelError, RuntimeUnavailableError, ShapeError, UsageError
+
+TFLITE_DELEGATES = ("xnnpack", "none", "reference", "edgetpu")
+EDGETPU_LIBS = ("libedgetpu.so.1", "libedgetpu.1.dylib", "edgetpu.dll")
+
+
+@dataclass(frozen=True)
+class RuntimeInfo:
+    name: str
+    version: str
+
+
+def tflite_module() -> tuple[Any, RuntimeInfo]:
+    """The interpreter module of the lightest TFLite runtime installed."""
+    for mod_name, dist in (("ai_edge_litert.interpreter", "ai-edge-litert"),
+                           ("tflite_runtime.interpreter", "tflite-runtime")):
+        try:
+            mod = importlib.import_module(mod_name)
+        except ImportError:
+            continue
+        return mod, RuntimeInfo(dist, _dist_version(dist))
+    try:
+        import tensorflow as tf  # noqa: PLC0415 - last-resort fallback
+    except ImportError:
+        raise RuntimeUnavailableError(
+            "no TFLite runtime installed: pip install ai-edge-litert "
+            "(or tflite-runtime, or tensorflow)") from None
+    return tf.lite, RuntimeInfo("tensorflow.lite", tf.__version__)
+
+
+def onnx_module() -> tuple[Any, RuntimeInfo]:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise RuntimeUnavailableError("onnxruntime is not installed: pip install onnxruntime") from None
+    return ort, RuntimeInfo("onnxruntime", ort.__version__)
+
+
+def _dist_version(dist: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return "unknown"
+
+
+class Runner:
+    """Common interface of the TFLite and ONNX runners."""
+
+    format: str
+    path: Path
+    runtime: RuntimeInfo
+    threads: int
+    delegate: str
+    input_shape: tuple[int, ...]  # with batch dimension, -1/None for dynamic
+    input_dtype: np.dtype
+    output_dtype: np.dtype
+    input_quant: tuple[float, int] | None = None
+    output_quant: tuple[float, int] | None = None
+    load_seconds: float = 0.0
+
+    @property
+    def hwc(self) -> tuple[int, int, int]:
+        return tuple(int(v) for v in self.input_shape[1:])  # type: ignore[return-value]
+
+    def quantize_input(self, x: np.ndarray) -> np.ndarray:
+        if self.input_quant is None or not np.issubdtype(self.input_dtype, np.integer):
+            return x.astype(self.input_dtype, copy=False)
+        scale, zero = self.input_quant
+        info = np.iinfo(self.input_dtype)
+        q = np.round(x / scale) + zero
+        return np.clip(q, info.min, info.max).astype(self.input_dtype)
+
+    def dequantize_output(self, y: np.ndarray) -> np.ndarray:
+        if self.output_quant is None or not np.issubdtype(y.dtype, np.integer):
+            return y.astype(np.float32, copy=False)
+        scale, zero = self.output_quant
+        return (y.astype(np.float32) - zero) * np.float32(scale)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Float32 outputs for a float32 batch (any batch size)."""
+        if tuple(x.shape[1:]) != self.hwc:
+            raise ShapeError(f"{self.path.name} takes input {self._shape_text()}, got "
+                             f"{'x'.join(map(str, x.shape[1:]))}")
+        return self.dequantize_output(self._run(self.quantize_input(x)))
+
+    def _shape_text(self) -> str:
+        return "x".join("?" if (v is None or v < 0) else str(v) for v in self.input_shape[1:])
+
+    def _run(self, xq: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def timed_invoke(self, xq: np.ndarray) -> Callable[[], None]:
+        """A zero-argument callable that runs one inference on prepared input."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def describe(self) -> dict:
+        return {"format": self.format, "path": str(self.path), "runtime": self.runtime.name,
+                "runtime_version": self.runtime.version, "threads": self.threads,
+                "delegate": self.delegate, "input_shape": list(self.input_shape),
+                "input_dtype": np.dtype(self.input_dtype).name,
+                "output_dtype": np.dtype(self.output_dtype).name}
+
+
+class TFLiteRunner(Runner):
+    format = "tflite"
+
+    def __init__(self, path: str | Path, threads: int = 2, delegate: str = "xnnpack"):
+        if delegate not in TFLITE_DELEGATES:
+            raise UsageError(f"unknown TFLite delegate {delegate!r}; choose from {', '.join(TFLITE_DELEGATES)}")
+        self.path = Path(path)
+        self.threads = threads
+        self.delegate = delegate
+        mod, self.runtime = tflite_module()
+        kwargs: dict[str, Any] = {"model_path": str(self.path), "num_threads": threads}
+        resolver = getattr(mod, "OpResolverType", None)
+        if delegate == "none" and resolver is not None:
+            kwargs["experimental_op_resolver_type"] = resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+        elif delegate == "reference" and resolver is not None:
+            kwargs["experimental_op_resolver_type"] = resolver.BUILTIN_REF
+        elif delegate == "edgetpu":
+            kwargs["experimental_delegates"] = [_load_edgetpu(mod)]
+        t0 = time.perf_counter()
+        try:
+            self.interp = mod.Interpreter(**kwargs)
+            self.interp.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:
+            raise ModelError(f"{self.path} is not a loadable TFLite model: {_first_line(exc)}") from None
+        self.load_seconds = time.perf_counter() - t0
+        inp = self.interp.get_input_details()
+        out = self.interp.get_output_details()
+        if len(inp) != 1:
+            raise ShapeError(f"{self.path.name} has {len(inp)} inputs; edgeres handles single-input image models")
+        self._in, self._out = inp[0], out[0]
+        sig = self._in.get("shape_signature", self._in["shape"])
+        self.input_shape = tuple(int(v) for v in sig)
+        self.input_dtype = np.dtype(self._in["dtype"])
+        self.output_dtype = np.dtype(self._out["dtype"])
+        self.input_quant = _quant(self._in)
+        self.output_quant = _quant(self._out)
+        self._batch = int(self._in["shape"][0])
+
+    def _resize(self, batch: int) -> None:
+        if batch != self._batch:
+            if self.input_shape[0] not in (-1, batch):
+                raise ShapeError(f"{self.path.name} has a fixed batch of {self.input_shape[0]}")
+            self.interp.resize_tensor_input(self._in["index"], [batch, *self.hwc])
+            self.interp.allocate_tensors()
+            self._batch = batch
+
+    def _run(self, xq: np.ndarray) -> np.ndarray:
+        if self.input_shape[0] != -1 and len(xq) != self._batch:
+            return np.concatenate([self._run(xq[i:i + 1]) for i in range(len(xq))])
+        self._resize(len(xq))
+        self.interp.set_tensor(self._in["index"], xq)
+        self.interp.invoke()
+        return self.interp.get_tensor(self._out["index"]).copy()
+
+    def timed_invoke(self, xq: np.ndarray) -> Callable[[], None]:
+        self._resize(len(xq))
+        self.interp.set_tensor(self._in["index"], xq)
+        return self.interp.invoke
+
+    def op_counts(self) -> dict[str, int]:
+        """Ops in the graph by name (needs the runtime's analyzer-free op details)."""
+        counts: dict[str, int] = {}
+        getter = getattr(self.interp, "_get_ops_details", None)
+        for op in (getter() if getter else []):
+            counts[op["op_name"]] = counts.get(op["op_name"], 0) + 1
+        return counts
+
+
+def _load_edgetpu(mod: Any) -> Any:
+    errors = []
+    for lib in EDGETPU_LIBS:
+        try:
+            return mod.load_delegate(lib)
+        except (ValueError, OSError) as exc:
+            errors.append(_first_line(exc))
+    raise RuntimeUnavailableError(
+        "the edgetpu delegate needs libedgetpu (not found); install the Edge TPU runtime: "
+        "https://coral.ai/docs/accelerator/get-started/ (apt-get install libedgetpu1-std)")
+
+
+def _quant(detail: dict) -> tuple[float, int] | None:
+    scale, zero = detail.get("quantization", (0.0, 0))
+    if not scale:
+        return None
+    return float(scale), int(zero)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+class OnnxRunner(Runner):
+    format = "onnx"
+
+    def __init__(self, path: str | Path, threads: int = 2, providers: tuple[str, ...] | None = None,
+                 shape: tuple[int, ...] | None = None):
+        self.path = Path(path)
+        self.threads = threads
+        ort, self.runtime = onnx_module()
+        available = ort.get_available_providers()
+        providers = tuple(providers or ("CPUExecutionProvider",))
+        missing = [p for p in providers if p not in available]
+        if missing:
+            raise RuntimeUnavailableError(
+                f"ONNX Runtime execution provider(s) not available: {', '.join(missing)} "
+                f"(installed: {', '.join(available)})")
+        self.delegate = ",".join(providers)
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        so.log_severity_level = 3
+        t0 = time.perf_counter()
+        try:
+            self.sess = ort.InferenceSession(str(self.path), sess_options=so, providers=list(providers))
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph classes
+            raise ModelError(f"{self.path} is not a loadable ONNX model: {_first_line(exc)}") from None
+        self.load_seconds = time.perf_counter() - t0
+        inputs = self.sess.get_inputs()
+        if len(inputs) != 1:
+            raise ShapeError(f"{self.path.name} has {len(inputs)} inputs; edgeres handles single-input image models")
+        self._in = inputs[0]
+        self._out_name = self.sess.get_outputs()[0].name
+        dims = [d if isinstance(d, int) else -1 for d in self._in.shape]
+        if shape is not None:
+            if len(shape) != len(dims):
+                raise ShapeError(f"--shape has {len(shape)} dims but {self.path.name} input has {len(dims)}")
+            dims = [int(s) if d == -1 else d for d, s in zip(dims, shape)]
+        if any(d == -1 for d in dims[1:]):
+            raise ShapeError(f"{self.path.name} has dynamic input dims {self._in.shape}; pass --shape N,H,W,C")
+        self.input_shape = tuple(dims)
+        self.input_dtype = np.dtype(_ORT_TYPES.get(self._in.type, np.float32))
+        self.output_dtype = np.dtype(_ORT_TYPES.get(self.sess.get_outputs()[0].type, np.float32))
+
+    def _run(self, xq: np.ndarray) -> np.ndarray:
+        return self.sess.run([self._out_name], {self._in.name: xq})[0]
+
+    def timed_invoke(self, xq: np.ndarray) -> Callable[[], None]:
+        run, out, feed = self.sess.run, [self._out_name], {self._in.name: xq}
+        return lambda: run(out, feed)
+
+
+_ORT_TYPES = {"tensor(float)": np.float32, "tensor(uint8)": np.uint8, "tensor(int8)": np.int8,
+              "tensor(float16)": np.float16, "tensor(double)": np.float64}
+
+
+def open_runner(path: str | Path, threads: int = 2, delegate: str | None = None,
+                shape: tuple[int, ...] | None = None) -> Runner:
+    """Open a ``.tflite`` or ``.onnx`` file with the right runtime."""
+    p = Path(path)
+    if threads < 1:
+        raise UsageError(f"thread count must be 1 or more, got {threads}")
+    if not p.is_file():
+        raise ModelError(f"model file {p} does not exist")
+    suffix = p.suffix.lower()
+    if suffix == ".tflite":
+        return TFLiteRunner(p, threads, delegate or "xnnpack")
+    if suffix == ".onnx":
+        providers = None if delegate in (None, "xnnpack", "cpu") else tuple(delegate.split(","))
+        return OnnxRunner(p, threads, providers, shape)
+    raise ModelError(f"{p} is not a .tflite or .onnx file")

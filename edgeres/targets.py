@@ -1,0 +1,168 @@
+"""Device profiles: ``targets/*.toml`` loaded into typed, frozen config.
+
+Foundation layer: standard library only.  A profile holds no code.  Unknown
+keys and wrong types are errors that name the file, the key and what is
+allowed, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgeres.errors import UsageError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+IO_DTYPES = ("int8", "uint8", "float32")
+ONNX_ACTIVATIONS = ("uint8", "int8")  # U8S8 / S8S8 (weights are always int8)
+TFLITE_DELEGATES = ("xnnpack", "none", "reference", "edgetpu")
+
+
+@dataclass(frozen=True)
+class TFLiteSettings:
+    delegate: str = "xnnpack"
+    io_dtype: str = "int8"
+
+
+@dataclass(frozen=True)
+class OnnxSettings:
+    activation_type: str = "uint8"
+    per_channel: bool = True
+    providers: tuple[str, ...] = ("CPUExecutionProvider",)
+
+
+@dataclass(frozen=True)
+class Constraints:
+    batch_one: bool = False
+    static_shapes: bool = False
+    full_int8: bool = False
+    max_tensor_bytes: int = 0  # 0: no limit
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    description: str = ""
+    arch: str = "x86_64"
+    threads: int = 2
+    isa: str = ""
+    tflite: TFLiteSettings = field(default_factory=TFLiteSettings)
+    onnx: OnnxSettings = field(default_factory=OnnxSettings)
+    constraints: Constraints = field(default_factory=Constraints)
+    path: str = ""
+
+    @property
+    def onnx_scheme(self) -> str:
+        return {"uint8": "U8S8", "int8": "S8S8"}[self.onnx.activation_type]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+_CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
+    ("tflite", "delegate"): TFLITE_DELEGATES,
+    ("tflite", "io_dtype"): IO_DTYPES,
+    ("onnx", "activation_type"): ONNX_ACTIVATIONS,
+}
+
+
+def targets_dir() -> Path:
+    """Bundled profiles: ``targets/`` at the project root, or ``edgeres/_targets`` in a wheel."""
+    here = Path(__file__).resolve().parent
+    for cand in (here / "_targets", here.parent / "targets"):
+        if cand.is_dir():
+            return cand
+    return here.parent / "targets"
+
+
+def list_targets() -> list[Target]:
+    return [load_target(p) for p in sorted(targets_dir().glob("*.toml"))]
+
+
+def default_target_name() -> str:
+    """The profile for the machine edgeres runs on."""
+    machine = platform.machine().lower()
+    return "aarch64" if machine in ("aarch64", "arm64") else "x86-64"
+
+
+def resolve_target(spec: str | None) -> Target:
+    """A target from a bundled name, a path to a TOML file, or the host default."""
+    if spec is None or spec == "auto":
+        spec = default_target_name()
+    path = Path(spec)
+    if path.suffix == ".toml" or "/" in spec or "\\" in spec:  # a file, not a bundled name
+        if not path.is_file():
+            raise UsageError(f"target file {path} does not exist")
+        return load_target(path)
+    bundled = targets_dir() / f"{spec}.toml"
+    if not bundled.is_file():
+        names = ", ".join(p.stem for p in sorted(targets_dir().glob("*.toml")))
+        raise UsageError(f"unknown target '{spec}'; known: {names} (or a path to a .toml file)")
+    return load_target(bundled)
+
+
+def load_target(path: Path) -> Target:
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read target file {path}: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"target file {path} is not valid TOML: {exc}") from None
+    data.setdefault("name", path.stem)
+    target = _build(Target, data, path, "")
+    return dataclasses.replace(target, path=str(path))
+
+
+def _build(cls, data: dict, path: Path, section: str):
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "path"}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        where = f"[{section}] " if section else ""
+        raise UsageError(f"target file {path}: unknown key {where}'{unknown[0]}'; allowed: "
+                         f"{', '.join(sorted(fields))}")
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        f = fields[name]
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = ""  # required string fields (name)
+        key = f"{section}.{name}" if section else name
+        if dataclasses.is_dataclass(default):
+            if not isinstance(value, dict):
+                raise UsageError(f"target file {path}: '{key}' must be a [{name}] table")
+            kwargs[name] = _build(type(default), value, path, name)
+            continue
+        kwargs[name] = _check_value(value, default, key, path, (section, name))
+    return cls(**kwargs)
+
+
+def _check_value(value, default, key: str, path: Path, choice_key: tuple[str, str]):
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, tuple):
+        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        value = tuple(value) if ok else value
+    else:
+        ok = isinstance(value, str)
+    if not ok:
+        raise UsageError(f"target file {path}: '{key}' must be {type(default).__name__}, got {value!r}")
+    choices = _CHOICES.get(choice_key)
+    if choices and value not in choices:
+        raise UsageError(f"target file {path}: '{key}' = {value!r} is not one of {', '.join(choices)}")
+    if key == "threads" and value < 1:
+        raise UsageError(f"target file {path}: 'threads' must be 1 or more")
+    return value

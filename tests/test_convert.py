@@ -1,0 +1,350 @@
+"""`edgeres convert` end to end, on real converters and runtimes, and every kind of bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edgeres.cli import cli
+from tests.conftest import CALIBRATION, shared
+
+ARTIFACTS = ("model_fp32.tflite", "model_int8.tflite", "model_fp32.onnx", "model_int8.onnx")
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+# ------------------------------------------------------------------ the embedded default
+
+def test_default_run_writes_all_artifacts_and_reports(default_run: Path):
+    names = sorted(p.name for p in default_run.iterdir())
+    assert names == sorted([*ARTIFACTS, "report.json", "report.md"])
+    report = json.loads((default_run / "report.json").read_text())
+    assert report["passed"] is True
+    assert report["edgeres_version"]
+    assert report["model"]["name"] == "digits_resnet8"
+    assert report["model"]["input_shape"] == [None, 8, 8, 1]
+    assert report["calibration"]["count"] == 300
+    assert report["validation"]["count"] == 500
+    assert [a["name"] for a in report["artifacts"]] == ["tflite_fp32", "tflite_int8", "onnx_fp32", "onnx_int8"]
+    for a in report["artifacts"]:
+        data = (default_run / a["path"]).read_bytes()
+        assert a["size_bytes"] == len(data)
+        assert a["sha256"] == hashlib.sha256(data).hexdigest()
+        assert a["threads"] == 2
+        lat = a["latency_ms"]
+        assert lat["runs"] >= 50 and 0 < lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p99"]
+        assert len(a["latency_samples_ms"]) == lat["runs"]
+        # A trained model on held-out real digits: float artifacts match Keras, int8 stays close.
+        assert a["top1"] > 95.0
+        assert a["agreement"] >= (99.9 if a["precision"] == "float32" else 97.0)
+        assert abs(a["top1_drop"]) <= (0.01 if a["precision"] == "float32" else 1.0)
+    assert report["reference"]["top1"] > 95.0
+    stages = report["stages_seconds"]
+    assert {"load", "calibration_data", "tflite_fp32", "tflite_int8", "onnx_fp32", "onnx_int8",
+            "validate", "bench"} <= set(stages)
+    assert report["conversion_seconds"] < sum(stages.values())
+
+
+def test_report_md_has_one_row_per_artifact(default_run: Path):
+    md = (default_run / "report.md").read_text()
+    rows = [ln for ln in md.splitlines() if ln.startswith("| ")]
+    assert len(rows) == 1 + 1 + 4  # header, keras reference, four artifacts
+    assert "top-1" in rows[0] and "p50 ms" in rows[0] and "speedup" in rows[0]
+    assert "PASSED" in md
+
+
+def test_int8_tflite_is_full_integer_with_int8_io(default_run: Path):
+    from edgeres.convert.tflite import float_compute_ops
+    from edgeres.runtime import open_runner
+
+    path = default_run / "model_int8.tflite"
+    assert float_compute_ops(path.read_bytes()) == set()
+    runner = open_runner(path)
+    assert runner.input_dtype == np.int8 and runner.output_dtype == np.int8
+    assert runner.input_quant is not None
+
+
+def test_onnx_artifacts_pass_checker_and_int8_is_qdq(default_run: Path):
+    import onnx
+
+    for name in ("model_fp32.onnx", "model_int8.onnx"):
+        onnx.checker.check_model(onnx.load(default_run / name))
+    ops = {n.op_type for n in onnx.load(default_run / "model_int8.onnx").graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    # x86 target: uint8 activations (U8S8)
+    q = [n for n in onnx.load(default_run / "model_int8.onnx").graph.node if n.op_type == "QuantizeLinear"]
+    zp_names = {n.input[2] for n in q if len(n.input) > 2}
+    inits = {i.name: i for i in onnx.load(default_run / "model_int8.onnx").graph.initializer}
+    assert any(inits[z].data_type == onnx.TensorProto.UINT8 for z in zp_names if z in inits)
+
+
+def test_json_output_is_the_report(tmp_path: Path):
+    out = tmp_path / "run"
+    result = invoke("convert", "--int8", "--json", "--val-size", "100", "--calib-size", "50", "-o", out)
+    assert result.exit_code == 0, result.stderr
+    printed = json.loads(result.stdout)
+    assert printed == json.loads((out / "report.json").read_text())
+    assert printed["validation"]["count"] == 100
+
+
+def test_uint8_io_and_float_io(tmp_path: Path):
+    from edgeres.runtime import open_runner
+
+    for io in ("uint8", "float32"):
+        out = tmp_path / io
+        result = invoke("convert", "--int8", "--io-dtype", io, "--val-size", "100", "--calib-size", "50",
+                        "-o", out)
+        assert result.exit_code == 0, result.stderr
+        runner = open_runner(out / "model_int8.tflite")
+        assert runner.input_dtype == np.dtype(io)
+        report = json.loads((out / "report.json").read_text())
+        assert report["artifacts"][1]["input_dtype"] == io
+        assert report["artifacts"][1]["agreement"] >= 95.0
+
+
+def test_image_folder_data_and_preprocessing_recorded(tmp_path: Path, digits_folder: Path):
+    from edgeres import defaults
+
+    out = tmp_path / "run"
+    result = invoke("convert", defaults.default_model(), "--int8", "--calib", digits_folder, "--data",
+                    digits_folder, "--calib-size", "40", "--val-size", "120", "--scale", "1", "-o", out)
+    assert result.exit_code == 0, result.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["calibration"]["layout"] == "classes"
+    assert report["validation"]["count"] == 120
+    assert report["preprocess"]["formula"] == "x = (pixels * scale - mean) / std"
+    assert report["artifacts"][0]["top1"] > 95
+
+
+def test_max_drop_budget(tmp_path: Path):
+    ok = tmp_path / "ok"
+    assert invoke("convert", "--int8", "--max-drop", "50", "--val-size", "100", "-o", ok).exit_code == 0
+    # Calibrating on a single image clips most activations: the budget of 0 points must fail,
+    # the run folder must still be written and marked as failing.
+    bad = tmp_path / "bad"
+    result = invoke("convert", "--int8", "--calib-size", "1", "--max-drop", "0", "-o", bad)
+    assert result.exit_code == 10, result.output
+    report = json.loads((bad / "report.json").read_text())
+    assert report["passed"] is False and report["failures"]
+    assert "budget 0" in result.stderr
+    assert (bad / "model_int8.tflite").is_file()
+
+
+def test_no_int8_gives_float_artifacts_only(tmp_path: Path):
+    out = tmp_path / "run"
+    assert invoke("convert", "--val-size", "60", "-o", out).exit_code == 0
+    assert sorted(p.name for p in out.glob("model_*")) == ["model_fp32.onnx", "model_fp32.tflite"]
+
+
+def test_force_replaces_existing_folder(tmp_path: Path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    result = invoke("convert", "--val-size", "60", "-o", out, "--force")
+    assert result.exit_code == 0, result.stderr
+    assert not (out / "old.txt").exists() and (out / "report.json").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == ["run"]
+
+
+# ------------------------------------------------------------------ bad input
+
+def _bad_model_files(tmp: Path) -> dict[str, Path]:
+    corrupt = tmp / "corrupt.keras"
+    corrupt.write_bytes(b"\x00garbage" * 100)
+    zipped = tmp / "notmodel.keras"
+    with zipfile.ZipFile(zipped, "w") as z:
+        z.writestr("hello.txt", "not a model")
+    truncated = tmp / "truncated.keras"
+    src = (CALIBRATION / "digits_resnet8.keras").read_bytes()
+    truncated.write_bytes(src[: len(src) // 2])
+    text = tmp / "notes.txt"
+    text.write_text("hello")
+    return {"corrupt": corrupt, "zip": zipped, "truncated": truncated, "text": text,
+            "missing": tmp / "nope.keras"}
+
+
+def assert_one_line_error(result, code: int, *needles: str) -> None:
+    assert result.exit_code == code, (result.exit_code, result.output)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("edgeres: error: ")
+    assert "Traceback" not in result.output
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("kind", ["corrupt", "zip", "truncated", "text", "missing"])
+def test_bad_model_files(tmp_path: Path, kind: str):
+    model = _bad_model_files(tmp_path)[kind]
+    out = tmp_path / "out"
+    result = invoke("convert", model, "--int8", "--calib", CALIBRATION / "digits-train.npz", "-o", out)
+    assert_one_line_error(result, 3, model.name)
+    assert not out.exists()
+
+
+def test_unknown_zoo_name(tmp_path: Path):
+    result = invoke("convert", "resnet9000", "--calib", CALIBRATION / "digits-train.npz", "-o", tmp_path / "o")
+    assert_one_line_error(result, 3, "resnet9000")
+
+
+def test_own_model_needs_calibration(tmp_path: Path):
+    from edgeres import defaults
+
+    result = invoke("convert", defaults.default_model(), "--int8", "-o", tmp_path / "o")
+    assert_one_line_error(result, 2, "--calib")
+
+
+def test_empty_and_unreadable_calibration_folders(tmp_path: Path):
+    from edgeres import defaults
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = invoke("convert", defaults.default_model(), "--int8", "--calib", empty, "-o", tmp_path / "o1")
+    assert_one_line_error(result, 4, "empty")
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    for i in range(3):
+        (junk / f"{i}.png").write_bytes(b"not a png")
+    result = invoke("convert", defaults.default_model(), "--int8", "--calib", junk, "-o", tmp_path / "o2")
+    assert_one_line_error(result, 4, "no readable image")
+    assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
+    assert not list(tmp_path.glob(".o*partial*"))
+
+
+def test_unreadable_images_skip_with_warning_or_fail(tmp_path: Path, digits_folder: Path):
+    import shutil
+
+    from edgeres import defaults
+
+    calib = tmp_path / "calib"
+    shutil.copytree(digits_folder, calib)
+    (calib / "3" / "broken.png").write_bytes(b"\x89PNG broken")
+    common = [defaults.default_model(), "--int8", "--calib", calib, "--calib-size", "600", "--val-size", "50"]
+    warn = invoke("convert", *common, "-o", tmp_path / "warn")
+    assert warn.exit_code == 0, warn.stderr
+    assert "broken.png" in warn.stderr and "warning" in warn.stderr
+    strict = invoke("convert", *common, "--on-bad-image", "error", "-o", tmp_path / "strict")
+    assert_one_line_error(strict, 4, "broken.png")
+    assert not (tmp_path / "strict").exists()
+
+
+def test_class_count_mismatch(tmp_path: Path, digits_folder: Path):
+    import shutil
+
+    from edgeres import defaults
+
+    three = tmp_path / "three"
+    for c in ("0", "1", "2"):
+        shutil.copytree(digits_folder / c, three / c)
+    result = invoke("convert", defaults.default_model(), "--int8", "--calib", three, "-o", tmp_path / "o")
+    assert_one_line_error(result, 5, "3 classes", "outputs 10")
+
+
+def test_input_shape_that_cannot_be_fed(tmp_path: Path):
+    import keras
+
+    inp = keras.Input((16,))
+    model = keras.Model(inp, keras.layers.Dense(10)(inp))
+    path = tmp_path / "flat.keras"
+    model.save(path)
+    result = invoke("convert", path, "--int8", "--calib", CALIBRATION / "digits-train.npz", "-o", tmp_path / "o")
+    assert_one_line_error(result, 5, "cannot be fed")
+
+
+def test_lambda_layer_refused_by_safe_mode(tmp_path: Path):
+    import keras
+
+    inp = keras.Input((8, 8, 1))
+    x = keras.layers.Lambda(lambda t: t * 2.0)(inp)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inp, keras.layers.Dense(10)(x))
+    path = tmp_path / "lambda.keras"
+    model.save(path)
+    result = invoke("convert", path, "--calib", CALIBRATION / "digits-train.npz", "-o", tmp_path / "o")
+    assert_one_line_error(result, 3, "lambda.keras")
+
+
+def test_op_without_int8_kernel_is_named(tmp_path: Path):
+    import keras
+
+    inp = keras.Input((8, 8, 1))
+    x = keras.layers.Resizing(16, 16, interpolation="bicubic")(inp)
+    x = keras.layers.Conv2D(4, 3)(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inp, keras.layers.Dense(10)(x))
+    path = tmp_path / "bicubic.keras"
+    model.save(path)
+    out = tmp_path / "o"
+    result = invoke("convert", path, "--int8", "--calib", CALIBRATION / "digits-train.npz", "--calib-size", "8",
+                    "-o", out)
+    assert_one_line_error(result, 6, "ResizeBicubic")
+    assert not out.exists()
+    assert not list(tmp_path.glob(".o.partial-*"))  # the staging folder was removed
+
+
+def test_existing_output_folder(tmp_path: Path):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "keep.txt").write_text("precious")
+    result = invoke("convert", "--int8", "-o", out)
+    assert_one_line_error(result, 8, "--force")
+    assert (out / "keep.txt").read_text() == "precious"
+
+
+def test_negative_budget(tmp_path: Path):
+    result = invoke("convert", "--int8", "--max-drop", "-1", "-o", tmp_path / "o")
+    assert_one_line_error(result, 2, "--max-drop")
+
+
+# ------------------------------------------------------------------ other model formats
+
+def test_h5_and_savedmodel_inputs(tmp_path: Path):
+    import keras
+    import tensorflow as tf
+
+    from edgeres import defaults
+    from edgeres.convert.keras_io import load_model
+
+    model = keras.saving.load_model(defaults.default_model(), safe_mode=True)
+    x = np.load(CALIBRATION / "digits-test.npz")["x"][:16].astype("float32")
+    want = np.asarray(model(x))
+    h5 = tmp_path / "m.h5"
+    model.save(h5)
+    sm = tmp_path / "sm"
+    model.export(str(sm), format="tf_saved_model")
+    for src in (h5, sm):
+        loaded = load_model(str(src))
+        np.testing.assert_allclose(np.asarray(loaded.model(tf.constant(x))), want, rtol=1e-4, atol=1e-4)
+    out = tmp_path / "run"
+    result = invoke("convert", sm, "--int8", "--calib", CALIBRATION / "digits-train.npz", "--calib-size", "50",
+                    "--data", CALIBRATION / "digits-test.npz", "--val-size", "100", "-o", out)
+    assert result.exit_code == 0, result.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["model"]["kind"] == "savedmodel"
+    assert report["artifacts"][1]["agreement"] >= 95.0
+
+
+# ------------------------------------------------------------------ a real model from ../shared
+
+@pytest.mark.slow
+def test_shared_resnet20_int8_close_to_float(tmp_path: Path):
+    model = shared("models", "resnet20_cifar10.keras")
+    calib, test = shared("cifar10", "calib"), shared("cifar10", "test")
+    out = tmp_path / "run"
+    result = invoke("convert", model, "--int8", "--calib", calib, "--calib-size", "200", "--data", test,
+                    "--val-size", "400", "-o", out)
+    assert result.exit_code == 0, result.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["model"]["params"] == 273_658
+    assert abs(report["reference"]["top1"] - 90.0) < 4.0
+    for a in report["artifacts"]:
+        if a["precision"] == "int8":
+            assert a["agreement"] >= 96.0 and a["top1_drop"] <= 1.5, a
