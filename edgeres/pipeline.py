@@ -186,10 +186,11 @@ def _convert_all(cfg: ConvertConfig, model, hwc, calib, stage: Path, stages: Sta
     if cfg.int8:
         t = cfg.target
         with stages("onnx_int8"), quiet():
-            emit("onnx_int8", "onnx", "int8", "model_int8.onnx",
-                 onnx_conv.to_int8(fp32_onnx, calib, t.onnx.activation_type, t.onnx.per_channel),
+            data, kept_float = onnx_conv.to_int8(fp32_onnx, calib, t.onnx.activation_type, t.onnx.per_channel)
+            emit("onnx_int8", "onnx", "int8", "model_int8.onnx", data,
                  {"scheme": t.onnx_scheme, "format": "QDQ", "per_channel": t.onnx.per_channel,
-                  "calibration": f"percentile {onnx_conv.DEFAULT_PERCENTILE}"})
+                  "calibration": f"percentile {onnx_conv.DEFAULT_PERCENTILE}",
+                  "float_nodes": kept_float})
     return out
 
 
@@ -263,7 +264,8 @@ def _report(cfg, model_info, calib_ds, val_ds, artifacts, stages, ref, stage: Pa
             "latency_samples_ms": a.latency.get("samples_ms"),
             "speedup_vs_fp32": (p50[fp32] / p50[a.name]) if p50.get(fp32) and p50.get(a.name) else None,
             "details": {k: v for k, v in a.info.items() if k in ("io_dtype", "full_integer", "scheme",
-                                                                 "format", "per_channel", "calibration", "opset")},
+                                                                 "format", "per_channel", "calibration", "opset",
+                                                                 "float_nodes")},
         }
         rows.append(row)
         if a.precision != "int8" or not a.metrics:

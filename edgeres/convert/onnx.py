@@ -61,8 +61,10 @@ DEFAULT_PERCENTILE = 99.999
 
 def to_int8(float_model: bytes, calib: np.ndarray, activation_type: str = "uint8",
             per_channel: bool = True, method: str = "percentile",
-            percentile: float = DEFAULT_PERCENTILE) -> bytes:
+            percentile: float = DEFAULT_PERCENTILE) -> tuple[bytes, list[str]]:
     """Static QDQ quantization of a float ONNX model, calibrated on ``calib``.
+
+    Returns the model and the names of the nodes left in float.
 
     The default clips activation ranges at the 99.999th percentile of |x|
     instead of the raw min/max, so one outlier image cannot stretch a range.
@@ -91,9 +93,11 @@ def to_int8(float_model: bytes, calib: np.ndarray, activation_type: str = "uint8
             quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
         except Exception:  # pre-processing is an optimisation; quantize the raw graph instead
             pre = src
+        keep_float = input_normalization_nodes(onnx.load(str(pre)))
         try:
             quantize_static(
                 str(pre), str(dst), _Reader(input_name, calib, batch),
+                nodes_to_exclude=keep_float,
                 quant_format=QuantFormat.QDQ, per_channel=per_channel,
                 activation_type=act, weight_type=QuantType.QInt8,
                 calibrate_method=ort_method, extra_options=extra,
@@ -102,7 +106,22 @@ def to_int8(float_model: bytes, calib: np.ndarray, activation_type: str = "uint8
             raise ConversionError(f"ONNX int8 quantization failed: {_first_line(exc)}") from None
         data = dst.read_bytes()
     check(data)
-    return data
+    return data, keep_float
+
+
+_AFFINE_OPS = ("Mul", "Add", "Sub", "Div")
+
+
+def input_normalization_nodes(proto) -> list[str]:
+    """Nodes of the model's own input normalization (``preprocess_*`` layers).
+
+    They are a per-channel affine map on the raw input.  Kept in float they
+    cost about 0.9 ms on ResNet-50 at 224x224; quantized, ORT runs them as
+    QLinearMul/QLinearAdd at full resolution for about 3 ms, and they add a
+    rounding step before the first convolution.  So they stay float, and the
+    QuantizeLinear before the first Conv quantizes the normalized input.
+    """
+    return [n.name for n in proto.graph.node if n.op_type in _AFFINE_OPS and "preprocess_" in n.name]
 
 
 def _first_line(exc: BaseException) -> str:
