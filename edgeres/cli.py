@@ -296,3 +296,111 @@ def targets(as_json):
              t.tflite.io_dtype, t.onnx_scheme, t.description) for t in items]
     _echo_table(("target", "arch", "threads", "delegate", "tflite io", "onnx int8", "description"), rows)
     click.echo("\n* default on this machine")
+
+
+# ---------------------------------------------------------------- bench / validate (light: no TensorFlow)
+
+@cli.command()
+@click.argument("models", nargs=-1, required=True)
+@click.option("--threads", default=None, metavar="N[,N...]", help="Thread counts to sweep, e.g. 1,2,4 "
+              "(default: the target's).")
+@click.option("--runs", type=click.IntRange(min=1), default=100, show_default=True, help="Timed runs per configuration.")
+@click.option("--min-time", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Keep timing until this many seconds have passed.")
+@click.option("--warmup", type=click.IntRange(min=0), default=10, show_default=True, help="Untimed runs first.")
+@click.option("--delegate", default=None, help="TFLite: xnnpack, none (built-in kernels), reference, edgetpu. "
+              "ONNX: execution providers, e.g. CPUExecutionProvider (default: the target's).")
+@click.option("--target", default=None, metavar="NAME|FILE", help="Device profile for threads and delegate.")
+@click.option("--data", type=click.Path(), default=None, help="Feed a real image (folder or .npz) instead of random data.")
+@click.option("--shape", default=None, metavar="N,H,W,C", help="Input shape for ONNX models with dynamic dims.")
+@click.option("--plot", "plot_path", type=click.Path(path_type=Path), default=None,
+              help="Write a PNG of the latency distributions (needs matplotlib).")
+@preprocess_options
+@json_option
+def bench(models, threads, runs, min_time, warmup, delegate, target, data, shape, plot_path, preprocess, as_json):
+    """Benchmark one or more .tflite / .onnx MODELS (batch 1).
+
+    Reports min, p50, p90, p99, mean and stdev, first-inference and load
+    time, peak RSS, which ops ran on the delegate, and the machine.  Runs
+    with only numpy and a runtime installed.
+
+    \b
+    Example:
+      edgeres bench edgeres-out/model_int8.tflite edgeres-out/model_int8.onnx --threads 1,2,4
+    """
+    from edgeres.benchmark import BenchConfig, coverage_text, parse_shape, parse_threads, plot, run_bench
+    from edgeres.targets import resolve_target
+
+    t = resolve_target(target)
+    cfg = BenchConfig(models=tuple(models), threads=parse_threads(threads) if threads else (t.threads,),
+                      delegate=delegate or (t.tflite.delegate if target else None), runs=runs, warmup=warmup,
+                      min_time=min_time, data=data, preprocess=preprocess, shape=parse_shape(shape))
+    with _progress(sys.stderr.isatty() and not as_json)("benchmarking", len(models) * len(cfg.threads)) as bar:
+        report = run_bench(cfg, progress=bar.update)
+    if plot_path:
+        plot(report, plot_path)
+    for r in report["results"]:
+        for w in r["warnings"]:
+            click.echo(f"edgeres: warning: {Path(r['model']).name} ({r['threads']} threads): {w}", err=True)
+    if as_json:
+        from edgeres.fsutil import to_json
+        click.echo(to_json(report), nl=False)
+        return
+    rows = []
+    for r in report["results"]:
+        lat = r["latency_ms"]
+        rows.append((Path(r["model"]).name, str(r["threads"]), r["delegate"], f"{lat['min']:.3f}",
+                     f"{lat['p50']:.3f}", f"{lat['p90']:.3f}", f"{lat['p99']:.3f}", f"{lat['mean']:.3f}",
+                     f"{lat['stdev']:.3f}", str(lat["runs"]), f"{lat['first']:.2f}", f"{r['load_ms']:.1f}",
+                     f"{r['peak_rss_mb']:.0f}", coverage_text(r["ops"])))
+    _echo_table(("model", "thr", "delegate", "min", "p50", "p90", "p99", "mean", "stdev", "runs", "first",
+                 "load", "rss MB", "ops"), rows)
+    m = report["machine"]
+    r0 = report["results"][0]
+    click.echo(f"\nms per inference, batch 1, {r0['input']} input; {m['cpu']}, {m['cores']} cores, {m['arch']}; "
+               f"{r0['runtime']} {r0['runtime_version']}; Python {m['python']}")
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--data", type=click.Path(), required=True, help="Labelled images: class-subfolder folder or .npz with y.")
+@click.option("--reference", default=None, help="Another .tflite/.onnx to compare outputs with "
+              "(agreement, SQNR, max abs diff).")
+@click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--delegate", default=None, help="As for 'edgeres bench'.")
+@click.option("--val-size", type=click.IntRange(min=1), default=None, help="Validate on a sample of N images.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--on-bad-image", type=click.Choice(["warn", "error"]), default="warn", show_default=True)
+@click.option("--scale", type=float, default=None, help="As for convert; default: the run folder's report.json.")
+@click.option("--mean", default=None, metavar="R,G,B")
+@click.option("--std", default=None, metavar="R,G,B")
+@click.option("--resize", type=click.Choice(["crop", "stretch"]), default=None)
+@json_option
+def validate(model, data, reference, threads, delegate, val_size, seed, on_bad_image, scale, mean, std, resize,
+             as_json):
+    """Accuracy of one .tflite/.onnx MODEL on labelled --data, on this device.
+
+    Preprocessing comes from the options, else from the report.json of the
+    run folder the model sits in.  With --reference, also compares outputs.
+    """
+    from edgeres.data import Preprocess
+    from edgeres.validate import run_validate
+
+    explicit = any(v is not None for v in (scale, mean, std, resize))
+    pre = Preprocess.parse(scale if scale is not None else 1.0, mean, std, resize or "crop") if explicit else None
+    with _progress(sys.stderr.isatty() and not as_json)("validating", 0) as bar:
+        result = run_validate(model, data, reference=reference, preprocess=pre, threads=threads, delegate=delegate,
+                              val_size=val_size, seed=seed, on_error=on_bad_image, progress=bar.update)
+    if as_json:
+        from edgeres.fsutil import to_json
+        click.echo(to_json(result), nl=False)
+        return
+    keys = [("top1", "top-1 %", ".2f"), ("top5", "top-5 %", ".2f"), ("agreement", "agreement %", ".2f"),
+            ("sqnr_db", "SQNR dB", ".1f"), ("max_abs_diff", "max abs diff", ".4g"), ("top1_drop", "drop pp", "+.2f")]
+    click.echo(f"{Path(model).name}: {result['count']} images from {result['data']['source']} "
+               f"({result['runtime']} {result['runtime_version']}, {result['threads']} threads)")
+    for key, label, spec in keys:
+        if result.get(key) is not None:
+            click.echo(f"  {label:<14} {result[key]:{spec}}")
+    if "reference" in result and result["reference"].get("top1") is not None:
+        click.echo(f"  reference      {Path(reference).name}: top-1 {result['reference']['top1']:.2f}%")

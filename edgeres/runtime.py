@@ -183,6 +183,37 @@ class TFLiteRunner(Runner):
         self.interp.set_tensor(self._in["index"], xq)
         return self.interp.invoke
 
+    def delegate_coverage(self) -> dict:
+        """Which ops the delegate took, and which fell back to the CPU.
+
+        A delegate replaces each partition of the graph by one DELEGATE node
+        appended after the original nodes.  Walking back from a DELEGATE node's
+        outputs to its inputs through the original nodes recovers the
+        partition, so the nodes no partition covers are the CPU fallbacks.
+        """
+        ops = self.interp._get_ops_details()
+        delegates = [o for o in ops if o["op_name"] == "DELEGATE"]
+        nodes = [o for o in ops if o["op_name"] != "DELEGATE"]
+        producer = {t: o["index"] for o in nodes for t in o["outputs"]}
+        by_index = {o["index"]: o for o in nodes}
+        covered: set[int] = set()
+        for d in delegates:
+            stop = set(d["inputs"])
+            todo = [t for t in d["outputs"] if t in producer]
+            while todo:
+                t = todo.pop()
+                n = producer.get(t)
+                if n is None or n in covered or t in stop:
+                    continue
+                covered.add(n)
+                todo.extend(i for i in by_index[n]["inputs"] if i >= 0 and i not in stop)
+        cpu: dict[str, int] = {}
+        for o in nodes:
+            if o["index"] not in covered:
+                cpu[o["op_name"]] = cpu.get(o["op_name"], 0) + 1
+        return {"delegate": self.delegate if delegates else "none", "ops_total": len(nodes),
+                "ops_delegated": len(covered), "partitions": len(delegates), "cpu_ops": cpu}
+
     def op_counts(self) -> dict[str, int]:
         """Ops in the graph by name (needs the runtime's analyzer-free op details)."""
         counts: dict[str, int] = {}

@@ -1,0 +1,188 @@
+"""``edgeres bench``: latency of .tflite/.onnx files, on the device itself.
+
+LIGHT layer: numpy, the standard library and one runtime; never TensorFlow.
+Timing and statistics live in :mod:`edgeres.bench`; this module builds the
+configurations (model x threads), feeds them inputs, and collects what a user
+needs to trust a number: load time, first inference, spread, peak memory,
+which ops ran on the delegate, the machine, and stability warnings.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgeres.bench import UNSTABLE_CV, measure
+from edgeres.data import Preprocess, open_dataset
+from edgeres.errors import ShapeError, UsageError
+from edgeres.machine import machine_info
+from edgeres.quiet import quiet
+from edgeres.runtime import Runner, TFLiteRunner, open_runner
+
+FREQ_PATH = Path("/sys/devices/system/cpu/cpu0/cpufreq/scaling_cur_freq")
+THERMAL_PATH = Path("/sys/class/thermal/thermal_zone0/temp")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    models: tuple[str, ...]
+    threads: tuple[int, ...] = (2,)
+    delegate: str | None = None
+    runs: int = 100
+    warmup: int = 10
+    min_time: float = 0.0
+    data: str | None = None
+    preprocess: Preprocess = field(default_factory=Preprocess)
+    shape: tuple[int, ...] | None = None
+    seed: int = 0
+
+
+def parse_threads(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in str(text).split(",") if v.strip())
+    except ValueError:
+        raise UsageError(f"--threads takes comma-separated integers, got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise UsageError(f"thread counts must be 1 or more, got {text!r}")
+    return values
+
+
+def parse_shape(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        dims = tuple(int(v) for v in text.replace("x", ",").split(","))
+    except ValueError:
+        raise UsageError(f"--shape takes N,H,W,C, got {text!r}") from None
+    if any(d < 1 for d in dims):
+        raise UsageError(f"--shape dims must be positive, got {text!r}")
+    return dims
+
+
+def make_input(runner: Runner, cfg: BenchConfig) -> np.ndarray:
+    """One batch-1 input in the model's own dtype: a real image or random data."""
+    if cfg.data:
+        ds = open_dataset(cfg.data, "benchmark").sample(1, cfg.seed)
+        x = next(ds.batches(runner.hwc, 1, cfg.preprocess, "warn"))[0]
+        if np.issubdtype(runner.input_dtype, np.integer) and runner.input_quant is None:
+            if not np.allclose(x, np.round(x)) or x.min() < np.iinfo(runner.input_dtype).min or \
+                    x.max() > np.iinfo(runner.input_dtype).max:
+                raise ShapeError(f"{runner.path.name} takes {runner.input_dtype.name} input without quantization "
+                                 f"parameters, but --data gives values outside it after preprocessing")
+        return runner.quantize_input(x)
+    rng = np.random.default_rng(cfg.seed)
+    shape = (1, *runner.hwc)
+    if np.issubdtype(runner.input_dtype, np.integer):
+        info = np.iinfo(runner.input_dtype)
+        return rng.integers(info.min, info.max, size=shape, endpoint=True).astype(runner.input_dtype)
+    return rng.uniform(0, 255, size=shape).astype(runner.input_dtype)
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+
+
+def bench_one(path: str, threads: int, cfg: BenchConfig) -> dict:
+    with quiet():
+        runner = open_runner(path, threads=threads, delegate=cfg.delegate, shape=cfg.shape)
+    x = make_input(runner, cfg)
+    fn = runner.timed_invoke(x)
+    freq0, temp0 = _read_int(FREQ_PATH), _read_int(THERMAL_PATH)
+    stats, samples = measure(fn, runs=cfg.runs, warmup=cfg.warmup, min_time=cfg.min_time)
+    freq1, temp1 = _read_int(FREQ_PATH), _read_int(THERMAL_PATH)
+    warnings = []
+    if stats.unstable:
+        warnings.append(f"unstable: stdev {stats.stdev:.3f} ms is {100 * stats.stdev / stats.mean:.0f}% of the "
+                        f"mean (over {100 * UNSTABLE_CV:.0f}%); close other programs or raise --runs")
+    if freq0 and freq1 and abs(freq1 - freq0) > 0.1 * freq0:
+        warnings.append(f"CPU frequency changed during the run: {freq0 // 1000} -> {freq1 // 1000} MHz")
+    if temp0 and temp1 and temp1 - temp0 >= 5000:
+        warnings.append(f"CPU temperature rose {temp0 / 1000:.0f} -> {temp1 / 1000:.0f} C (thermal throttling?)")
+    result = {
+        "model": str(path),
+        "format": runner.format,
+        "size_bytes": Path(path).stat().st_size,
+        "threads": threads,
+        "delegate": runner.delegate,
+        "runtime": runner.runtime.name,
+        "runtime_version": runner.runtime.version,
+        "input_shape": [1, *runner.hwc],
+        "input_dtype": runner.input_dtype.name,
+        "input": "data" if cfg.data else "random",
+        "load_ms": runner.load_seconds * 1000.0,
+        "latency_ms": stats.to_dict(),
+        "samples_ms": samples,
+        "peak_rss_mb": _peak_rss_mb(),
+        "warnings": warnings,
+    }
+    if isinstance(runner, TFLiteRunner):
+        result["ops"] = runner.delegate_coverage()
+    else:
+        result["ops"] = {"delegate": runner.delegate, "providers": runner.sess.get_providers()}
+    return result
+
+
+def run_bench(cfg: BenchConfig, progress=None) -> dict:
+    results = []
+    t0 = time.perf_counter()
+    for path in cfg.models:
+        for threads in cfg.threads:
+            results.append(bench_one(path, threads, cfg))
+            if progress:
+                progress(1)
+    return {"machine": machine_info(), "results": results, "seconds": time.perf_counter() - t0,
+            "settings": {"runs": cfg.runs, "warmup": cfg.warmup, "min_time": cfg.min_time,
+                         "batch": 1, "input": "data" if cfg.data else "random",
+                         "preprocess": cfg.preprocess.to_dict() if cfg.data else None}}
+
+
+def coverage_text(ops: dict) -> str:
+    if "ops_total" not in ops:
+        return ops.get("delegate", "-")
+    if ops["delegate"] == "none" or ops["partitions"] == 0:
+        return f"0 of {ops['ops_total']} delegated"
+    text = f"{ops['ops_delegated']} of {ops['ops_total']} on {ops['delegate']}"
+    if ops["cpu_ops"]:
+        text += " (CPU: " + ", ".join(f"{k} x{v}" for k, v in sorted(ops["cpu_ops"].items())) + ")"
+    return text
+
+
+def plot(report: dict, path: Path) -> None:
+    """A PNG of the latency distributions, one box per configuration."""
+    from edgeres.errors import RuntimeUnavailableError
+
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise RuntimeUnavailableError("--plot needs matplotlib: pip install 'edgeres[plot]'") from None
+    from edgeres.fsutil import write_bytes_atomic
+    import io
+
+    res = report["results"]
+    labels = [f"{Path(r['model']).name}\n{r['delegate'].replace('ExecutionProvider', '')}, {r['threads']} thr"
+              for r in res]
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(res)), 4.5))
+    ax.boxplot([r["samples_ms"] for r in res], showfliers=True, whis=(1, 99))
+    ax.set_xticks(range(1, len(res) + 1), labels, fontsize=8)
+    ax.set_yscale("log")  # keeps the boxes readable next to rare slow outliers
+    ax.set_ylabel("latency per inference (ms, log scale)")
+    ax.set_title(f"edgeres bench: {report['machine']['cpu']}", fontsize=9)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    write_bytes_atomic(Path(path), buf.getvalue())
