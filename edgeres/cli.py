@@ -31,6 +31,9 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 log = logging.getLogger("edgeres")
 
 
+_HEAVY = ("tensorflow", "keras", "tf2onnx", "onnx", "matplotlib")
+
+
 class _Group(click.Group):
     """Turns every EdgeresError into one line on stderr and its exit code."""
 
@@ -40,6 +43,12 @@ class _Group(click.Group):
         except EdgeresError as exc:
             click.echo(f"edgeres: error: {exc}", err=True)
             ctx.exit(exc.exit_code)
+        except ModuleNotFoundError as exc:
+            if exc.name and exc.name.split(".")[0] in _HEAVY:
+                click.echo(f"edgeres: error: this command needs {exc.name.split('.')[0]}, which is not installed: "
+                           "pip install 'edgeres[convert]'", err=True)
+                ctx.exit(7)
+            raise
         except KeyboardInterrupt:
             click.echo("edgeres: interrupted", err=True)
             ctx.exit(130)
