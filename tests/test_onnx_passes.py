@@ -1,0 +1,74 @@
+"""The exact ONNX graph rewrites edgeres applies after tf2onnx, checked on real zoo models."""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import tensorflow as tf
+import tf2onnx
+
+from edgeres.convert import onnx as onnx_conv
+from edgeres.zoo import create_model
+
+
+@functools.lru_cache(maxsize=None)  # resnet50 is converted once for both tests
+def _raw_and_edgeres(name: str, size: int):
+    import keras
+
+    keras.utils.set_random_seed(1)
+    model = create_model(name, input_size=size, num_classes=7)
+    # Make BN statistics and biases non-trivial so a wrong fold would show.
+    for layer in model.layers:
+        if layer.weights and not layer.name.startswith("preprocess_"):
+            layer.set_weights([w + np.random.default_rng(2).normal(0, 0.05, w.shape).astype(w.dtype)
+                               if w.ndim == 1 else w for w in layer.get_weights()])
+    spec = (tf.TensorSpec((None, size, size, 3), tf.float32, name="input"),)
+    raw, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=onnx_conv.OPSET)
+    ours = onnx.load_from_string(onnx_conv.to_float32(model, (size, size, 3)))
+    return model, raw, ours
+
+
+def _run(proto, x):
+    return ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"input": x})[0]
+
+
+@pytest.mark.parametrize("name", ["resnet50", "resnet18", "resnet8"])
+def test_rewrites_keep_outputs_identical(name):
+    size = 32 if name == "resnet8" else 64
+    _, raw, ours = _raw_and_edgeres(name, size)
+    x = np.random.default_rng(0).uniform(0, 255, (3, size, size, 3)).astype(np.float32)
+    want, got = _run(raw, x), _run(ours, x)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
+def test_resnet50_graph_is_rewritten():
+    _, raw, ours = _raw_and_edgeres("resnet50", 64)
+    raw_ops = [n.op_type for n in raw.graph.node]
+    ops = [n.op_type for n in ours.graph.node]
+    assert raw_ops[:3] == ["Mul", "Add", "Transpose"]  # what tf2onnx emits
+    assert ops[:3] == ["Transpose", "Add", "Conv"]  # normalization after the layout change, scale folded
+    assert raw_ops.count("Pad") == 1 and ops.count("Pad") == 0  # pool1_pad folded into MaxPool
+    pool = next(n for n in ours.graph.node if n.op_type == "MaxPool")
+    assert list(next(a.ints for a in pool.attribute if a.name == "pads")) == [1, 1, 1, 1]
+    onnx.checker.check_model(ours)
+
+
+def test_rewrites_leave_unmatched_graphs_alone():
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("Relu", ["input"], ["r"]),
+             helper.make_node("Pad", ["r", "p"], ["q"], mode="reflect"),
+             helper.make_node("MaxPool", ["q"], ["y"], kernel_shape=[3, 3])]
+    pads = onnx.numpy_helper.from_array(np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64), "p")
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 2, 5, 5])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializer=[pads])
+    proto = helper.make_model(graph)
+    assert onnx_conv.hoist_input_transpose(proto) is False
+    assert onnx_conv.fold_input_scale_into_conv(proto) is False
+    assert onnx_conv.fold_pad_into_maxpool(proto) == 0  # reflect padding is not a zero border
+    assert [n.op_type for n in proto.graph.node] == ["Relu", "Pad", "MaxPool"]
