@@ -128,9 +128,27 @@ def bench_one(path: str, threads: int, cfg: BenchConfig) -> dict:
     }
     if isinstance(runner, TFLiteRunner):
         result["ops"] = runner.delegate_coverage()
+        result["throughput"] = throughput(runner.macs(), stats.p50, threads, runner.input_dtype)
     else:
         result["ops"] = {"delegate": runner.delegate, "providers": runner.sess.get_providers()}
     return result
+
+
+def throughput(macs: int, p50_ms: float, threads: int, input_dtype) -> dict:
+    """Achieved GOP/s at p50, and for int8 models the fraction of the CPU's int8 peak on ``threads`` cores."""
+    from edgeres.machine import int8_peak
+
+    gops = 2.0 * macs / (p50_ms / 1000.0) / 1e9 if p50_ms > 0 else None
+    out = {"macs": macs, "gops": gops}
+    if np.issubdtype(np.dtype(input_dtype), np.integer) or "int8" in str(input_dtype):
+        peak = int8_peak()
+        if peak.get("gops") and gops:
+            used = min(threads, peak["cores"])
+            peak_used = peak["gops"] * used / peak["cores"]
+            out.update({"int8_peak_gops": peak_used, "fraction_of_peak": gops / peak_used,
+                        "peak_basis": f"{used} cores x {peak['ghz']:.2f} GHz ({peak['clock_source']}) x "
+                                      f"{peak['int8_macs_per_cycle_per_core']} int8 MACs/cycle x 2: {peak['note']}"})
+    return out
 
 
 def run_bench(cfg: BenchConfig, progress=None) -> dict:

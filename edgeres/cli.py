@@ -364,6 +364,12 @@ def bench(models, threads, runs, min_time, warmup, delegate, target, data, shape
                      f"{r['peak_rss_mb']:.0f}", coverage_text(r["ops"])))
     _echo_table(("model", "thr", "delegate", "min", "p50", "p90", "p99", "mean", "stdev", "runs", "first",
                  "load", "rss MB", "ops"), rows)
+    for r in report["results"]:
+        tp = r.get("throughput") or {}
+        if tp.get("fraction_of_peak"):
+            click.echo(f"{Path(r['model']).name} ({r['threads']} threads): {tp['gops']:.1f} GOP/s, "
+                       f"{100 * tp['fraction_of_peak']:.0f}% of the int8 peak of {tp['int8_peak_gops']:.0f} GOP/s "
+                       f"[{tp['peak_basis']}]")
     m = report["machine"]
     r0 = report["results"][0]
     click.echo(f"\nms per inference, batch 1, {r0['input']} input; {m['cpu']}, {m['cores']} cores, {m['arch']}; "

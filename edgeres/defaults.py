@@ -13,7 +13,7 @@ MODEL_FILE = "digits_resnet8.keras"
 CALIB_FILE = "digits-train.npz"
 DATA_FILE = "digits-test.npz"
 NOTE = ("embedded default: ResNet-8 trained on UCI handwritten digits (calibration/README.md); "
-        "validation uses 500 held-out digits never seen in training or calibration")
+        "validation uses held-out digits never seen in training or calibration")
 
 
 def calibration_dir() -> Path:

@@ -23,6 +23,68 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields from /proc/cpuinfo (empty where Linux does not expose it)."""
+    fields: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if not line.strip():
+                    if fields:
+                        break
+                    continue
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip().lower(), value.strip())
+    except OSError:
+        pass
+    return fields
+
+
+# int8 multiply-accumulates per cycle per core, by the best dot-product ISA found:
+# (flag, vendor or None, MACs/cycle, explanation).  First match wins.
+_INT8_RATES = (
+    ("avx512_vnni", "AuthenticAMD", 64, "AVX-512 VNNI on AMD Zen 4: VPDPBUSD zmm at 1/cycle (two 256-bit halves), 64 MACs"),
+    ("avx512_vnni", None, 128, "AVX-512 VNNI: 2 x VPDPBUSD zmm per cycle, 64 MACs each"),
+    ("avx_vnni", None, 64, "AVX-VNNI: 2 x VPDPBUSD ymm per cycle, 32 MACs each"),
+    ("avx2", None, 32, "AVX2: VPMADDUBSW+VPMADDWD, about 32 MACs per cycle"),
+    ("i8mm", None, 64, "ARM i8mm: 2 x SMMLA per cycle, 32 MACs each"),
+    ("asimddp", None, 32, "ARM dot product: 2 x SDOT per cycle, 16 MACs each"),
+    ("asimd", None, 16, "ARM NEON without dot product: SMLAL-based, about 16 MACs per cycle"),
+)
+
+
+def int8_peak() -> dict:
+    """Theoretical int8 throughput of this CPU, from core count, clock and ISA.
+
+    peak GOP/s = cores x GHz x int8 MACs per cycle per core x 2 (a MAC is two ops).
+    The clock is what Linux reports (cpufreq's maximum where present, else
+    /proc/cpuinfo's 'cpu MHz', which in a VM is usually the base clock: turbo
+    raises the real peak, so a fraction of peak computed here is an upper bound).
+    """
+    info = _cpuinfo()
+    flags = set((info.get("flags") or info.get("features") or "").split())
+    vendor = info.get("vendor_id", "")
+    mhz = None
+    try:
+        with open("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq", encoding="utf-8") as f:
+            mhz, clock_source = int(f.read().strip()) / 1000.0, "cpufreq cpuinfo_max_freq"
+    except (OSError, ValueError):
+        try:
+            mhz, clock_source = float(info["cpu mhz"]), "/proc/cpuinfo cpu MHz"
+        except (KeyError, ValueError):
+            clock_source = "unknown"
+    cores = os.cpu_count() or 1
+    for flag, want_vendor, rate, why in _INT8_RATES:
+        if flag in flags and (want_vendor is None or want_vendor == vendor):
+            break
+    else:
+        return {"cores": cores, "ghz": mhz and mhz / 1000, "gops": None, "isa": None,
+                "note": "no known int8 dot-product ISA detected"}
+    gops = cores * (mhz or 0) / 1000.0 * rate * 2 if mhz else None
+    return {"cores": cores, "ghz": mhz and mhz / 1000.0, "clock_source": clock_source, "isa": flag,
+            "int8_macs_per_cycle_per_core": rate, "gops": gops, "note": why}
+
+
 def machine_info() -> dict:
     return {
         "cpu": cpu_model(),

@@ -164,6 +164,7 @@ def run_convert(cfg: ConvertConfig, progress: Progress = _no_progress) -> dict:
 
 
 def _convert_all(cfg: ConvertConfig, model, hwc, calib, stage: Path, stages: Stages) -> list[Artifact]:
+    from edgeres.convert import keras_io
     from edgeres.convert import onnx as onnx_conv
     from edgeres.convert import tflite as tflite_conv
 
@@ -176,10 +177,13 @@ def _convert_all(cfg: ConvertConfig, model, hwc, calib, stage: Path, stages: Sta
     with stages("tflite_fp32"), quiet():
         emit("tflite_fp32", "tflite", "float32", "model_fp32.tflite", tflite_conv.to_float32(model))
     if cfg.int8:
+        static = cfg.target.constraints.static_shapes or cfg.target.constraints.batch_one
         with stages("tflite_int8"), quiet():
             emit("tflite_int8", "tflite", "int8", "model_int8.tflite",
-                 tflite_conv.to_int8(model, calib, cfg.tflite_io),
-                 {"io_dtype": cfg.tflite_io, "full_integer": True, "calibration": "minmax"})
+                 tflite_conv.to_int8(keras_io.with_fixed_batch(model, hwc) if static else model, calib,
+                                     cfg.tflite_io),
+                 {"io_dtype": cfg.tflite_io, "full_integer": True, "calibration": "minmax",
+                  "static_batch": 1 if static else None})
     with stages("onnx_fp32"), quiet():
         fp32_onnx = onnx_conv.to_float32(model, hwc)
         emit("onnx_fp32", "onnx", "float32", "model_fp32.onnx", fp32_onnx, {"opset": onnx_conv.OPSET})
@@ -265,7 +269,7 @@ def _report(cfg, model_info, calib_ds, val_ds, artifacts, stages, ref, stage: Pa
             "speedup_vs_fp32": (p50[fp32] / p50[a.name]) if p50.get(fp32) and p50.get(a.name) else None,
             "details": {k: v for k, v in a.info.items() if k in ("io_dtype", "full_integer", "scheme",
                                                                  "format", "per_channel", "calibration", "opset",
-                                                                 "float_nodes")},
+                                                                 "float_nodes", "static_batch")},
         }
         rows.append(row)
         if a.precision != "int8" or not a.metrics:

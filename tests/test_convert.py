@@ -348,3 +348,17 @@ def test_shared_resnet20_int8_close_to_float(tmp_path: Path):
     for a in report["artifacts"]:
         if a["precision"] == "int8":
             assert a["agreement"] >= 96.0 and a["top1_drop"] <= 1.5, a
+
+
+def test_coral_target_converts_with_static_batch_and_uint8_io(tmp_path: Path):
+    from edgeres.runtime import open_runner
+
+    out = tmp_path / "coral"
+    result = invoke("convert", "--int8", "--target", "coral-edgetpu", "--val-size", "100", "-o", out)
+    assert result.exit_code == 0, result.stderr
+    runner = open_runner(out / "model_int8.tflite")
+    assert runner.input_shape == (1, 8, 8, 1) and runner.input_dtype == np.uint8
+    report = json.loads((out / "report.json").read_text())
+    assert report["target"]["name"] == "coral-edgetpu"
+    assert any("aarch64" in n for n in report["notes"])  # x86 accuracy is not the device's
+    assert report["artifacts"][3]["details"]["scheme"] == "S8S8"

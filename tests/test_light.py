@@ -202,3 +202,15 @@ def test_runtime_only_install_in_fresh_venv(default_run: Path, tmp_path: Path):
     proc = subprocess.run([str(exe), "convert", "--int8", "-o", str(tmp_path / "o")], capture_output=True,
                           text=True, env=env, cwd=tmp_path)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr  # convert needs the [convert] extra
+
+
+def test_bench_reports_throughput_against_int8_peak(default_run: Path):
+    result = invoke("bench", default_run / "model_int8.tflite", "--runs", "20", "--json")
+    r = json.loads(result.stdout)["results"][0]
+    tp = r["throughput"]
+    assert tp["macs"] == 747_136  # the default ResNet-8's convolutions and FC at 8x8x1 (same as Keras' count)
+    assert tp["gops"] == pytest.approx(2 * tp["macs"] / (r["latency_ms"]["p50"] / 1000) / 1e9)
+    from edgeres.machine import int8_peak
+
+    if int8_peak().get("gops"):
+        assert 0 < tp["fraction_of_peak"] < 2 and "MACs/cycle" in tp["peak_basis"]

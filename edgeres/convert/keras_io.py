@@ -114,6 +114,14 @@ def _from_savedmodel(path: Path) -> LoadedModel:
     return LoadedModel(model, path.name, str(path), "savedmodel")
 
 
+def with_fixed_batch(model, hwc: tuple[int, int, int], batch: int = 1):
+    """The same model with a static batch dimension (the Edge TPU needs static shapes)."""
+    import keras
+
+    inp = keras.Input(shape=hwc, batch_size=batch, name="input")
+    return keras.Model(inp, model(inp), name=f"{model.name}_b{batch}")
+
+
 def _check_single_io(model, where: str) -> None:
     if len(model.inputs) != 1 or len(model.outputs) != 1:
         raise ModelError(f"{where} has {len(model.inputs)} inputs and {len(model.outputs)} outputs; "
