@@ -362,3 +362,40 @@ def test_coral_target_converts_with_static_batch_and_uint8_io(tmp_path: Path):
     assert report["target"]["name"] == "coral-edgetpu"
     assert any("aarch64" in n for n in report["notes"])  # x86 accuracy is not the device's
     assert report["artifacts"][3]["details"]["scheme"] == "S8S8"
+
+
+def test_legacy_keras2_h5(tmp_path: Path):
+    """A Keras 2 (tf-keras) .h5 file, written in a separate process, loads and converts."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("tf_keras", reason="tf-keras (in the dev extra) writes the legacy Keras 2 file")
+    h5 = tmp_path / "legacy.h5"
+    script = f"""
+import numpy as np, tf_keras as k2
+k2.utils.set_random_seed(0)
+inp = k2.Input((8, 8, 1))
+x = k2.layers.Rescaling(1 / 255.0)(inp)
+x = k2.layers.Conv2D(8, 3, padding="same", activation="relu")(x)
+x = k2.layers.BatchNormalization()(x)
+x = k2.layers.GlobalAveragePooling2D()(x)
+m = k2.Model(inp, k2.layers.Dense(10)(x))
+m.save({str(h5)!r})
+x = np.load({str(CALIBRATION / "digits-test.npz")!r})["x"][:8].astype("float32")
+np.save({str(tmp_path / "want.npy")!r}, m.predict(x, verbose=0))
+"""
+    subprocess.run([sys.executable, "-c", script], check=True, capture_output=True)
+    import h5py
+
+    with h5py.File(h5) as f:
+        assert str(f.attrs["keras_version"]).startswith("2.")
+    from edgeres.convert.keras_io import load_model
+
+    loaded = load_model(str(h5))
+    x = np.load(CALIBRATION / "digits-test.npz")["x"][:8].astype("float32")
+    np.testing.assert_allclose(np.asarray(loaded.model(x)), np.load(tmp_path / "want.npy"), rtol=1e-4, atol=1e-5)
+    out = tmp_path / "run"
+    result = invoke("convert", h5, "--int8", "--calib", CALIBRATION / "digits-train.npz", "--calib-size", "20",
+                    "--val-size", "50", "--data", CALIBRATION / "digits-test.npz", "-o", out)
+    assert result.exit_code == 0, result.stderr
+    assert json.loads((out / "report.json").read_text())["model"]["kind"] == "h5"
