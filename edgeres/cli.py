@@ -419,3 +419,37 @@ def validate(model, data, reference, threads, delegate, val_size, seed, on_bad_i
             click.echo(f"  {label:<14} {result[key]:{spec}}")
     if "reference" in result and result["reference"].get("top1") is not None:
         click.echo(f"  reference      {Path(reference).name}: top-1 {result['reference']['top1']:.2f}%")
+
+
+@cli.command()
+@click.argument("model", type=click.Path())
+@click.option("--target", default="coral-edgetpu", show_default=True, metavar="NAME|FILE",
+              help="Device profile whose rules to check (today: the Edge TPU's).")
+@json_option
+def check(model, target, as_json):
+    """Statically check an int8 .tflite MODEL against a target's requirements.
+
+    For the Coral Edge TPU: full int8 quantization, the supported ops and
+    their constraints, static shapes, batch 1, and the on-chip parameter
+    cache.  Lists each op that would run on the CPU and the first one, which
+    splits the graph.  Exit code 0 when compatible, 6 when not.
+    """
+    from edgeres.edgetpu import check_model, format_check
+    from edgeres.errors import ConversionError
+    from edgeres.targets import resolve_target
+
+    t = resolve_target(target)
+    if t.tflite.delegate != "edgetpu":
+        raise UsageError(f"'edgeres check' knows the Edge TPU's rules; target '{t.name}' uses "
+                         f"{t.tflite.delegate}, which runs every TFLite op")
+    result = check_model(model, max_tensor_bytes=t.constraints.max_tensor_bytes or 8 * 2**20)
+    if as_json:
+        from edgeres.fsutil import to_json
+        click.echo(to_json(result), nl=False)
+    else:
+        click.echo(format_check(result))
+    if not result["compatible"]:
+        reason = result["errors"][0] if result["errors"] else (
+            f"op #{result['first_unsupported']['index']} {result['first_unsupported']['op']} "
+            f"is not supported: {result['first_unsupported']['reason']}")
+        raise ConversionError(f"{Path(model).name} is not Edge TPU compatible: {reason}")

@@ -146,6 +146,7 @@ def run_convert(cfg: ConvertConfig, progress: Progress = _no_progress) -> dict:
     report: dict = {}
     with staged_dir(cfg.output_dir, cfg.force) as stage:
         artifacts = _convert_all(cfg, loaded.model, hwc, calib, stage, stages)
+        edgetpu = _edgetpu(cfg, artifacts, stage, stages) if cfg.target.tflite.delegate == "edgetpu" else None
         runners = _open_runners(cfg, artifacts, stage)
         if val_ds is not None:
             with stages("validate"):
@@ -156,6 +157,9 @@ def run_convert(cfg: ConvertConfig, progress: Progress = _no_progress) -> dict:
             sample = calib[:1]
             _bench(cfg, artifacts, runners, sample, progress)
         report = _report(cfg, model_info, calib_sample, val_ds, artifacts, stages, ref, stage)
+        if edgetpu is not None:
+            report["edgetpu"] = edgetpu
+            report["notes"].extend(edgetpu["notes"])
         write_json_atomic(stage / "report.json", report)
         write_text_atomic(stage / "report.md", render_markdown(report))
     if not report["passed"]:
@@ -196,6 +200,34 @@ def _convert_all(cfg: ConvertConfig, model, hwc, calib, stage: Path, stages: Sta
                   "calibration": f"percentile {onnx_conv.DEFAULT_PERCENTILE}",
                   "float_nodes": kept_float})
     return out
+
+
+def _edgetpu(cfg: ConvertConfig, artifacts: list[Artifact], stage: Path, stages: Stages) -> dict | None:
+    """Check the int8 model against the Edge TPU's rules and compile it when edgetpu_compiler is installed."""
+    from edgeres.edgetpu import check_model, compile_model
+    from edgeres.errors import RuntimeUnavailableError
+
+    int8 = next((a for a in artifacts if a.name == "tflite_int8"), None)
+    if int8 is None:
+        return None
+    with stages("edgetpu"):
+        result = {"check": check_model(stage / int8.filename,
+                                       cfg.target.constraints.max_tensor_bytes or 8 * 2**20), "notes": []}
+        chk = result["check"]
+        if not chk["compatible"]:
+            first = chk["first_unsupported"]
+            result["notes"].append("Edge TPU: " + (chk["errors"][0] if chk["errors"] else
+                                   f"op #{first['index']} {first['op']} runs on the CPU and splits the graph "
+                                   f"({first['reason']})"))
+        try:
+            with quiet():
+                result["compiler"] = compile_model(stage / int8.filename, stage)
+            result["notes"].append(f"Edge TPU compiler: {result['compiler'].get('ops_on_tpu')} ops on the TPU, "
+                                   f"{result['compiler'].get('ops_on_cpu')} on the CPU")
+        except RuntimeUnavailableError as exc:
+            result["compiler"] = None
+            result["notes"].append(f"not compiled for the Edge TPU: {exc}")
+    return result
 
 
 def _open_runners(cfg: ConvertConfig, artifacts: list[Artifact], stage: Path) -> dict:

@@ -362,6 +362,21 @@ def test_coral_target_converts_with_static_batch_and_uint8_io(tmp_path: Path):
     assert report["target"]["name"] == "coral-edgetpu"
     assert any("aarch64" in n for n in report["notes"])  # x86 accuracy is not the device's
     assert report["artifacts"][3]["details"]["scheme"] == "S8S8"
+    # The static int8 model passes the Edge TPU checker; without edgetpu_compiler the report says how to get it.
+    assert report["edgetpu"]["check"]["compatible"] is True
+    assert report["edgetpu"]["check"]["ops_mappable"] == report["edgetpu"]["check"]["ops_total"]
+    if report["edgetpu"]["compiler"] is None:
+        assert any("edgetpu_compiler" in n and "apt-get install" in n for n in report["notes"])
+    ok = invoke("check", out / "model_int8.tflite", "--json")
+    assert ok.exit_code == 0 and json.loads(ok.stdout)["compatible"] is True
+
+
+def test_check_rejects_dynamic_batch_and_non_edgetpu_targets(default_run: Path):
+    bad = invoke("check", default_run / "model_int8.tflite")
+    assert bad.exit_code == 6
+    assert "dynamic shapes" in bad.stdout and bad.stderr.count("\n") == 1
+    assert "batch_size=1" in bad.stderr
+    assert_one_line_error(invoke("check", default_run / "model_int8.tflite", "--target", "x86-64"), 2, "x86-64")
 
 
 def test_legacy_keras2_h5(tmp_path: Path):
