@@ -21,9 +21,12 @@ import subprocess
 import sys
 import time
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from _common import table
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
@@ -36,11 +39,11 @@ MIDR = {"cortex-a53": (0x41, 0xd03), "cortex-a57": (0x41, 0xd07), "cortex-a72": 
         "cortex-a76": (0x41, 0xd0b), "neoverse-n1": (0x41, 0xd0c), "a64fx": (0x46, 0x001)}
 EMULATED = "emulated, NOT representative of real ARM latency"
 
+# `python -c VALIDATE ARGS` = `edgeres validate ARGS`, asserting that a runtime-only env has no TensorFlow.
 VALIDATE = r"""
 import importlib.util, os, sys
 no_tf = os.environ.get("EDGERES_ARM_NO_TF") == "1"
-if no_tf and importlib.util.find_spec("tensorflow") is not None:
-    sys.exit("edgeres-arm: tensorflow is importable in the runtime-only environment")
+assert not (no_tf and importlib.util.find_spec("tensorflow")), "tensorflow is importable in the runtime-only env"
 sys.argv = ["edgeres", "validate", *sys.argv[1:]]
 try:
     from edgeres.cli import main
@@ -72,11 +75,7 @@ if a["task"] == "npz":  # decode the first images (balanced over classes) into a
     np.savez(a["out"], x=x, y=labels[idx])
     sys.exit(0)
 mod = importlib.import_module(a["runtime"] + ".interpreter")
-kw = {}
-if a["mode"] == "reference":
-    kw["experimental_op_resolver_type"] = mod.OpResolverType.BUILTIN_REF
-elif a["mode"] == "none":
-    kw["experimental_op_resolver_type"] = mod.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+kw = {"experimental_op_resolver_type": mod.OpResolverType.BUILTIN_REF} if a["mode"] == "reference" else {}
 it = mod.Interpreter(model_path=a["model"], num_threads=1, **kw)
 it.allocate_tensors()
 inp, out = it.get_input_details()[0], it.get_output_details()[0]
@@ -184,8 +183,9 @@ def setup_wheels(cache: Path, name: str, arch: str, reqs: list[str]) -> Path:
     if done.is_file():
         log(f"{name} wheels: cached at {site}")
         return site
-    shutil.rmtree(site, ignore_errors=True)
     wheels = cache / f"wheels-{name}"
+    shutil.rmtree(site, ignore_errors=True)
+    shutil.rmtree(wheels, ignore_errors=True)
     plats = [f"--platform=manylinux_2_{v}_{arch}" for v in (34, 28, 27, 17)] + [f"--platform=manylinux2014_{arch}"]
     log(f"downloading {arch} wheels: {' '.join(reqs)}")
     run([sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:", "--no-deps", "--python-version=3.11",
@@ -209,34 +209,38 @@ def make_model(cache: Path) -> Path:
     return out / "model_int8.tflite"
 
 
+@dataclass
 class Launcher:
-    """How to start Python for one side: x86 host, x86 sandbox, or qemu arm64."""
+    """How to start Python for one side: x86 host env, x86 wheels-only, or qemu arm64."""
 
-    def __init__(self, label, argv, path, no_tf=True, rootfs=None, cpu=None):
-        self.label, self.argv, self.path, self.no_tf, self.rootfs, self.cpu = label, argv, path, no_tf, rootfs, cpu
+    label: str
+    argv: list
+    path: list
+    no_tf: bool = True  # a runtime-only env: assert that TensorFlow is neither importable nor imported
+    rootfs: Path | None = None
+    cpu: str = ""
 
     def __call__(self, args, what: str) -> subprocess.CompletedProcess:
-        if self.rootfs is not None:  # qemu passes the host's x86 /proc/cpuinfo through unless -L has one
+        if self.rootfs is not None:  # qemu 7.2 shows the host's x86 /proc/cpuinfo unless the -L root has one
             imp, part = MIDR.get(self.cpu, MIDR["cortex-a57"])
-            (self.rootfs / "proc/cpuinfo").write_text("".join(
-                f"processor\t: {i}\nFeatures\t: fp asimd\nCPU implementer\t: {imp:#x}\nCPU architecture: 8\n"
-                f"CPU variant\t: 0x0\nCPU part\t: {part:#05x}\nCPU revision\t: 0\n\n" for i in range(os.cpu_count() or 1)))
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(map(str, self.path)), "EDGERES_ARM_NO_TF": "1" if self.no_tf else "0",
-               "TF_CPP_MIN_LOG_LEVEL": "3"}
+            cpu = (f"Features\t: fp asimd\nCPU implementer\t: {imp:#x}\nCPU architecture: 8\nCPU variant\t: 0x0\n"
+                   f"CPU part\t: {part:#05x}\nCPU revision\t: 0\n\n")
+            (self.rootfs / "proc/cpuinfo").write_text("".join(f"processor\t: {i}\n{cpu}" for i in range(os.cpu_count())))
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(map(str, self.path)),
+               "EDGERES_ARM_NO_TF": "1" if self.no_tf else "0", "TF_CPP_MIN_LOG_LEVEL": "3"}
         return run([*self.argv, *args], f"{what} ({self.label})", env=env, cwd=REPO)
 
 
-def launchers(qemu, rootfs, sites, cpus):
-    py_arm = [qemu, "-L", rootfs, rootfs / "usr/bin/python3.11", "-S"]
-    out = {"x86 tflite-runtime": Launcher("x86 tflite-runtime", [sys.executable, "-S"], [sites["x86"], REPO]),
-           "x86 ai-edge-litert": Launcher("x86 ai-edge-litert", [sys.executable], [REPO], no_tf=False)}
+def launchers(qemu, rootfs, sites, cpus) -> dict[str, Launcher]:
+    """x86: a -S Python on the x86 wheels only, and the host's own env; arm64: qemu per CPU model."""
+    out = [Launcher("x86 tflite-runtime", [sys.executable, "-S"], [sites["x86"], REPO]),
+           Launcher("x86 ai-edge-litert", [sys.executable], [REPO], no_tf=False)]
     for cpu in cpus:
-        arm = [qemu, "-cpu", cpu, *py_arm[1:]]
-        out[f"arm64 {cpu} tflite-runtime"] = Launcher(f"arm64 {cpu} tflite-runtime", arm, [sites["arm"], REPO],
-                                                      rootfs=rootfs, cpu=cpu)
-        out[f"arm64 {cpu} ai-edge-litert"] = Launcher(f"arm64 {cpu} ai-edge-litert", arm,
-                                                      [sites["litert"], sites["arm"], REPO], rootfs=rootfs, cpu=cpu)
-    return out
+        arm = [qemu, "-cpu", cpu, "-L", rootfs, rootfs / "usr/bin/python3.11", "-S"]
+        out += [Launcher(f"arm64 {cpu} tflite-runtime", arm, [sites["arm"], REPO], rootfs=rootfs, cpu=cpu),
+                Launcher(f"arm64 {cpu} ai-edge-litert", arm, [sites["litert"], sites["arm"], REPO],
+                         rootfs=rootfs, cpu=cpu)]
+    return {la.label: la for la in out}
 
 
 def compare(a: np.ndarray, b: np.ndarray, y: np.ndarray) -> dict:
@@ -249,11 +253,77 @@ def compare(a: np.ndarray, b: np.ndarray, y: np.ndarray) -> dict:
     return res
 
 
-def table(rows, head) -> str:
-    rows = [[str(c) for c in r] for r in rows]
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
-    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    return "\n".join([fmt.format(*head), fmt.format(*("-" * w for w in widths))] + [fmt.format(*r) for r in rows])
+def hist_text(h: dict | None) -> str:
+    if h is None:
+        return "-"
+    big = sum(c for v, c in h.items() if v > 4)
+    return " ".join([f"{v}:{c}" for v, c in h.items() if v <= 4] + ([f">4:{big}"] if big else [])) or "none"
+
+
+def run_validate(run_, cpu, model, npz) -> list[dict]:
+    validate = []
+    for label in ("x86 tflite-runtime", f"arm64 {cpu} tflite-runtime", "x86 ai-edge-litert",
+                  f"arm64 {cpu} ai-edge-litert"):
+        log(f"edgeres validate --json: {label}")
+        t0 = time.time()
+        r = json.loads(run_[label](["-c", VALIDATE, model, "--data", npz, "--json"], "edgeres validate").stdout)
+        validate.append({"side": label, "runtime": f"{r['runtime']} {r['runtime_version']}", "top1": r.get("top1"),
+                         "count": r["count"], "tensorflow_free": run_[label].no_tf,
+                         "seconds": round(time.time() - t0, 1)})
+    return validate
+
+
+def run_dumps(run_, cpus, helper, model, npz, preprocess, timing_runs, cache, y):
+    jobs = [("x86 tflite-runtime", "tflite_runtime", "default"), ("x86 tflite-runtime", "tflite_runtime", "reference"),
+            ("x86 ai-edge-litert", "ai_edge_litert", "default")]
+    for i, cpu in enumerate(cpus):
+        jobs += [(f"arm64 {cpu} tflite-runtime", "tflite_runtime", "default"),
+                 (f"arm64 {cpu} ai-edge-litert", "ai_edge_litert", "default")]
+        if i == 0:
+            jobs.append((f"arm64 {cpu} tflite-runtime", "tflite_runtime", "reference"))
+    dumps, logits = [], {}
+    for side, runtime, mode in jobs:
+        name = f"{side} [{mode}]"
+        out = cache / f"logits-{len(dumps)}.npy"
+        log(f"raw int8 logits, batch 1: {name}")
+        t0 = time.time()
+        meta = json.loads(run_[side]([helper, json.dumps({"task": "logits", "runtime": runtime, "mode": mode,
+                                                          "model": str(model), "npz": str(npz), "out": str(out),
+                                                          "preprocess": preprocess, "timing_runs": timing_runs})],
+                                     "logit dump").stdout.strip().splitlines()[-1])
+        logits[name] = np.load(out)
+        ms = float(np.median(meta["invoke_ms"])) if meta["invoke_ms"] else None
+        dumps.append({"name": name, **meta, "top1": float(np.mean(logits[name].argmax(1) == y) * 100),
+                      "invoke_ms_median": ms, "timing": EMULATED if meta["machine"] == "aarch64" else "native x86",
+                      "seconds": round(time.time() - t0, 1)})
+    if len({d["input_sha256"] for d in dumps}) != 1:
+        fail("the int8 input tensors differ between runs; the comparison would be meaningless")
+    return dumps, logits
+
+
+def compare_all(logits, cpus, y) -> list[dict]:
+    a0, t, l = f"arm64 {cpus[0]}", "tflite-runtime", "ai-edge-litert"
+    pairs = [(f"{a0} {t} [default]", f"x86 {t} [default]"), (f"{a0} {t} [reference]", f"x86 {t} [reference]"),
+             (f"{a0} {l} [default]", f"x86 {l} [default]"), (f"x86 {t} [default]", f"x86 {t} [reference]"),
+             (f"{a0} {t} [default]", f"{a0} {t} [reference]"), (f"x86 {l} [default]", f"x86 {t} [reference]")]
+    pairs += [(f"arm64 {c} {r} [default]", f"{a0} {r} [default]") for c in cpus[1:] for r in (t, l)]
+    return [{"a": a, "b": b, **compare(logits[a], logits[b], y)} for a, b in pairs]
+
+
+def print_tables(validate, dumps, comparisons, n) -> None:
+    print("\nedgeres validate --json (runtime-only on every side but the host's ai-edge-litert):")
+    print(table(("side", "runtime", "top-1 %", "images", "TF-free env", "wall s"),
+                [(v["side"], v["runtime"], f"{v['top1']:.2f}", v["count"], "yes" if v["tensorflow_free"] else "no",
+                  v["seconds"]) for v in validate]))
+    print(f"\nraw int8 logits, batch 1, 1 thread ({n} images; same int8 input everywhere):")
+    print(table(("run", "version", "top-1 %", "ops", "delegate partitions", "ms/inference", "timing"),
+                [(d["name"], d["runtime_version"], f"{d['top1']:.2f}", d["ops"], d["delegate_nodes"],
+                  f"{d['invoke_ms_median']:.2f}" if d["invoke_ms_median"] else "-", d["timing"]) for d in dumps]))
+    print("\nlogit differences (1 step = 1 int8 unit of the output scale):")
+    print(table(("a", "b", "top-1 agree %", "logits differ %", "images differ %", "steps: count", "max steps"),
+                [(c["a"], c["b"], f"{c['top1_agreement']:.2f}", f"{c['logits_differ']:.2f}",
+                  f"{c['images_any_differ']:.2f}", hist_text(c.get("step_histogram")), c.get("max_steps", "-"))
+                 for c in comparisons]))
 
 
 def main() -> None:
@@ -261,8 +331,9 @@ def main() -> None:
     ap.add_argument("--tflite", type=Path, help="int8 .tflite (default: convert shared/data's ResNet-20)")
     ap.add_argument("--data", type=Path, help="labelled .npz or class-folder (default: shared/data/cifar10/test)")
     ap.add_argument("--limit", type=int, default=500, help="images, balanced over classes [500]")
-    ap.add_argument("--cpus", default="cortex-a76,cortex-a72,max", help="qemu CPU models, first is the main one")
+    ap.add_argument("--cpus", default="cortex-a76,cortex-a72", help="qemu CPU models, first is the main one")
     ap.add_argument("--timing-runs", type=int, default=5, help="timed invokes per logit dump [5]")
+    ap.add_argument("--qemu", help="qemu-aarch64 binary [qemu-aarch64-static, apt-installed if missing]")
     ap.add_argument("--cache", type=Path, default=Path.home() / ".cache/edgeres-arm")
     ap.add_argument("--json-out", type=Path, help="summary JSON [CACHE/results.json]")
     args = ap.parse_args()
@@ -273,11 +344,12 @@ def main() -> None:
     cache = args.cache.expanduser().resolve()
     cache.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
-    qemu = setup_qemu()
+    qemu = args.qemu or setup_qemu()
     qemu_version = run([qemu, "--version"], "qemu --version").stdout.splitlines()[0]
     log(qemu_version)
     rootfs = setup_rootfs(cache)
-    sites = {"arm": setup_wheels(cache, "aarch64", "aarch64", WHEELS), "x86": setup_wheels(cache, "x86_64", "x86_64", WHEELS),
+    sites = {"arm": setup_wheels(cache, "aarch64", "aarch64", WHEELS),
+             "x86": setup_wheels(cache, "x86_64", "x86_64", WHEELS),
              "litert": setup_wheels(cache, "litert-aarch64", "aarch64", LITERT)}
     model = (args.tflite or make_model(cache)).resolve()
     if not model.is_file():
@@ -297,58 +369,10 @@ def main() -> None:
     with np.load(npz) as z:
         y = z["y"]
 
-    validate = []
-    for label in ["x86 tflite-runtime", f"arm64 {cpus[0]} tflite-runtime", "x86 ai-edge-litert",
-                  f"arm64 {cpus[0]} ai-edge-litert"]:
-        log(f"edgeres validate --json: {label}")
-        t0 = time.time()
-        r = json.loads(run_[label](["-c", VALIDATE, model, "--data", npz, "--json"], "edgeres validate").stdout)
-        validate.append({"side": label, "runtime": f"{r['runtime']} {r['runtime_version']}", "top1": r.get("top1"),
-                         "count": r["count"], "tensorflow_free": run_[label].no_tf, "seconds": round(time.time() - t0, 1)})
-
-    jobs = [("x86 tflite-runtime", "tflite_runtime", "default"), ("x86 tflite-runtime", "tflite_runtime", "reference"),
-            ("x86 ai-edge-litert", "ai_edge_litert", "default")]
-    for i, cpu in enumerate(cpus):
-        jobs += [(f"arm64 {cpu} tflite-runtime", "tflite_runtime", "default"),
-                 (f"arm64 {cpu} ai-edge-litert", "ai_edge_litert", "default")]
-        if i == 0:
-            jobs.append((f"arm64 {cpu} tflite-runtime", "tflite_runtime", "reference"))
-    dumps, logits = [], {}
-    for side, runtime, mode in jobs:
-        name = f"{side} [{mode}]"
-        out = cache / f"logits-{len(dumps)}.npy"
-        log(f"raw int8 logits, batch 1: {name}")
-        t0 = time.time()
-        meta = json.loads(run_[side]([helper, json.dumps({"task": "logits", "runtime": runtime, "mode": mode,
-                                                          "model": str(model), "npz": str(npz), "out": str(out),
-                                                          "preprocess": preprocess, "timing_runs": args.timing_runs})],
-                                     "logit dump").stdout.strip().splitlines()[-1])
-        logits[name] = np.load(out)
-        ms = float(np.median(meta["invoke_ms"])) if meta["invoke_ms"] else None
-        dumps.append({"name": name, **meta, "top1": float(np.mean(logits[name].argmax(1) == y) * 100),
-                      "invoke_ms_median": ms, "timing": EMULATED if meta["machine"] == "aarch64" else "native x86",
-                      "seconds": round(time.time() - t0, 1)})
-    if len({d["input_sha256"] for d in dumps}) != 1:
-        fail("the int8 input tensors differ between runs; the comparison would be meaningless")
-
-    a0, t, l = f"arm64 {cpus[0]}", "tflite-runtime", "ai-edge-litert"
-    pairs = [(f"{a0} {t} [default]", f"x86 {t} [default]"), (f"{a0} {t} [reference]", f"x86 {t} [reference]"),
-             (f"{a0} {l} [default]", f"x86 {l} [default]"), (f"x86 {t} [default]", f"x86 {t} [reference]"),
-             (f"{a0} {t} [default]", f"{a0} {t} [reference]"), (f"x86 {l} [default]", f"x86 {t} [reference]")]
-    pairs += [(f"arm64 {c} {r} [default]", f"{a0} {r} [default]") for c in cpus[1:] for r in (t, l)]
-    comparisons = [{"a": a, "b": b, **compare(logits[a], logits[b], y)} for a, b in pairs]
-
-    print("\nedgeres validate --json (runtime-only on every side but the host's ai-edge-litert):")
-    print(table([(v["side"], v["runtime"], f"{v['top1']:.2f}", v["count"], "yes" if v["tensorflow_free"] else "no",
-                  v["seconds"]) for v in validate], ("side", "runtime", "top-1 %", "images", "TF-free", "wall s")))
-    print(f"\nraw int8 logits, batch 1, 1 thread ({len(y)} images; same int8 input everywhere):")
-    print(table([(d["name"], d["runtime_version"], f"{d['top1']:.2f}", d["ops"], d["delegate_nodes"],
-                  f"{d['invoke_ms_median']:.2f}" if d["invoke_ms_median"] else "-", d["timing"]) for d in dumps],
-                ("run", "version", "top-1 %", "ops", "delegate partitions", "ms/inference", "timing")))
-    print("\nlogit differences (1 step = 1 int8 unit of the output scale):")
-    print(table([(c["a"], c["b"], f"{c['top1_agreement']:.2f}", f"{c['logits_differ']:.2f}", f"{c['images_any_differ']:.2f}",
-                  c.get("step_histogram", "-"), c.get("max_steps", "-")) for c in comparisons],
-                ("a", "b", "top-1 agree %", "logits differ %", "images differ %", "|steps|: count", "max")))
+    validate = run_validate(run_, cpus[0], model, npz)
+    dumps, logits = run_dumps(run_, cpus, helper, model, npz, preprocess, args.timing_runs, cache, y)
+    comparisons = compare_all(logits, cpus, y)
+    print_tables(validate, dumps, comparisons, len(y))
     versions = {"qemu": qemu_version, "arm_python": next(d["python"] for d in dumps if d["machine"] == "aarch64"),
                 "wheels": {k: (v / ".complete").read_text().split() for k, v in sites.items()}}
     summary = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "model": str(model), "data": str(src),

@@ -165,7 +165,7 @@ def convert(model, calib, data, int8, output_dir, force, target, io_dtype, calib
       edgeres convert model.keras --int8 --calib calib/ --data test/ -o out --max-drop 0.5
     """
     from edgeres import defaults
-    from edgeres.pipeline import ConvertConfig, parse_usage, run_convert, table_rows, TABLE_HEADER
+    from edgeres.pipeline import ConvertConfig, parse_usage, run_convert
     from edgeres.targets import resolve_target
 
     parse_usage(max_drop, "--max-drop")
@@ -183,20 +183,16 @@ def convert(model, calib, data, int8, output_dir, force, target, io_dtype, calib
         preprocess=preprocess, int8=int8, io_dtype=io_dtype, input_size=input_size, num_classes=num_classes,
         weights=weights, calib_size=calib_size, val_size=val_size, seed=seed, threads=threads, runs=runs,
         warmup=warmup, max_drop=max_drop, force=force, on_error=on_bad_image, default_note=note)
-    report = None
+    from edgeres.errors import BudgetExceededError
+
     try:
         with redirect_stdout(sys.stderr):  # converters print; keep stdout for the table / JSON
             report = run_convert(cfg, progress=_progress(sys.stderr.isatty()))
-    finally:
-        if report is None:
-            report = _read_report(output_dir) if max_drop is not None else None
-        if report is not None:
-            _print_convert(report, output_dir, as_json)
-
-
-def _read_report(out: Path):
-    p = out / "report.json"
-    return json.loads(p.read_text()) if p.is_file() else None
+    except BudgetExceededError:
+        # The run folder was written and marked as failing: show it, then exit non-zero.
+        _print_convert(json.loads((output_dir / "report.json").read_text()), output_dir, as_json)
+        raise
+    _print_convert(report, output_dir, as_json)
 
 
 def _print_convert(report: dict, out: Path, as_json: bool) -> None:

@@ -20,7 +20,8 @@ import numpy as np
 from edgeres import __version__
 from edgeres.data import Dataset, Preprocess, open_dataset
 from edgeres.errors import BudgetExceededError, DataError, UsageError
-from edgeres.fsutil import sha256_file, staged_dir, write_bytes_atomic, write_json_atomic, write_text_atomic
+from edgeres.fsutil import (check_output_dir, sha256_file, staged_dir, write_bytes_atomic, write_json_atomic,
+                            write_text_atomic)
 from edgeres.machine import machine_info, tool_versions
 from edgeres.metrics import Tally, collapsed
 from edgeres.quiet import quiet
@@ -118,7 +119,6 @@ def run_convert(cfg: ConvertConfig, progress: Progress = _no_progress) -> dict:
     val_ds = open_dataset(cfg.data, "validation") if cfg.data else None
     if val_ds is not None and not val_ds.labelled:
         raise DataError(f"validation data {cfg.data} has no labels: use class subfolders or an .npz with 'y'")
-    from edgeres.fsutil import check_output_dir
     check_output_dir(cfg.output_dir, cfg.force)
 
     with stages("load"), quiet():
