@@ -54,7 +54,7 @@ finally:
         os._exit(9)
 """
 
-HELPER = r'''"""Raw int8 logits of one .tflite, batch 1 per image (runs on x86 and under qemu)."""
+HELPER = r'''"""task npz: decode images to an .npz; task logits: raw int8 logits, batch 1 (x86 and qemu)."""
 import hashlib, importlib, json, os, platform, sys, time
 import numpy as np
 a = json.loads(sys.argv[1])
@@ -225,7 +225,8 @@ class Launcher:
             imp, part = MIDR.get(self.cpu, MIDR["cortex-a57"])
             cpu = (f"Features\t: fp asimd\nCPU implementer\t: {imp:#x}\nCPU architecture: 8\nCPU variant\t: 0x0\n"
                    f"CPU part\t: {part:#05x}\nCPU revision\t: 0\n\n")
-            (self.rootfs / "proc/cpuinfo").write_text("".join(f"processor\t: {i}\n{cpu}" for i in range(os.cpu_count())))
+            text = "".join(f"processor\t: {i}\n{cpu}" for i in range(os.cpu_count()))
+            (self.rootfs / "proc/cpuinfo").write_text(text)
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(map(str, self.path)),
                "EDGERES_ARM_NO_TF": "1" if self.no_tf else "0", "TF_CPP_MIN_LOG_LEVEL": "3"}
         return run([*self.argv, *args], f"{what} ({self.label})", env=env, cwd=REPO)
@@ -243,7 +244,7 @@ def launchers(qemu, rootfs, sites, cpus) -> dict[str, Launcher]:
     return {la.label: la for la in out}
 
 
-def compare(a: np.ndarray, b: np.ndarray, y: np.ndarray) -> dict:
+def compare(a: np.ndarray, b: np.ndarray) -> dict:
     steps = np.abs(a.astype(np.int64) - b.astype(np.int64)) if a.dtype.kind in "iu" else None
     res = {"top1_agreement": float(np.mean(a.argmax(1) == b.argmax(1)) * 100),
            "logits_differ": float(np.mean(a != b) * 100), "images_any_differ": float(np.mean((a != b).any(1)) * 100)}
@@ -301,13 +302,13 @@ def run_dumps(run_, cpus, helper, model, npz, preprocess, timing_runs, cache, y)
     return dumps, logits
 
 
-def compare_all(logits, cpus, y) -> list[dict]:
+def compare_all(logits, cpus) -> list[dict]:
     a0, t, l = f"arm64 {cpus[0]}", "tflite-runtime", "ai-edge-litert"
     pairs = [(f"{a0} {t} [default]", f"x86 {t} [default]"), (f"{a0} {t} [reference]", f"x86 {t} [reference]"),
              (f"{a0} {l} [default]", f"x86 {l} [default]"), (f"x86 {t} [default]", f"x86 {t} [reference]"),
              (f"{a0} {t} [default]", f"{a0} {t} [reference]"), (f"x86 {l} [default]", f"x86 {t} [reference]")]
     pairs += [(f"arm64 {c} {r} [default]", f"{a0} {r} [default]") for c in cpus[1:] for r in (t, l)]
-    return [{"a": a, "b": b, **compare(logits[a], logits[b], y)} for a, b in pairs]
+    return [{"a": a, "b": b, **compare(logits[a], logits[b])} for a, b in pairs]
 
 
 def print_tables(validate, dumps, comparisons, n) -> None:
@@ -331,13 +332,19 @@ def main() -> None:
     ap.add_argument("--tflite", type=Path, help="int8 .tflite (default: convert shared/data's ResNet-20)")
     ap.add_argument("--data", type=Path, help="labelled .npz or class-folder (default: shared/data/cifar10/test)")
     ap.add_argument("--limit", type=int, default=500, help="images, balanced over classes [500]")
-    ap.add_argument("--cpus", default="cortex-a76,cortex-a72", help="qemu CPU models, first is the main one")
+    ap.add_argument("--cpus", default="cortex-a76,cortex-a72",
+                    help="qemu CPU models, the first is the main one [cortex-a76,cortex-a72]")
     ap.add_argument("--timing-runs", type=int, default=5, help="timed invokes per logit dump [5]")
     ap.add_argument("--qemu", help="qemu-aarch64 binary [qemu-aarch64-static, apt-installed if missing]")
-    ap.add_argument("--cache", type=Path, default=Path.home() / ".cache/edgeres-arm")
+    ap.add_argument("--cache", type=Path, default=Path.home() / ".cache/edgeres-arm", help="[~/.cache/edgeres-arm]")
     ap.add_argument("--json-out", type=Path, help="summary JSON [CACHE/results.json]")
     args = ap.parse_args()
     cpus = [c.strip() for c in args.cpus.split(",") if c.strip()]
+    for given in (args.tflite, args.data):
+        if given is not None and not given.exists():
+            fail(f"{given} does not exist")
+    if args.limit < 1 or not cpus:
+        fail("--limit must be 1 or more and --cpus must name at least one qemu CPU model")
     if (args.tflite is None or args.data is None) and not SHARED.is_dir():
         log(f"skipped: {SHARED} is absent; pass both --tflite and --data")
         return
@@ -352,8 +359,6 @@ def main() -> None:
              "x86": setup_wheels(cache, "x86_64", "x86_64", WHEELS),
              "litert": setup_wheels(cache, "litert-aarch64", "aarch64", LITERT)}
     model = (args.tflite or make_model(cache)).resolve()
-    if not model.is_file():
-        fail(f"model {model} does not exist")
     report = model.parent / "report.json"
     preprocess = json.loads(report.read_text())["preprocess"] if report.is_file() else {}
     preprocess = {"scale": float(preprocess.get("scale", 1.0)), "mean": list(preprocess.get("mean", [0.0])),
@@ -371,7 +376,7 @@ def main() -> None:
 
     validate = run_validate(run_, cpus[0], model, npz)
     dumps, logits = run_dumps(run_, cpus, helper, model, npz, preprocess, args.timing_runs, cache, y)
-    comparisons = compare_all(logits, cpus, y)
+    comparisons = compare_all(logits, cpus)
     print_tables(validate, dumps, comparisons, len(y))
     versions = {"qemu": qemu_version, "arm_python": next(d["python"] for d in dumps if d["machine"] == "aarch64"),
                 "wheels": {k: (v / ".complete").read_text().split() for k, v in sites.items()}}
