@@ -318,8 +318,10 @@ def _report(cfg, model_info, calib_ds, val_ds, artifacts, stages, ref, stage: Pa
         notes.append("no --data given: accuracy was not measured")
     host = platform.machine()
     if cfg.target.arch != host:
-        notes.append(f"accuracy and latency were measured on {host}; the target is {cfg.target.arch}, "
-                     "where int8 kernels round differently: re-run 'edgeres validate' on the device")
+        notes.append(f"accuracy and latency were measured on {host}; the target is {cfg.target.arch}. "
+                     "With XNNPACK (ai-edge-litert) int8 results were bit-identical on x86 and aarch64, but "
+                     "tflite-runtime 2.14's built-in kernels round differently per architecture (docs/arm.md): "
+                     "run 'edgeres validate' on the device")
     unstable = [a.name for a in artifacts if a.latency.get("unstable")]
     if unstable:
         notes.append(f"latency unstable (stdev > 10% of mean) for: {', '.join(unstable)}")
