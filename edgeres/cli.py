@@ -59,7 +59,13 @@ class _WarningsToStderr(logging.Handler):
         click.echo(f"edgeres: {record.levelname.lower()}: {record.getMessage()}", err=True)
 
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+EXIT_CODES = """\b
+Exit codes: 0 ok, 1 other error, 2 bad usage, 3 model, 4 data, 5 shape/classes,
+6 conversion/unsupported op, 7 runtime or delegate missing, 8 output exists,
+10 accuracy budget not met (run folder still written), 130 interrupted."""
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES)
 @click.version_option(__version__, prog_name="edgeres")
 @click.option("-v", "--verbose", is_flag=True, help="Show converter logs and debug messages.")
 def cli(verbose: bool) -> None:
