@@ -74,12 +74,15 @@ def measure(fn: Callable[[], object], runs: int = 50, warmup: int = 10,
 
 
 def measure_interleaved(fns: dict[str, Callable[[], object]], runs: int = 50, warmup: int = 10,
-                        block: int = 10, progress: Callable[[int], None] | None = None
-                        ) -> dict[str, tuple[LatencyStats, list[float]]]:
+                        block: int = 10, progress: Callable[[int], None] | None = None,
+                        settle: int = 2) -> dict[str, tuple[LatencyStats, list[float]]]:
     """Time several models in alternating blocks of ``block`` runs.
 
     On a noisy machine a slow drift (another process, thermal throttling)
-    then hits every model alike, so their ratios stay honest.
+    then hits every model alike, so their ratios stay honest.  Each block
+    starts with ``settle`` untimed runs: the previous model's runtime may
+    still have worker threads spinning (ONNX Runtime's and XNNPACK's thread
+    pools both spin-wait after a run), and its data has left the caches.
     """
     firsts: dict[str, float] = {}
     for name, fn in fns.items():
@@ -90,6 +93,8 @@ def measure_interleaved(fns: dict[str, Callable[[], object]], runs: int = 50, wa
             n = min(block, runs - len(samples[name]))
             if n <= 0:
                 continue
+            for _ in range(settle):
+                fn()
             clock = time.perf_counter_ns
             for _ in range(n):
                 t = clock()

@@ -145,6 +145,9 @@ def throughput(macs: int, p50_ms: float, threads: int, input_dtype) -> dict:
         if peak.get("gops") and gops:
             used = min(threads, peak["cores"])
             peak_used = peak["gops"] * used / peak["cores"]
+            if gops > 0.9 * peak_used:
+                out["note"] = ("over 90% of the peak computed from the reported clock: that clock is likely the "
+                               "base clock (VMs report it; turbo runs faster), so the true fraction is lower")
             out.update({"int8_peak_gops": peak_used, "fraction_of_peak": gops / peak_used,
                         "peak_basis": f"{used} cores x {peak['ghz']:.2f} GHz ({peak['clock_source']}) x "
                                       f"{peak['int8_macs_per_cycle_per_core']} int8 MACs/cycle x 2: {peak['note']}"})

@@ -371,7 +371,7 @@ def bench(models, threads, runs, min_time, warmup, delegate, target, data, shape
         if tp.get("fraction_of_peak"):
             click.echo(f"{Path(r['model']).name} ({r['threads']} threads): {tp['gops']:.1f} GOP/s, "
                        f"{100 * tp['fraction_of_peak']:.0f}% of the int8 peak of {tp['int8_peak_gops']:.0f} GOP/s "
-                       f"[{tp['peak_basis']}]")
+                       f"[{tp['peak_basis']}]" + (f"; {tp['note']}" if tp.get("note") else ""))
     m = report["machine"]
     r0 = report["results"][0]
     click.echo(f"\nms per inference, batch 1, {r0['input']} input; {m['cpu']}, {m['cores']} cores, {m['arch']}; "

@@ -248,11 +248,19 @@ def test_measure_interleaved_counts_and_order():
         stats, samples = res[name]
         assert len(samples) == 5
         assert stats.runs == 5 and stats.warmup == 2
-        assert fn.calls == 1 + 2 + 5
-    # cold + warm-up for each model first, then alternating blocks of 2 (last block short)
-    assert log == ["a"] * 3 + ["b"] * 3 + ["a", "a", "b", "b", "a", "a", "b", "b", "a", "b"]
+        assert fn.calls == 1 + 2 + 5 + 2 * 3  # cold, warm-up, timed, and 2 settling runs per block
+    # cold + warm-up for each model first, then alternating blocks of 2 (last block short),
+    # each block preceded by 2 untimed settling runs
+    assert log == ["a"] * 3 + ["b"] * 3 + ["a"] * 4 + ["b"] * 4 + ["a"] * 4 + ["b"] * 4 + ["a"] * 3 + ["b"] * 3
     assert progress == [2, 2, 2, 2, 1, 1]
     assert sum(progress) == 5 * 2
+
+
+def test_measure_interleaved_without_settling():
+    log = []
+    a, b = Counter(log, "a"), Counter(log, "b")
+    measure_interleaved({"a": a, "b": b}, runs=5, warmup=2, block=2, settle=0)
+    assert log == ["a"] * 3 + ["b"] * 3 + ["a", "a", "b", "b", "a", "a", "b", "b", "a", "b"]
 
 
 def test_measure_interleaved_block_larger_than_runs():
@@ -260,4 +268,4 @@ def test_measure_interleaved_block_larger_than_runs():
     res = measure_interleaved(fns, runs=3, warmup=0, block=10)
     for name, fn in fns.items():
         assert len(res[name][1]) == 3
-        assert fn.calls == 1 + 3
+        assert fn.calls == 1 + 2 + 3  # cold, one block's 2 settling runs, 3 timed
