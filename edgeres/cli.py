@@ -257,7 +257,7 @@ def build(arch, output, input_size, num_classes, channels, width, shortcut, weig
         os.replace(tmp, output)
     finally:
         tmp.unlink(missing_ok=True)
-    from edgeres.convert.keras_io import count_params
+    from edgeres.zoo import count_params
 
     total, _ = count_params(model)
     click.echo(f"wrote {output}: {arch}, {total:,} parameters, input {tuple(model.inputs[0].shape)}")

@@ -8,6 +8,12 @@ edgeres and keeps its traceback.  Standard library only.
 from __future__ import annotations
 
 
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first non-blank line of an exception's message, for a one-line error."""
+    text = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 class EdgeresError(Exception):
     """Base class: a problem with the user's input or environment."""
 

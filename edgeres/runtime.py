@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from edgeres.errors import ModelError, RuntimeUnavailableError, ShapeError, UsageError
+from edgeres.errors import ModelError, RuntimeUnavailableError, ShapeError, UsageError, first_line
 
 TFLITE_DELEGATES = ("xnnpack", "none", "reference", "edgetpu")
 EDGETPU_LIBS = ("libedgetpu.so.1", "libedgetpu.1.dylib", "edgetpu.dll")
@@ -147,7 +147,7 @@ class TFLiteRunner(Runner):
             self.interp = mod.Interpreter(**kwargs)
             self.interp.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
-            raise ModelError(f"{self.path} is not a loadable TFLite model: {_first_line(exc)}") from None
+            raise ModelError(f"{self.path} is not a loadable TFLite model: {first_line(exc)}") from None
         self.load_seconds = time.perf_counter() - t0
         inp = self.interp.get_input_details()
         out = self.interp.get_output_details()
@@ -249,12 +249,11 @@ class TFLiteRunner(Runner):
 
 
 def _load_edgetpu(mod: Any) -> Any:
-    errors = []
     for lib in EDGETPU_LIBS:
         try:
             return mod.load_delegate(lib)
-        except (ValueError, OSError) as exc:
-            errors.append(_first_line(exc))
+        except (ValueError, OSError):
+            continue
     raise RuntimeUnavailableError(
         "the edgetpu delegate needs libedgetpu (not found); install the Edge TPU runtime: "
         "https://coral.ai/docs/accelerator/get-started/ (apt-get install libedgetpu1-std)")
@@ -265,11 +264,6 @@ def _quant(detail: dict) -> tuple[float, int] | None:
     if not scale:
         return None
     return float(scale), int(zero)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 class OnnxRunner(Runner):
@@ -296,7 +290,7 @@ class OnnxRunner(Runner):
         try:
             self.sess = ort.InferenceSession(str(self.path), sess_options=so, providers=list(providers))
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph classes
-            raise ModelError(f"{self.path} is not a loadable ONNX model: {_first_line(exc)}") from None
+            raise ModelError(f"{self.path} is not a loadable ONNX model: {first_line(exc)}") from None
         self.load_seconds = time.perf_counter() - t0
         inputs = self.sess.get_inputs()
         if len(inputs) != 1:

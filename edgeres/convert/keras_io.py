@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgeres.errors import ModelError, ShapeError
+from edgeres.errors import ModelError, ShapeError, first_line
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -74,7 +74,7 @@ def load_model(spec: str, *, input_size: int | None = None, num_classes: int | N
     try:
         model = keras.saving.load_model(str(path), compile=False, safe_mode=True)
     except Exception as exc:  # Keras raises many types; all mean "not loadable"
-        raise ModelError(f"cannot load {path}: {_one_line(exc)}") from None
+        raise ModelError(f"cannot load {path}: {first_line(exc)}") from None
     if not isinstance(model, keras.Model):
         raise ModelError(f"{path} does not hold a Keras model")
     _check_single_io(model, str(path))
@@ -96,7 +96,7 @@ def _from_savedmodel(path: Path) -> LoadedModel:
         loaded = tf.saved_model.load(str(path))
         fn = loaded.signatures["serving_default"]
     except Exception as exc:
-        raise ModelError(f"cannot load SavedModel {path}: {_one_line(exc)}") from None
+        raise ModelError(f"cannot load SavedModel {path}: {first_line(exc)}") from None
     specs = list(fn.structured_input_signature[1].values())
     if len(specs) != 1:
         raise ModelError(f"SavedModel {path} has {len(specs)} inputs; edgeres handles single-input image models")
@@ -126,34 +126,6 @@ def _check_single_io(model, where: str) -> None:
     if len(model.inputs) != 1 or len(model.outputs) != 1:
         raise ModelError(f"{where} has {len(model.inputs)} inputs and {len(model.outputs)} outputs; "
                          "edgeres handles single-input, single-output image classifiers")
-
-
-def _one_line(exc: BaseException) -> str:
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    text = lines[0] if lines else type(exc).__name__
-    return text if len(text) < 300 else text[:297] + "..."
-
-
-def is_preprocessing(layer) -> bool:
-    return layer.name.startswith("preprocess_")
-
-
-def count_params(model) -> tuple[int, int]:
-    """(total, trainable) parameters, not counting ``preprocess_*`` layers."""
-    total = trainable = 0
-    for layer in model.layers:
-        if is_preprocessing(layer):
-            continue
-        total += sum(int(_size(w.shape)) for w in layer.weights)
-        trainable += sum(int(_size(w.shape)) for w in layer.trainable_weights)
-    return total, trainable
-
-
-def _size(shape) -> int:
-    n = 1
-    for d in shape:
-        n *= int(d)
-    return n
 
 
 def count_macs(model) -> int:
@@ -190,6 +162,8 @@ def _flat_layers(model):
 
 
 def describe(loaded: LoadedModel) -> dict:
+    from edgeres.zoo.registry import count_params  # one definition of "parameters, excluding preprocess_*"
+
     model = loaded.model
     total, trainable = count_params(model)
     return {

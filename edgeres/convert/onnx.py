@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeres.errors import ConversionError
+from edgeres.errors import ConversionError, first_line
 
 OPSET = 17
 INPUT_NAME = "input"
@@ -28,7 +28,7 @@ def to_float32(model: Any, hwc: tuple[int, int, int]) -> bytes:
     try:
         proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=OPSET)
     except Exception as exc:
-        raise ConversionError(f"ONNX conversion (tf2onnx) failed: {_first_line(exc)}") from None
+        raise ConversionError(f"ONNX conversion (tf2onnx) failed: {first_line(exc)}") from None
     if hoist_input_transpose(proto):
         fold_input_scale_into_conv(proto)
     fold_pad_into_maxpool(proto)
@@ -233,7 +233,7 @@ def check(proto_or_bytes) -> None:
     try:
         onnx.checker.check_model(proto)
     except onnx.checker.ValidationError as exc:
-        raise ConversionError(f"ONNX model fails onnx.checker: {_first_line(exc)}") from None
+        raise ConversionError(f"ONNX model fails onnx.checker: {first_line(exc)}") from None
 
 
 class _Reader:
@@ -294,7 +294,7 @@ def to_int8(float_model: bytes, calib: np.ndarray, activation_type: str = "uint8
                 calibrate_method=ort_method, extra_options=extra,
             )
         except Exception as exc:
-            raise ConversionError(f"ONNX int8 quantization failed: {_first_line(exc)}") from None
+            raise ConversionError(f"ONNX int8 quantization failed: {first_line(exc)}") from None
         data = dst.read_bytes()
     check(data)
     return data, keep_float
@@ -313,8 +313,3 @@ def input_normalization_nodes(proto) -> list[str]:
     QuantizeLinear before the first Conv quantizes the normalized input.
     """
     return [n.name for n in proto.graph.node if n.op_type in _AFFINE_OPS and "preprocess_" in n.name]
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    return (lines[0] if lines else type(exc).__name__)[:300]

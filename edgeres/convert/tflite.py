@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeres.errors import ConversionError
+from edgeres.errors import ConversionError, first_line
 
 _IO_TYPES = ("int8", "uint8", "float32")
 # Ops that only move data between float and int8 at the model boundary.
@@ -77,8 +77,7 @@ def _explain(exc: Exception, precision: str) -> str:
     quant = set(_QUANT_RE.findall(text))
     if quant:
         return f"TFLite int8 conversion failed: ops with no int8 kernel: {', '.join(sorted(quant))}"
-    first = next((ln.strip() for ln in text.splitlines() if ln.strip()), type(exc).__name__)
-    return f"TFLite {precision} conversion failed: {first[:300]}"
+    return f"TFLite {precision} conversion failed: {first_line(exc)}"
 
 
 def float_compute_ops(model_bytes: bytes) -> set[str]:
