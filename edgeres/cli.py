@@ -243,13 +243,16 @@ def build(arch, output, input_size, num_classes, channels, width, shortcut, weig
         raise UsageError(f"--output must end in .keras, got {output}")
     if output.exists() and not force:
         raise OutputExistsError(f"{output} already exists; pass --force to overwrite")
-    import keras
+    from edgeres.quiet import quiet
 
-    from edgeres.zoo import create_model
+    with quiet():  # TensorFlow's import chatter, as in convert
+        import keras
 
-    keras.utils.set_random_seed(seed)
-    model = create_model(arch, input_size=input_size, num_classes=num_classes, channels=channels,
-                         width=width, shortcut=shortcut.upper() if shortcut else None, weights=weights)
+        from edgeres.zoo import create_model
+
+        keras.utils.set_random_seed(seed)
+        model = create_model(arch, input_size=input_size, num_classes=num_classes, channels=channels,
+                             width=width, shortcut=shortcut.upper() if shortcut else None, weights=weights)
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(f".{output.stem}.partial.keras")
     try:
@@ -277,8 +280,9 @@ def info(model, as_json):
         from edgeres.artifact_info import describe_artifact
         d = describe_artifact(model)
     else:
-        from edgeres.convert.keras_io import describe, load_model
-        with redirect_stdout(sys.stderr):
+        from edgeres.quiet import quiet
+        with quiet():  # TensorFlow's import chatter, as in convert
+            from edgeres.convert.keras_io import describe, load_model
             d = describe(load_model(model))
     if as_json:
         from edgeres.fsutil import to_json

@@ -414,3 +414,23 @@ np.save({str(tmp_path / "want.npy")!r}, m.predict(x, verbose=0))
                     "--val-size", "50", "--data", CALIBRATION / "digits-test.npz", "-o", out)
     assert result.exit_code == 0, result.stderr
     assert json.loads((out / "report.json").read_text())["model"]["kind"] == "h5"
+
+
+def test_build_and_info_on_keras_models(tmp_path: Path):
+    from edgeres.zoo import count_params, create_model
+
+    path = tmp_path / "r20b.keras"
+    built = invoke("build", "resnet20", "--input-size", "32", "--num-classes", "7", "--shortcut", "B", "-o", path)
+    assert built.exit_code == 0, built.output
+    info = invoke("info", path, "--json")
+    assert info.exit_code == 0, info.output
+    d = json.loads(info.stdout)  # stdout is clean JSON: TensorFlow's chatter is silenced
+    total, trainable = count_params(create_model("resnet20", num_classes=7, shortcut="B"))
+    assert (d["params"], d["trainable_params"]) == (total, trainable)
+    assert d["input_shape"] == [None, 32, 32, 3] and d["output_shape"] == [None, 7]
+    assert d["macs"] > 40_000_000 and d["layers"] > 60
+    zoo = json.loads(invoke("info", "resnet20", "--json").stdout)
+    assert zoo["params"] < total  # option A (default) has no projection convolutions
+    assert_one_line_error(invoke("build", "resnet20", "-o", path), 8, "--force")
+    assert_one_line_error(invoke("build", "resnet20", "-o", tmp_path / "x.h5"), 2, ".keras")
+    assert_one_line_error(invoke("info", tmp_path / "missing.keras"), 3, "does not exist")
