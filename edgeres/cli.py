@@ -23,7 +23,7 @@ from pathlib import Path
 import click
 
 from edgeres import __version__
-from edgeres.errors import EdgeresError, UsageError
+from edgeres.errors import DataError, EdgeresError, UsageError
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
@@ -149,7 +149,14 @@ def _echo_table(header, rows) -> None:
               help="Timed runs per artifact after warm-up.")
 @click.option("--warmup", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--max-drop", type=float, default=None, metavar="PP",
-              help="Exit 10 when an int8 artifact loses more than PP top-1 points.")
+              help="Accuracy budget: search, on part of --data, for the fastest int8 configuration losing at most "
+                   "PP points (see --metric); exit 10 when none does (the best one is still written).")
+@click.option("--metric", type=click.Choice(["top1", "agreement"]), default="top1", show_default=True,
+              help="What --max-drop budgets: top-1 points lost, or points of top-1 agreement with float32 lost.")
+@click.option("--select-fraction", type=click.FloatRange(0.05, 0.95), default=0.5, show_default=True,
+              help="Share of --data the --max-drop search chooses on; figures use the rest.")
+@click.option("--recipe", default=None, metavar="NAME|FILE",
+              help="Quantization recipe (see 'edgeres recipes'); default: 'default'.")
 @click.option("--input-size", type=click.IntRange(min=1), default=None, help="Input size for zoo models.")
 @click.option("--num-classes", type=click.IntRange(min=1), default=None, help="Classes for zoo models.")
 @click.option("--weights", default=None, help="Zoo weights: 'imagenet' (downloads) or none.")
@@ -158,8 +165,8 @@ def _echo_table(header, rows) -> None:
 @preprocess_options
 @json_option
 def convert(model, calib, data, int8, output_dir, force, target, io_dtype, calib_size, val_size, seed,
-            threads, runs, warmup, max_drop, input_size, num_classes, weights, on_bad_image, preprocess,
-            as_json):
+            threads, runs, warmup, max_drop, metric, select_fraction, recipe, input_size, num_classes, weights,
+            on_bad_image, preprocess, as_json):
     """Convert MODEL (zoo name, .keras, .h5 or SavedModel) to TFLite and ONNX, validate, and report.
 
     With no MODEL, uses the embedded default: a ResNet-8 trained on real
@@ -172,9 +179,11 @@ def convert(model, calib, data, int8, output_dir, force, target, io_dtype, calib
     """
     from edgeres import defaults
     from edgeres.pipeline import ConvertConfig, parse_usage, run_convert
+    from edgeres.recipes import resolve_recipe
     from edgeres.targets import resolve_target
 
     parse_usage(max_drop, "--max-drop")
+    the_recipe = resolve_recipe(recipe)
     if threads is not None and threads < 1:
         raise UsageError(f"--threads must be 1 or more, got {threads}")
     note = ""
@@ -188,7 +197,8 @@ def convert(model, calib, data, int8, output_dir, force, target, io_dtype, calib
         model=model, calib=calib, data=data, output_dir=output_dir, target=resolve_target(target),
         preprocess=preprocess, int8=int8, io_dtype=io_dtype, input_size=input_size, num_classes=num_classes,
         weights=weights, calib_size=calib_size, val_size=val_size, seed=seed, threads=threads, runs=runs,
-        warmup=warmup, max_drop=max_drop, force=force, on_error=on_bad_image, default_note=note)
+        warmup=warmup, max_drop=max_drop, force=force, on_error=on_bad_image, default_note=note,
+        recipe=the_recipe, metric=metric, select_fraction=select_fraction)
     from edgeres.errors import BudgetExceededError
 
     try:
@@ -211,10 +221,133 @@ def _print_convert(report: dict, out: Path, as_json: bool) -> None:
     _echo_table(TABLE_HEADER, table_rows(report))
     stages = ", ".join(f"{k} {v:.1f}s" for k, v in report["stages_seconds"].items())
     click.echo(f"\nstages: {stages}")
+    for backend, s in (report.get("search") or {}).get("backends", {}).items():
+        click.echo(f"\n{backend} search (budget {report['search']['budget']:g} {report['search']['metric']}, "
+                   f"{report['search']['selection']['count']} selection images):")
+        _echo_table(("step", "loss", "agree %", "p50 ms", "float layers", "meets"),
+                    [(t["step"], _num(t["top1_drop"] if report["search"]["metric"] == "top1"
+                                      else 100 - t["agreement"], "+.2f"), _num(t["agreement"], ".2f"),
+                      _num(t["p50_ms"], ".3f"), str(len(t["keep_float"])), "yes" if t["meets_budget"] else "no")
+                     for t in s["trials"]])
+        click.echo(f"chosen: {s['winner']['step']}" + ("" if s["met"] else " (FAILS the budget)"))
     for n in report["notes"]:
         click.echo(f"note: {n}")
     click.echo(f"wrote {out}/ (report.md, report.json, {len(report['artifacts'])} artifacts): "
                + ("PASSED" if report["passed"] else "FAILED"))
+
+
+def _num(v, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+@cli.command()
+@json_option
+def recipes(as_json):
+    """List the bundled quantization recipes (use with 'convert --recipe NAME')."""
+    from edgeres.recipes import list_recipes
+
+    found = list_recipes()
+    if as_json:
+        click.echo(json.dumps([r.to_dict() for r in found], indent=2))
+        return
+    _echo_table(("recipe", "settings", "description"), [(r.name, r.summary(), r.description) for r in found])
+
+
+@cli.command()
+@click.argument("model", required=False)
+@click.option("--calib", type=click.Path(), help="Calibration images (folder or .npz).")
+@click.option("--data", type=click.Path(), help="Validation images to measure on (labels optional).")
+@click.option("--recipe", default=None, metavar="NAME|FILE", help="Recipe to diagnose (default: 'default').")
+@click.option("--backend", type=click.Choice(["tflite", "onnx"]), default="tflite", show_default=True)
+@click.option("--target", default=None, metavar="NAME|FILE", help="Device profile (ONNX scheme, threads).")
+@click.option("--calib-size", type=click.IntRange(min=1), default=300, show_default=True)
+@click.option("--val-size", type=click.IntRange(min=1), default=500, show_default=True,
+              help="Validation images to measure on (sampled with --seed).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--sensitivity/--no-sensitivity", default=True, show_default=True,
+              help="Also measure agreement with only each layer int8, and with only each layer float "
+                   "(two conversions per layer).")
+@click.option("--input-size", type=click.IntRange(min=1), default=None, help="Input size for zoo models.")
+@click.option("--num-classes", type=click.IntRange(min=1), default=None, help="Classes for zoo models.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=None, help="Write the diagnosis JSON here.")
+@click.option("--plot", type=click.Path(path_type=Path), default=None, help="Write a PNG bar chart here.")
+@preprocess_options
+@json_option
+def diagnose(model, calib, data, recipe, backend, target, calib_size, val_size, seed, sensitivity, input_size,
+             num_classes, output, plot, preprocess, as_json):
+    """Per-layer int8 error and sensitivity of MODEL, and the failure causes found.
+
+    For every quantized layer: SQNR and range-scaled RMSE of its output
+    against float32, the top-1 agreement lost when only that layer is int8,
+    and regained when only that layer stays float.  Names activation
+    outliers, dead channels and calibration data unlike the validation data.
+
+    \b
+    Example:
+      edgeres diagnose model.keras --calib calib/ --data test/ --plot layers.png
+    """
+    from edgeres import defaults
+    import numpy as np
+
+    from edgeres.data import open_dataset
+    from edgeres.diagnose import HEADER, plot as plot_diagnosis, table_rows
+    from edgeres.fsutil import to_json, write_text_atomic
+    from edgeres.pipeline import _layer_types
+    from edgeres.quantize import MIN_CALIBRATION, Backend, Split, diagnose as run_diagnosis
+    from edgeres.recipes import match_layers, resolve_recipe
+    from edgeres.targets import resolve_target
+
+    the_recipe = resolve_recipe(recipe)
+    t = resolve_target(target)
+    if model is None:
+        model = defaults.default_model()
+        calib, data = calib or defaults.default_calib(), data or defaults.default_data()
+    if calib is None or data is None:
+        raise UsageError("diagnose needs --calib and --data with your own model")
+    calib_ds, val_ds = open_dataset(calib, "calibration"), open_dataset(data, "validation")
+    if len(calib_ds) < MIN_CALIBRATION:
+        raise DataError(f"diagnose needs at least {MIN_CALIBRATION} calibration images, got {len(calib_ds)}")
+    from edgeres.convert import keras_io
+    from edgeres.quiet import quiet
+
+    with redirect_stdout(sys.stderr), quiet():
+        loaded = keras_io.load_model(model, input_size=input_size, num_classes=num_classes)
+        calib_ds.check_classes(loaded.num_outputs, "calibration")
+        val_ds.check_classes(loaded.num_outputs, "validation")
+        cx, _ = calib_ds.sample(min(calib_size, len(calib_ds)), seed).load(loaded.hwc, preprocess)
+        vx, vy = val_ds.sample(min(val_size, len(val_ds)), seed).load(loaded.hwc, preprocess)
+        ref = np.concatenate([np.asarray(loaded.model(vx[i:i + 64], training=False)) for i in range(0, len(vx), 64)])
+        types = _layer_types(loaded.model)
+        if backend == "tflite":
+            from edgeres.convert.tflite import TFLiteQuantizer
+
+            q = TFLiteQuantizer(loaded.model, cx, types)
+            b = Backend("tflite", ".tflite", q, lambda r, k: q.quantize(r, t.tflite.io_dtype, k), t.threads)
+        else:
+            from edgeres.convert import onnx as onnx_conv
+
+            q = onnx_conv.OnnxQuantizer(onnx_conv.to_float32(loaded.model, loaded.hwc), cx, types)
+            b = Backend("onnx", ".onnx", q, lambda r, k: q.quantize(r, t.onnx.activation_type, k), t.threads)
+        match_layers(the_recipe.for_backend(backend).keep_float, b.layers, f"recipe {the_recipe.name}")
+        with _progress(sys.stderr.isatty())("layers", len(b.layers) if sensitivity else 0) as bar:
+            result = run_diagnosis(b, the_recipe, Split(vx, vy, ref), cx, sensitivity, bar.update)
+    result["model_path"] = str(model)
+    if output is not None:
+        write_text_atomic(output, to_json(result))
+    if plot is not None:
+        plot_diagnosis(result, plot)
+    if as_json:
+        click.echo(to_json(result), nl=False)
+        return
+    m = result["model"]
+    click.echo(f"{backend} int8 ({the_recipe.name}): agreement {m['agreement']:.2f}%, SQNR {m['sqnr_db']:.1f} dB"
+               + (f", top-1 drop {m['top1_drop']:+.2f}" if m["top1_drop"] is not None else "")
+               + f" on {result['images']} images")
+    _echo_table(HEADER, table_rows(result))
+    for c in result["causes"]:
+        click.echo(f"cause: {c['kind']} in {c['layer']}: {c['detail']}")
+    if not result["causes"]:
+        click.echo("causes: none found (no outliers, dead channels or calibration/validation mismatch)")
 
 
 # ---------------------------------------------------------------- build / info / targets

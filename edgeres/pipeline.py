@@ -25,6 +25,7 @@ from edgeres.fsutil import (check_output_dir, sha256_file, staged_dir, write_byt
 from edgeres.machine import machine_info, tool_versions
 from edgeres.metrics import Tally, collapsed
 from edgeres.quiet import quiet
+from edgeres.recipes import Recipe, match_layers, resolve_recipe
 from edgeres.targets import Target
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,13 @@ class ConvertConfig:
     on_error: str = "warn"
     batch_size: int = 32
     default_note: str = ""
+    recipe: Recipe = field(default_factory=lambda: resolve_recipe(None))
+    metric: str = "top1"  # what --max-drop budgets: top1 drop, or agreement lost
+    select_fraction: float = 0.5  # of --data, used only to choose a configuration with --max-drop
+
+    @property
+    def searching(self) -> bool:
+        return self.int8 and self.max_drop is not None and self.data is not None
 
     @property
     def tflite_io(self) -> str:
@@ -128,13 +136,25 @@ def run_convert(cfg: ConvertConfig, progress: Progress = _no_progress) -> dict:
         n_out = loaded.num_outputs
         model_info = keras_io.describe(loaded)
     calib_ds.check_classes(n_out, "calibration")
+    select = None
+    calib_size = cfg.recipe.calib_size or cfg.calib_size
     if val_ds is not None:
         val_ds.check_classes(n_out, "validation")
         if cfg.val_size:
             val_ds = val_ds.sample(cfg.val_size, cfg.seed)
+        if cfg.searching:
+            from edgeres.quantize import check_sizes
+
+            n_select = int(round(len(val_ds) * cfg.select_fraction))
+            check_sizes(min(calib_size, len(calib_ds)), n_select, len(val_ds) - n_select)
+            select_ds, val_ds = val_ds.split(n_select, cfg.seed + 1)
+            with stages("selection_data"):
+                sx, sy = select_ds.load(hwc, cfg.preprocess, cfg.on_error)
+                select = (select_ds, sx, sy, np.concatenate([np.asarray(loaded.model(sx[i:i + 64], training=False))
+                                                             for i in range(0, len(sx), 64)]))
 
     with stages("calibration_data"):
-        calib_sample = calib_ds.sample(min(cfg.calib_size, len(calib_ds)), cfg.seed)
+        calib_sample = calib_ds.sample(min(calib_size, len(calib_ds)), cfg.seed)
         with progress("calibration images", len(calib_sample)) as bar:
             parts = []
             for x, _ in calib_sample.batches(hwc, cfg.batch_size, cfg.preprocess, cfg.on_error):
@@ -145,7 +165,8 @@ def run_convert(cfg: ConvertConfig, progress: Progress = _no_progress) -> dict:
     artifacts: list[Artifact] = []
     report: dict = {}
     with staged_dir(cfg.output_dir, cfg.force) as stage:
-        artifacts = _convert_all(cfg, loaded.model, hwc, calib, stage, stages)
+        searches: dict = {}
+        artifacts = _convert_all(cfg, loaded.model, hwc, calib, stage, stages, select, searches)
         edgetpu = _edgetpu(cfg, artifacts, stage, stages) if cfg.target.tflite.delegate == "edgetpu" else None
         runners = _open_runners(cfg, artifacts, stage)
         if val_ds is not None:
@@ -157,6 +178,8 @@ def run_convert(cfg: ConvertConfig, progress: Progress = _no_progress) -> dict:
             sample = calib[:1]
             _bench(cfg, artifacts, runners, sample, progress)
         report = _report(cfg, model_info, calib_sample, val_ds, artifacts, stages, ref, stage)
+        _attach_search(report, cfg, searches, select)
+        _attach_collapse_diagnosis(report, searches, calib, cfg.recipe)
         if edgetpu is not None:
             report["edgetpu"] = edgetpu
             report["notes"].extend(edgetpu["notes"])
@@ -167,39 +190,120 @@ def run_convert(cfg: ConvertConfig, progress: Progress = _no_progress) -> dict:
     return report
 
 
-def _convert_all(cfg: ConvertConfig, model, hwc, calib, stage: Path, stages: Stages) -> list[Artifact]:
+def _layer_types(model) -> dict[str, str]:
+    return {layer.name: type(layer).__name__ for layer in model.layers}
+
+
+def _convert_all(cfg: ConvertConfig, model, hwc, calib, stage: Path, stages: Stages, select=None,
+                 searches: dict | None = None) -> list[Artifact]:
+    """Write every artifact.  Int8 models follow ``cfg.recipe``; with ``select`` (and a budget) each
+    back end's configuration is chosen by :func:`edgeres.quantize.search` instead."""
     from edgeres.convert import keras_io
     from edgeres.convert import onnx as onnx_conv
     from edgeres.convert import tflite as tflite_conv
+    from edgeres.quantize import Backend
 
     out: list[Artifact] = []
+    searches = {} if searches is None else searches
 
     def emit(name, fmt, precision, filename, data: bytes, info: dict | None = None):
         write_bytes_atomic(stage / filename, data)
         out.append(Artifact(name, fmt, precision, filename, info=info or {}))
 
+    def int8(backend: Backend, name: str, filename: str, extra: dict):
+        recipe = cfg.recipe.for_backend(backend.name)
+        keep = match_layers(recipe.keep_float, backend.layers, f"recipe {cfg.recipe.name}")
+        if select is None:
+            data, details = backend.build(cfg.recipe, keep)
+        else:
+            from edgeres.quantize import Split, search
+
+            split = Split(select[1], select[2], select[3])
+            trials, winner, met = search(backend, cfg.recipe.replace(keep_float=tuple(keep)), cfg.max_drop,
+                                         cfg.metric, split, ranking=lambda r: _ranking(backend, r, split))
+            searches[backend.name] = {"trials": trials, "winner": winner, "met": met}
+            data, details = winner.data, winner.details
+        details = {**extra, **details, "recipe": cfg.recipe.name, "recipe_summary": recipe.summary()}
+        emit(name, backend.name, "int8", filename, data, details)
+        searches.setdefault("_backends", {})[backend.name] = backend
+
+    layer_types = _layer_types(model)
     with stages("tflite_fp32"), quiet():
         emit("tflite_fp32", "tflite", "float32", "model_fp32.tflite", tflite_conv.to_float32(model))
     if cfg.int8:
         static = cfg.target.constraints.static_shapes or cfg.target.constraints.batch_one
         with stages("tflite_int8"), quiet():
-            emit("tflite_int8", "tflite", "int8", "model_int8.tflite",
-                 tflite_conv.to_int8(keras_io.with_fixed_batch(model, hwc) if static else model, calib,
-                                     cfg.tflite_io),
-                 {"io_dtype": cfg.tflite_io, "full_integer": True, "calibration": "minmax",
-                  "static_batch": 1 if static else None})
+            q = tflite_conv.TFLiteQuantizer(keras_io.with_fixed_batch(model, hwc) if static else model, calib,
+                                            layer_types)
+            backend = Backend("tflite", ".tflite", q, lambda r, k: q.quantize(r, cfg.tflite_io, k),
+                              cfg.n_threads, "xnnpack" if cfg.target.tflite.delegate == "edgetpu"
+                              else cfg.target.tflite.delegate)
+            int8(backend, "tflite_int8", "model_int8.tflite",
+                 {"io_dtype": cfg.tflite_io, "static_batch": 1 if static else None})
     with stages("onnx_fp32"), quiet():
         fp32_onnx = onnx_conv.to_float32(model, hwc)
         emit("onnx_fp32", "onnx", "float32", "model_fp32.onnx", fp32_onnx, {"opset": onnx_conv.OPSET})
     if cfg.int8:
         t = cfg.target
         with stages("onnx_int8"), quiet():
-            data, kept_float = onnx_conv.to_int8(fp32_onnx, calib, t.onnx.activation_type, t.onnx.per_channel)
-            emit("onnx_int8", "onnx", "int8", "model_int8.onnx", data,
-                 {"scheme": t.onnx_scheme, "format": "QDQ", "per_channel": t.onnx.per_channel,
-                  "calibration": f"percentile {onnx_conv.DEFAULT_PERCENTILE}",
-                  "float_nodes": kept_float})
+            oq = onnx_conv.OnnxQuantizer(fp32_onnx, calib, layer_types)
+            backend = Backend("onnx", ".onnx", oq, lambda r, k: oq.quantize(r, t.onnx.activation_type, k),
+                              cfg.n_threads, None)
+            int8(backend, "onnx_int8", "model_int8.onnx",
+                 {"scheme": t.onnx_scheme, "format": "QDQ", "per_channel": cfg.recipe.weights == "per-channel"})
     return out
+
+
+def _ranking(backend, recipe, split) -> list[str]:
+    from edgeres.quantize import diagnose, rank_layers
+
+    return rank_layers(diagnose(backend, recipe, split, backend.quantizer.calib))
+
+
+def _attach_search(report: dict, cfg: ConvertConfig, searches: dict, select) -> None:
+    if select is None:
+        return
+    report["search"] = {
+        "budget": cfg.max_drop, "metric": cfg.metric,
+        "selection": {**select[0].describe(), "note": "images used only to choose each configuration; the "
+                      "figures above are measured on the other, disjoint validation images"},
+        "backends": {}}
+    for name, s in searches.items():
+        if name.startswith("_"):
+            continue
+        w = s["winner"]
+        report["search"]["backends"][name] = {"met": s["met"], "winner": w.to_dict(),
+                                              "trials": [t.to_dict() for t in s["trials"]]}
+        if not s["met"]:
+            report["passed"] = False
+            report["failures"].append(
+                f"{name}: no configuration met --max-drop {cfg.max_drop:g} ({cfg.metric}) on the selection images; "
+                f"wrote the best found ({w.step}), which FAILS the budget")
+    report["notes"].append(f"--max-drop search chose each int8 configuration on {len(select[1])} selection images; "
+                           f"accuracy above is measured on {report['validation']['count']} other images")
+
+
+def _attach_collapse_diagnosis(report: dict, searches: dict, calib, recipe: Recipe) -> None:
+    """A collapsed int8 model fails with the diagnosis attached (per-layer error and causes)."""
+    from edgeres.quantize import Split, diagnose
+
+    backends = searches.get("_backends", {})
+    for row in report["artifacts"]:
+        collapsed_row = row["precision"] == "int8" and any(
+            f.startswith(row["name"] + " collapsed") for f in report["failures"])
+        if not collapsed_row or row["format"] not in backends:
+            continue
+        backend = backends[row["format"]]
+        d = diagnose(backend, recipe, Split(calib[:200], None, _float_out(backend, calib[:200])),
+                     calib, sensitivity=False)
+        report.setdefault("diagnosis", {})[row["format"]] = d
+        causes = "; ".join(f"{c['kind']} in {c['layer']}" for c in d["causes"][:3]) or "no single cause found"
+        report["failures"].append(f"{row['name']} diagnosis: {causes} (see report.json 'diagnosis')")
+
+
+def _float_out(backend, x) -> np.ndarray:
+    outs = backend.quantizer.layer_outputs(None, x)
+    return outs[list(outs)[-1]].reshape(len(x), -1)
 
 
 def _edgetpu(cfg: ConvertConfig, artifacts: list[Artifact], stage: Path, stages: Stages) -> dict | None:
@@ -299,9 +403,10 @@ def _report(cfg, model_info, calib_ds, val_ds, artifacts, stages, ref, stage: Pa
                                                      "first", "runs", "warmup", "unstable")},
             "latency_samples_ms": a.latency.get("samples_ms"),
             "speedup_vs_fp32": (p50[fp32] / p50[a.name]) if p50.get(fp32) and p50.get(a.name) else None,
-            "details": {k: v for k, v in a.info.items() if k in ("io_dtype", "full_integer", "scheme",
-                                                                 "format", "per_channel", "calibration", "opset",
-                                                                 "float_nodes", "static_batch")},
+            "details": {k: v for k, v in a.info.items() if k in (
+                "io_dtype", "full_integer", "scheme", "format", "per_channel", "calibration", "opset", "float_nodes",
+                "static_batch", "recipe", "recipe_summary", "engine", "output_range", "float_layers",
+                "bias_corrected_layers")},
         }
         rows.append(row)
         if a.precision != "int8" or not a.metrics:

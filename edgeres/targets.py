@@ -9,17 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import platform
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from edgeres.errors import UsageError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
+from edgeres.typed_toml import build_typed, read_toml
 
 IO_DTYPES = ("int8", "uint8", "float32")
 ONNX_ACTIVATIONS = ("uint8", "int8")  # U8S8 / S8S8 (weights are always int8)
@@ -111,58 +105,19 @@ def resolve_target(spec: str | None) -> Target:
 
 def load_target(path: Path) -> Target:
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"cannot read target file {path}: {exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"target file {path} is not valid TOML: {exc}") from None
+    data = read_toml(path, "target file")
     data.setdefault("name", path.stem)
     target = _build(Target, data, path, "")
     return dataclasses.replace(target, path=str(path))
 
 
 def _build(cls, data: dict, path: Path, section: str):
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "path"}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        where = f"[{section}] " if section else ""
-        raise UsageError(f"target file {path}: unknown key {where}'{unknown[0]}'; allowed: "
-                         f"{', '.join(sorted(fields))}")
-    kwargs: dict[str, Any] = {}
-    for name, value in data.items():
-        f = fields[name]
-        if f.default is not dataclasses.MISSING:
-            default = f.default
-        elif f.default_factory is not dataclasses.MISSING:
-            default = f.default_factory()
-        else:
-            default = ""  # required string fields (name)
-        key = f"{section}.{name}" if section else name
-        if dataclasses.is_dataclass(default):
-            if not isinstance(value, dict):
-                raise UsageError(f"target file {path}: '{key}' must be a [{name}] table")
-            kwargs[name] = _build(type(default), value, path, name)
-            continue
-        kwargs[name] = _check_value(value, default, key, path, (section, name))
-    return cls(**kwargs)
+    return build_typed(cls, data, path, section, kind="target file", choices=_CHOICES, checks=_CHECKS)
 
 
-def _check_value(value, default, key: str, path: Path, choice_key: tuple[str, str]):
-    if isinstance(default, bool):
-        ok = isinstance(value, bool)
-    elif isinstance(default, int):
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif isinstance(default, tuple):
-        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
-        value = tuple(value) if ok else value
-    else:
-        ok = isinstance(value, str)
-    if not ok:
-        raise UsageError(f"target file {path}: '{key}' must be {type(default).__name__}, got {value!r}")
-    choices = _CHOICES.get(choice_key)
-    if choices and value not in choices:
-        raise UsageError(f"target file {path}: '{key}' = {value!r} is not one of {', '.join(choices)}")
-    if key == "threads" and value < 1:
-        raise UsageError(f"target file {path}: 'threads' must be 1 or more")
-    return value
+def _check_threads(value, key: str, path: Path, kind: str) -> None:
+    if value < 1:
+        raise UsageError(f"{kind} {path}: '{key}' must be 1 or more")
+
+
+_CHECKS = {"threads": _check_threads}

@@ -124,18 +124,31 @@ def test_image_folder_data_and_preprocessing_recorded(tmp_path: Path, digits_fol
     assert report["artifacts"][0]["top1"] > 95
 
 
-def test_max_drop_budget(tmp_path: Path):
+def test_max_drop_search_keeps_selection_and_final_images_apart(tmp_path: Path):
     ok = tmp_path / "ok"
-    assert invoke("convert", "--int8", "--max-drop", "50", "--val-size", "100", "-o", ok).exit_code == 0
-    # Calibrating on a single image clips most activations: the budget of 0 points must fail,
-    # the run folder must still be written and marked as failing.
-    bad = tmp_path / "bad"
-    result = invoke("convert", "--int8", "--calib-size", "1", "--max-drop", "0", "-o", bad)
-    assert result.exit_code == 10, result.output
-    report = json.loads((bad / "report.json").read_text())
-    assert report["passed"] is False and report["failures"]
-    assert "budget 0" in result.stderr
-    assert (bad / "model_int8.tflite").is_file()
+    result = invoke("convert", "--int8", "--max-drop", "0.5", "--metric", "agreement", "-o", ok)
+    assert result.exit_code == 0, result.stderr
+    report = json.loads((ok / "report.json").read_text())
+    search = report["search"]
+    # 500 held-out digits: half choose the configuration, the other half give the figures.
+    assert search["selection"]["count"] == 250 and report["validation"]["count"] == 250
+    for backend in ("tflite", "onnx"):
+        s = search["backends"][backend]
+        assert s["met"] is True and s["trials"][-1]["meets_budget"] is True
+        assert s["trials"][0]["step"] == "recipe"
+        assert 100 - s["winner"]["agreement"] <= 0.5
+    assert "tflite search" in result.output and "chosen:" in result.output
+
+
+def test_max_drop_rejects_too_few_images_and_negative_budgets(tmp_path: Path):
+    few = invoke("convert", "--int8", "--calib-size", "8", "--max-drop", "1", "-o", tmp_path / "a")
+    assert few.exit_code == 4 and "at least 32 calibration images" in few.stderr
+    few = invoke("convert", "--int8", "--val-size", "150", "--max-drop", "1", "-o", tmp_path / "b")
+    assert few.exit_code == 4 and "at least 200 labelled validation images" in few.stderr
+    neg = invoke("convert", "--int8", "--max-drop", "-1", "-o", tmp_path / "c")
+    assert neg.exit_code == 2 and "--max-drop must be 0 or more" in neg.stderr
+    for d in "abc":
+        assert not (tmp_path / d).exists()
 
 
 def test_no_int8_gives_float_artifacts_only(tmp_path: Path):

@@ -95,3 +95,264 @@ def float_compute_ops(model_bytes: bytes) -> set[str]:
         if any(np.dtype(tensors[i]["dtype"]) == np.float32 for i in idx):
             found.add(op["op_name"])
     return found
+
+
+# --------------------------------------------------------------------------
+# Recipe-driven quantization: calibrate once, quantize many ways.
+
+_LAYER_OPS = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "MUL", "SUB", "MEAN",
+              "AVERAGE_POOL_2D", "MAX_POOL_2D", "CONCATENATION", "TRANSPOSE_CONV", "BATCH_MATMUL"}
+_WEIGHT_OPS = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV"}
+
+
+def _schema():
+    try:
+        from ai_edge_litert import schema_py_generated as schema
+    except ImportError:  # pragma: no cover - older installs
+        from tensorflow.lite.python import schema_py_generated as schema
+    return schema
+
+
+def _pack(model_t) -> bytes:
+    import flatbuffers
+
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(model_t.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+class TFLiteQuantizer:
+    """The TFLite back end of a :class:`~edgeres.recipes.Recipe`.
+
+    TFLiteConverter records min/max of every activation in a *calibrated*
+    float model (``_experimental_calibrate_only``) and ``mlir_quantize``
+    turns that into int8.  In between, edgeres replaces each min/max by the
+    range the recipe's calibration method picks from its own histograms of
+    the same tensors (:mod:`edgeres.calibrate`), so one calibration pass
+    serves every recipe the search tries.
+    """
+
+    def __init__(self, model: Any, calib: np.ndarray, layer_types: dict[str, str], batch: int = 32):
+        self.keras_model, self.calib = model, calib
+        tf, conv = _converter(model)
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        conv.representative_dataset = lambda: ([calib[i:i + 1]] for i in range(len(calib)))
+        conv._experimental_calibrate_only = True
+        self.calibrated = _run(conv, "int8")
+        schema = _schema()
+        self._opnames = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+        model_t = schema.ModelT.InitFromPackedBuf(self.calibrated, 0)
+        g = model_t.subgraphs[0]
+        self.ranged = [i for i, t in enumerate(g.tensors)
+                       if t.quantization is not None and t.quantization.min is not None
+                       and len(t.quantization.min)]
+        self.inputs, self.outputs = list(g.inputs), list(g.outputs)
+        self.layers: dict[str, list[str]] = {}  # layer -> output tensor names (mlir_quantize's node names)
+        self.layer_ops: dict[str, list[str]] = {}
+        for op in g.operators:
+            code = model_t.operatorCodes[op.opcodeIndex]
+            kind = self._opnames.get(max(code.builtinCode, code.deprecatedBuiltinCode), "?")
+            if kind not in _LAYER_OPS:
+                continue
+            out = g.tensors[op.outputs[0]].name.decode()
+            names = [out] + [g.tensors[i].name.decode() for i in op.inputs[1:] if i >= 0
+                             and kind in _WEIGHT_OPS]
+            from edgeres.layers import resolve_layer
+
+            layer = resolve_layer(names, layer_types)
+            if layer is None:
+                continue
+            self.layers.setdefault(layer, []).append(out)
+            self.layer_ops.setdefault(layer, []).append(kind)
+        self.batch = batch
+        self.stats = self.collect_stats(calib, histograms=True)
+
+    def collect_stats(self, x: np.ndarray, histograms: bool = False):
+        """Statistics of every ranged activation on ``x`` (keys: tensor indices as strings)."""
+        from edgeres.calibrate import ActivationStats
+
+        stats = ActivationStats(channel_axis=-1)
+        for second in ((False, True) if histograms else (False,)):
+            if second:
+                stats.start_histograms()
+            for values in self._run_all(self.calibrated, x, self.ranged):
+                for i, v in values.items():
+                    stats.observe(str(i), v)
+        return stats
+
+    def _run_all(self, model: bytes, x: np.ndarray, tensors: list[int]):
+        """Batches of {tensor index: value} with every intermediate tensor kept."""
+        from edgeres.runtime import tflite_module
+
+        mod, _ = tflite_module()
+        interp = mod.Interpreter(model_content=model, experimental_preserve_all_tensors=True, num_threads=2)
+        detail = interp.get_input_details()[0]
+        for s in range(0, len(x), self.batch):
+            xb = x[s:s + self.batch]
+            if detail["dtype"] != np.float32:
+                scale, zero = detail["quantization"]
+                info = np.iinfo(detail["dtype"])
+                xb = np.clip(np.round(xb / scale + zero), info.min, info.max).astype(detail["dtype"])
+            interp.resize_tensor_input(detail["index"], list(xb.shape))
+            interp.allocate_tensors()
+            interp.set_tensor(detail["index"], xb)
+            interp.invoke()
+            yield {i: interp.get_tensor(i) for i in tensors}
+
+    def stat_layers(self) -> dict[str, str]:
+        """Statistics key (tensor index) -> layer."""
+        schema = _schema()
+        g = schema.ModelT.InitFromPackedBuf(self.calibrated, 0).subgraphs[0]
+        by_name = {t.name.decode(): str(i) for i, t in enumerate(g.tensors)}
+        return {by_name[t]: layer for t, layer in self.tensor_layer().items() if t in by_name}
+
+    def layer_outputs(self, data: bytes | None, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Each layer's (last) output on ``x``, dequantized; ``data=None`` runs the float model."""
+        from edgeres.runtime import tflite_module
+
+        model = self.calibrated if data is None else data
+        mod, _ = tflite_module()
+        details = {d["name"]: d for d in mod.Interpreter(model_content=model).get_tensor_details()}
+        wanted = {layer: details[names[-1]] for layer, names in self.layers.items() if names[-1] in details}
+        parts: dict[str, list] = {layer: [] for layer in wanted}
+        for values in self._run_all(model, x, [d["index"] for d in wanted.values()]):
+            for layer, d in wanted.items():
+                v = values[d["index"]]
+                if v.dtype != np.float32:
+                    scale, zero = d["quantization"]
+                    v = (v.astype(np.float32) - zero) * scale
+                parts[layer].append(v)
+        return {layer: np.concatenate(p) for layer, p in parts.items() if p}
+
+    def tensor_layer(self) -> dict[str, str]:
+        """Output tensor name -> layer."""
+        return {t: layer for layer, ts in self.layers.items() for t in ts}
+
+    def quantize(self, recipe, io_dtype: str, keep_float: list[str] | None = None) -> tuple[bytes, dict]:
+        """Quantize per ``recipe``; ``keep_float`` are resolved layer names.  Returns (model, details)."""
+        if io_dtype not in _IO_TYPES:
+            raise ConversionError(f"unknown TFLite I/O dtype {io_dtype!r}; choose from {', '.join(_IO_TYPES)}")
+        keep_float = list(keep_float or [])
+        if recipe.activations == "int16":
+            return self._int16(recipe, io_dtype, keep_float)
+        import tensorflow as tf
+        from tensorflow.lite.python import convert as tf_convert
+
+        schema = _schema()
+        model_t = schema.ModelT.InitFromPackedBuf(self.calibrated, 0)
+        g = model_t.subgraphs[0]
+        ranges = {}
+        for i in self.ranged:
+            if i in self.inputs:
+                continue  # the input range is the data's
+            method = recipe.calibration if (i not in self.outputs or recipe.output == "calibrated") else "minmax"
+            a, b = self.stats.range(str(i), method, recipe.percentile)
+            q = g.tensors[i].quantization
+            q.min, q.max = [float(a)], [float(b)]
+            ranges[i] = (a, b)
+        io = {"int8": tf.int8, "uint8": tf.uint8, "float32": tf.float32}[io_dtype]
+        deny = [t for layer in keep_float for t in self.layers[layer]]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                data = tf_convert.mlir_quantize(_pack(model_t), disable_per_channel=recipe.weights == "per-tensor",
+                                                input_data_type=tf.float32,
+                                                output_data_type=tf.float32, denylisted_nodes=deny or None)
+            except Exception as exc:
+                raise ConversionError(_explain(exc, "int8")) from None
+        details = {"engine": "TFLiteConverter calibrate-only + mlir_quantize, edgeres ranges",
+                   "calibration": recipe.calibration, "output_range": "minmax" if recipe.output != "calibrated"
+                   else recipe.calibration}
+        if recipe.bias_correction:
+            data, details["bias_corrected_layers"] = self._bias_correct(data)
+        if io != tf.float32:  # as TFLiteConverter does: strip the boundary (de)quantize ops
+            from tensorflow.lite.python.util import modify_model_io_type
+
+            data = modify_model_io_type(data, io, io)
+        return self._checked(data, keep_float, details)
+
+    def _int16(self, recipe, io_dtype: str, keep_float: list[str]) -> tuple[bytes, dict]:
+        if recipe.calibration != "minmax" or keep_float or recipe.bias_correction:
+            raise ConversionError("TFLite 16x8 mode calibrates with min-max inside the converter: use "
+                                  "calibration = \"minmax\", no keep_float and no bias_correction with "
+                                  "activations = \"int16\"")
+        if io_dtype not in ("float32",):
+            io_dtype = "float32"  # 16x8 models take int16 or float I/O; float keeps the runners simple
+        tf, conv = _converter(self.keras_model)
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        conv.target_spec.supported_ops = [tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
+        conv.representative_dataset = lambda: ([self.calib[i:i + 1]] for i in range(len(self.calib)))
+        conv._experimental_disable_per_channel = recipe.weights == "per-tensor"
+        data = _run(conv, "int16x8")
+        return self._checked(data, [], {"engine": "TFLiteConverter 16x8", "calibration": "minmax",
+                                        "io_dtype": io_dtype})
+
+    def _checked(self, data: bytes, keep_float: list[str], details: dict) -> tuple[bytes, dict]:
+        float_ops = float_compute_ops(data)
+        if float_ops and not keep_float:
+            raise ConversionError(f"ops with no int8 kernel stayed in float: {', '.join(sorted(float_ops))}")
+        details.update({"full_integer": not float_ops, "float_layers": keep_float})
+        return data, details
+
+    def _bias_correct(self, data: bytes) -> tuple[bytes, list[str]]:
+        """Cancel the mean output shift that weight rounding adds to each conv/dense layer.
+
+        Analytic bias correction (Nagel et al., 2019, "Data-free quantization"):
+        for output channel o, ``E[(W_q - W) x] = sum_i (W_q - W)[o, ..., i] * E[x_i]``,
+        with E[x_i] the per-channel mean of the layer's float input on the
+        calibration set.  TFLite fuses the ReLU into the convolution, so the
+        pre-activation mean the empirical method needs is not observable in
+        the int8 model; the analytic form needs only float statistics.
+        """
+        schema = _schema()
+        fm = schema.ModelT.InitFromPackedBuf(self.calibrated, 0)
+        qm = schema.ModelT.InitFromPackedBuf(data, 0)
+        fg, qg = fm.subgraphs[0], qm.subgraphs[0]
+        f_by_out = {fg.tensors[op.outputs[0]].name: op for op in fg.operators}
+        tensor_layer = self.tensor_layer()
+        fixed: list[str] = []
+        for op in qg.operators:
+            code = qm.operatorCodes[op.opcodeIndex]
+            kind = self._opnames.get(max(code.builtinCode, code.deprecatedBuiltinCode), "?")
+            if kind not in ("CONV_2D", "FULLY_CONNECTED") or len(op.inputs) < 3 or op.inputs[2] < 0:
+                continue
+            name = qg.tensors[op.outputs[0]].name
+            fop = f_by_out.get(name)
+            xq, wq, bq = (qg.tensors[i] for i in op.inputs[:3])
+            if fop is None or xq.type != schema.TensorType.INT8 or bq.type != schema.TensorType.INT32:
+                continue
+            x_name = str(fop.inputs[0])
+            if x_name not in self.stats.tensors:
+                continue
+            w_float = _buffer(fm, fg.tensors[fop.inputs[1]], np.float32)
+            w_int = _buffer(qm, wq, np.int8).astype(np.float64)
+            if w_float is None or w_int is None or w_float.shape != w_int.shape:
+                continue
+            w_scale = np.asarray(wq.quantization.scale, np.float64)
+            w_scale = w_scale.reshape(-1, *([1] * (w_int.ndim - 1))) if w_scale.size > 1 else w_scale
+            err = w_int * w_scale - w_float.astype(np.float64)  # (O, ..., I)
+            mean_in = self._channel_mean(x_name, err.shape[-1])
+            if mean_in is None:
+                continue
+            shift = (err.reshape(err.shape[0], -1, err.shape[-1]).sum(1) * mean_in).sum(1)
+            in_scale = float(xq.quantization.scale[0])
+            b_scale = in_scale * np.asarray(wq.quantization.scale, np.float64)
+            bias = _buffer(qm, bq, np.int32).astype(np.int64)
+            new = np.clip(bias - np.round(shift / b_scale), -2 ** 31, 2 ** 31 - 1).astype(np.int32)
+            qm.buffers[bq.buffer].data = np.frombuffer(new.tobytes(), np.uint8)
+            fixed.append(tensor_layer.get(name.decode(), name.decode()))
+        return _pack(qm), fixed
+
+    def _channel_mean(self, tensor: str, channels: int) -> np.ndarray | None:
+        s = self.stats.tensors.get(tensor)
+        if s is None or s.ch_sum is None or len(s.ch_sum) != channels:
+            return None
+        return s.ch_sum / s.ch_count
+
+
+def _buffer(model_t, tensor, dtype) -> np.ndarray | None:
+    buf = model_t.buffers[tensor.buffer].data if tensor.buffer < len(model_t.buffers) else None
+    if buf is None or len(buf) == 0:
+        return None
+    return np.frombuffer(np.asarray(buf, np.uint8).tobytes(), dtype).reshape(tensor.shape)

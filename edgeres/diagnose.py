@@ -1,0 +1,98 @@
+"""Failure causes from activation statistics, and the diagnosis table.  LIGHT layer: numpy only."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgeres.calibrate import ActivationStats
+
+OUTLIER_RATIO = 8.0       # max|x| over the 99.99th percentile range: one value stretches the grid
+DEAD_FRACTION = 0.25      # share of a layer's channels constant over the calibration set
+COVERAGE_OUTSIDE = 0.001  # share of validation values outside the calibrated range
+SHIFT_SIGMAS = 0.5        # validation mean this many calibration stdevs away
+
+
+def find_causes(calib: ActivationStats, val: ActivationStats, layers: dict[str, str]) -> list[dict]:
+    """Classic int8 failure causes, each naming the layer and the evidence.
+
+    - ``outliers``: a few activations stretch the range so the rest share few levels;
+    - ``dead_channels``: channels constant over the calibration images;
+    - ``calibration_coverage``: the validation images drive a tensor outside, or far
+      from, what the calibration images showed (calibration set unrepresentative).
+    """
+    causes: list[dict] = []
+    for key, layer in layers.items():
+        s = calib.tensors.get(key)
+        if s is None or s.count == 0:
+            continue
+        if s.hist is not None and s.hist.sum() > 0:
+            a, b = calib.range(key, "percentile", 99.99)
+            span, full = b - a, s.hi - min(s.lo, 0.0)
+            if span > 0 and full / span >= OUTLIER_RATIO:
+                causes.append({"kind": "outliers", "layer": layer, "tensor": key,
+                               "detail": f"max |x| {max(abs(s.lo), abs(s.hi)):.3g} is {full / span:.0f}x the "
+                                         f"99.99th-percentile range {span:.3g}: try calibration = \"percentile\" "
+                                         "or \"mse\""})
+        if s.ch_lo is not None and len(s.ch_lo) > 1:
+            const = int(((s.ch_hi - s.ch_lo) <= 1e-6 * max(abs(s.hi), abs(s.lo), 1e-12)).sum())
+            if const and const >= DEAD_FRACTION * len(s.ch_lo):
+                causes.append({"kind": "dead_channels", "layer": layer, "tensor": key,
+                               "detail": f"{const} of {len(s.ch_lo)} channels are constant on the calibration "
+                                         "images"})
+        v = val.tensors.get(key)
+        if v is None or v.count == 0:
+            continue
+        outside = 0.0
+        if v.hi > s.hi or v.lo < s.lo:
+            outside = max(v.hi - s.hi, s.lo - v.lo, 0.0) / max(s.hi - s.lo, 1e-12)
+        if s.std <= 1e-12 and v.std <= 1e-12 and abs(v.mean - s.mean) <= 1e-12:
+            continue  # constant on both sets (zero padding channels)
+        shift = abs(v.mean - s.mean) / max(s.std, 1e-12)
+        ratio = v.std / max(s.std, 1e-12)
+        if shift > SHIFT_SIGMAS or not 0.5 <= ratio <= 2.0 or outside > 0.5:
+            causes.append({"kind": "calibration_coverage", "layer": layer, "tensor": key,
+                           "detail": f"validation mean {v.mean:.3g} / std {v.std:.3g} against calibration "
+                                     f"{s.mean:.3g} / {s.std:.3g}; range exceeded by {100 * outside:.0f}%: "
+                                     "calibrate on images like the deployment data"})
+    # one line per (kind, layer)
+    seen, unique = set(), []
+    for c in causes:
+        if (c["kind"], c["layer"]) not in seen:
+            seen.add((c["kind"], c["layer"]))
+            unique.append(c)
+    return unique
+
+
+HEADER = ("layer", "ops", "SQNR dB", "RMSE/range", "only-int8 loss", "only-float gain", "causes")
+
+
+def _f(v, spec):
+    return "-" if v is None else format(v, spec)
+
+
+def table_rows(diagnosis: dict) -> list[tuple[str, ...]]:
+    return [(r["layer"], "+".join(dict.fromkeys(r["ops"])), _f(r["sqnr_db"], ".1f"), _f(r["rmse_rel"], ".4f"),
+             _f(r["only_quantized_loss"], "+.2f"), _f(r["only_float_gain"], "+.2f"), ", ".join(r["causes"]) or "-")
+            for r in diagnosis["layers"]]
+
+
+def plot(diagnosis: dict, path) -> None:
+    """Bar chart: per-layer SQNR and the agreement regained by keeping each layer in float."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = diagnosis["layers"]
+    names = [r["layer"] for r in rows]
+    fig, axes = plt.subplots(2, 1, figsize=(max(8, 0.35 * len(rows)), 7), sharex=True)
+    axes[0].bar(names, [r["sqnr_db"] if r["sqnr_db"] is not None else np.nan for r in rows], color="#4c72b0")
+    axes[0].set_ylabel("output SQNR vs float (dB)")
+    axes[1].bar(names, [r["only_float_gain"] if r["only_float_gain"] is not None else np.nan for r in rows],
+                color="#dd8452")
+    axes[1].set_ylabel("agreement regained\nwith only it float (pp)")
+    axes[1].tick_params(axis="x", rotation=90)
+    fig.suptitle(f"edgeres diagnose: {diagnosis['backend']}, {diagnosis['images']} images")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
