@@ -266,6 +266,8 @@ class TFLiteQuantizer:
                    else recipe.calibration}
         if recipe.bias_correction:
             data, details["bias_corrected_layers"] = self._bias_correct(data)
+            data, empirical = self._empirical_bias_correct(data)
+            details["bias_correction"] = f"analytic (weights) on all, empirical on {len(empirical)} unclamped layers"
         if io != tf.float32:  # as TFLiteConverter does: strip the boundary (de)quantize ops
             from tensorflow.lite.python.util import modify_model_io_type
 
@@ -343,6 +345,66 @@ class TFLiteQuantizer:
             qm.buffers[bq.buffer].data = np.frombuffer(new.tobytes(), np.uint8)
             fixed.append(tensor_layer.get(name.decode(), name.decode()))
         return _pack(qm), fixed
+
+    def _empirical_bias_correct(self, data: bytes, images: int = 256) -> tuple[bytes, list[str]]:
+        """Cancel the remaining mean shift of layers whose output is not clamped by a fused ReLU.
+
+        For those layers the int8 output's mean is an unbiased view of the
+        pre-activation mean, so the shift that input rounding adds (which the
+        analytic pass cannot see) is measured directly: float and int8 models
+        on the same calibration images, per output channel.
+        """
+        schema = _schema()
+        qm = schema.ModelT.InitFromPackedBuf(data, 0)
+        qg = qm.subgraphs[0]
+        fg = schema.ModelT.InitFromPackedBuf(self.calibrated, 0).subgraphs[0]
+        f_index = {t.name: i for i, t in enumerate(fg.tensors)}
+        targets = []
+        for op in qg.operators:
+            code = qm.operatorCodes[op.opcodeIndex]
+            kind = self._opnames.get(max(code.builtinCode, code.deprecatedBuiltinCode), "?")
+            if kind not in ("CONV_2D", "FULLY_CONNECTED", "DEPTHWISE_CONV_2D") or len(op.inputs) < 3 \
+                    or op.inputs[2] < 0:
+                continue
+            out, bias, x, w = (qg.tensors[i] for i in (op.outputs[0], op.inputs[2], op.inputs[0], op.inputs[1]))
+            fi = f_index.get(out.name)
+            st = self.stats.tensors.get(str(fi))
+            if fi is None or st is None or st.lo >= 0 or bias.type != schema.TensorType.INT32 \
+                    or out.type != schema.TensorType.INT8:
+                continue
+            targets.append((op.outputs[0], fi, bias, x, w, out.name.decode()))
+        if not targets:
+            return data, []
+        sample = self.calib[:images]
+        q_means = self._means(data, sample, [t[0] for t in targets])
+        f_means = self._means(self.calibrated, sample, [t[1] for t in targets])
+        tensor_layer = self.tensor_layer()
+        fixed = []
+        for qi, fi, bias, x, w, name in targets:
+            diff = q_means[qi] - f_means[fi]
+            b_scale = float(x.quantization.scale[0]) * np.asarray(w.quantization.scale, np.float64)
+            b = _buffer(qm, bias, np.int32).astype(np.int64)
+            new = np.clip(b - np.round(diff / b_scale), -2 ** 31, 2 ** 31 - 1).astype(np.int32)
+            qm.buffers[bias.buffer].data = np.frombuffer(new.tobytes(), np.uint8)
+            fixed.append(tensor_layer.get(name, name))
+        return _pack(qm), fixed
+
+    def _means(self, model: bytes, x: np.ndarray, tensors: list[int]) -> dict[int, np.ndarray]:
+        """Per-channel (last axis) means of the given tensors, dequantized."""
+        from edgeres.runtime import tflite_module
+
+        mod, _ = tflite_module()
+        details = {d["index"]: d for d in mod.Interpreter(model_content=model).get_tensor_details()}
+        sums: dict[int, np.ndarray] = {}
+        counts: dict[int, int] = {}
+        for values in self._run_all(model, x, tensors):
+            for i, v in values.items():
+                if v.dtype != np.float32:
+                    scale, zero = details[i]["quantization"]
+                    v = (v.astype(np.float64) - zero) * scale
+                sums[i] = sums.get(i, 0) + v.reshape(-1, v.shape[-1]).sum(0)
+                counts[i] = counts.get(i, 0) + v.size // v.shape[-1]
+        return {i: s / counts[i] for i, s in sums.items()}
 
     def _channel_mean(self, tensor: str, channels: int) -> np.ndarray | None:
         s = self.stats.tensors.get(tensor)

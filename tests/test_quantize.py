@@ -1,0 +1,140 @@
+"""Recipes, diagnosis and the --max-drop search on the real converters and runtimes.
+
+All on the embedded default (ResNet-8 on 8x8 digits), so each conversion takes seconds.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from edgeres.cli import cli
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def write_recipe(tmp_path: Path, text: str, name: str = "r.toml") -> Path:
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def test_recipes_command_lists_bundled_recipes():
+    result = invoke("recipes", "--json")
+    assert result.exit_code == 0, result.output
+    names = {r["name"]: r for r in json.loads(result.output)}
+    assert {"default", "stock", "percentile", "entropy", "per-tensor", "int16x8"} <= set(names)
+    assert names["default"]["calibration"] == "mse" and names["default"]["tflite"]["calibration"] == "percentile"
+    table = invoke("recipes")
+    assert table.exit_code == 0 and "default" in table.output and "stock" in table.output
+
+
+def test_default_run_reports_the_recipe_and_stays_full_integer(default_run: Path):
+    report = json.loads((default_run / "report.json").read_text())
+    int8 = {a["name"]: a for a in report["artifacts"] if a["precision"] == "int8"}
+    for name in ("tflite_int8", "onnx_int8"):
+        d = int8[name]["details"]
+        assert d["recipe"] == "default" and d["full_integer"] is True and d["float_layers"] == []
+        assert d["bias_corrected_layers"], name  # bias correction really moved some biases
+    assert int8["tflite_int8"]["details"]["calibration"] == "percentile"
+    assert int8["onnx_int8"]["details"]["calibration"] == "mse"
+    assert int8["onnx_int8"]["details"]["output_range"].startswith("float")
+
+
+def test_recipe_file_keeps_matching_layers_in_float(tmp_path: Path):
+    recipe = write_recipe(tmp_path, 'calibration = "minmax"\noutput = "calibrated"\nkeep_float = ["predictions"]\n')
+    out = tmp_path / "run"
+    result = invoke("convert", "--int8", "--recipe", recipe, "--val-size", "100", "-o", out)
+    assert result.exit_code == 0, result.stderr
+    report = json.loads((out / "report.json").read_text())
+    for a in report["artifacts"]:
+        if a["precision"] == "int8":
+            assert a["details"]["float_layers"] == ["predictions"], a["name"]
+            assert a["details"]["full_integer"] is False
+            assert a["details"]["calibration"] == "minmax"
+    from edgeres.convert.tflite import float_compute_ops
+
+    assert float_compute_ops((out / "model_int8.tflite").read_bytes()) == {"FULLY_CONNECTED"}
+
+
+@pytest.mark.parametrize("text, message", [
+    ('calibrate = "mse"\n', "unknown key 'calibrate'"),
+    ('calibration = "magic"\n', "'calibration' = 'magic' is not one of"),
+    ('bias_correction = "yes"\n', "'bias_correction' must be bool"),
+    ('keep_float = ["no_such_layer*"]\n', "layer pattern 'no_such_layer*' matches no quantized layer"),
+])
+def test_bad_recipes_get_one_line_and_exit_2_and_leave_nothing(tmp_path: Path, text: str, message: str):
+    out = tmp_path / "run"
+    result = invoke("convert", "--int8", "--recipe", write_recipe(tmp_path, text), "-o", out)
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_unknown_recipe_name_lists_the_known_ones(tmp_path: Path):
+    result = invoke("convert", "--int8", "--recipe", "fastest", "-o", tmp_path / "run")
+    assert result.exit_code == 2 and "unknown recipe 'fastest'" in result.stderr and "default" in result.stderr
+
+
+def test_collapsed_int8_fails_with_the_diagnosis_attached(tmp_path: Path):
+    # Ranges clipped at the median of every activation: the int8 model loses the plot.
+    recipe = write_recipe(tmp_path, 'calibration = "percentile"\npercentile = 50.5\noutput = "calibrated"\n')
+    out = tmp_path / "run"
+    result = invoke("convert", "--int8", "--recipe", recipe, "--val-size", "200", "-o", out)
+    assert result.exit_code == 10, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["passed"] is False
+    assert any("collapsed" in f for f in report["failures"])
+    assert any("diagnosis" in f for f in report["failures"])
+    diag = report["diagnosis"]
+    assert diag and all(d["layers"] for d in diag.values())
+    assert any(r["sqnr_db"] is not None for d in diag.values() for r in d["layers"])
+
+
+def test_diagnose_table_json_and_plot(tmp_path: Path):
+    out, png = tmp_path / "diag.json", tmp_path / "diag.png"
+    result = invoke("diagnose", "--val-size", "100", "--no-sensitivity", "-o", out, "--plot", png)
+    assert result.exit_code == 0, result.stderr
+    assert "SQNR dB" in result.output and "only-float gain" in result.output
+    d = json.loads(out.read_text())
+    assert d["backend"] == "tflite" and d["images"] == 100
+    convs = [r for r in d["layers"] if "CONV_2D" in r["ops"]]
+    assert len(convs) >= 7
+    assert all(r["sqnr_db"] is not None and 10 < r["sqnr_db"] < 80 for r in convs)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_diagnose_sensitivity_on_onnx(tmp_path: Path):
+    result = invoke("diagnose", "--backend", "onnx", "--val-size", "100", "--calib-size", "64", "--json")
+    assert result.exit_code == 0, result.stderr
+    d = json.loads(result.output)
+    assert d["backend"] == "onnx"
+    rows = [r for r in d["layers"] if r["only_quantized_loss"] is not None]
+    assert len(rows) == len(d["layers"]) and rows
+    # Keeping one layer float can never make a model disagree with float by more than 100 points.
+    assert all(-100 <= r["only_float_gain"] <= 100 and 0 <= r["only_quantized_loss"] <= 100 for r in rows)
+
+
+def test_search_that_cannot_meet_the_budget_writes_the_best_marked_failing(tmp_path: Path, monkeypatch):
+    import edgeres.quantize as quantize
+
+    monkeypatch.setattr(quantize, "MAX_FLOAT_LAYERS", 0)  # only recipes and calibration methods
+    monkeypatch.setattr(quantize, "CALIBRATION_LADDER", (("percentile", 51.0),))
+    recipe = write_recipe(tmp_path, 'calibration = "percentile"\npercentile = 50.5\noutput = "calibrated"\n')
+    out = tmp_path / "run"
+    result = invoke("convert", "--int8", "--recipe", recipe, "--max-drop", "0", "--metric", "agreement", "-o", out)
+    assert result.exit_code == 10, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["passed"] is False
+    for backend in ("tflite", "onnx"):
+        s = report["search"]["backends"][backend]
+        assert s["met"] is False and len(s["trials"]) == 3  # recipe, one calibration, bias correction
+        assert not any(t["meets_budget"] for t in s["trials"])
+    assert any("FAILS the budget" in f for f in report["failures"])
+    assert (out / "model_int8.tflite").is_file() and (out / "model_int8.onnx").is_file()
