@@ -63,7 +63,7 @@ def find_causes(calib: ActivationStats, val: ActivationStats, layers: dict[str, 
     return unique
 
 
-HEADER = ("layer", "ops", "SQNR dB", "RMSE/range", "only-int8 loss", "only-float gain", "causes")
+HEADER = ("layer", "ops", "SQNR dB", "RMSE/range", "only-int8 loss", "only-float gain", "float dB gain", "causes")
 
 
 def _f(v, spec):
@@ -72,7 +72,8 @@ def _f(v, spec):
 
 def table_rows(diagnosis: dict) -> list[tuple[str, ...]]:
     return [(r["layer"], "+".join(dict.fromkeys(r["ops"])), _f(r["sqnr_db"], ".1f"), _f(r["rmse_rel"], ".4f"),
-             _f(r["only_quantized_loss"], "+.2f"), _f(r["only_float_gain"], "+.2f"), ", ".join(r["causes"]) or "-")
+             _f(r["only_quantized_loss"], "+.2f"), _f(r["only_float_gain"], "+.2f"),
+             _f(r.get("only_float_sqnr_gain"), "+.2f"), ", ".join(r["causes"]) or "-")
             for r in diagnosis["layers"]]
 
 

@@ -257,7 +257,7 @@ def _convert_all(cfg: ConvertConfig, model, hwc, calib, stage: Path, stages: Sta
 def _ranking(backend, recipe, split) -> list[str]:
     from edgeres.quantize import diagnose, rank_layers
 
-    return rank_layers(diagnose(backend, recipe, split, backend.quantizer.calib))
+    return rank_layers(diagnose(backend, recipe, split, backend.quantizer.calib, only_quantized=False))
 
 
 def _attach_search(report: dict, cfg: ConvertConfig, searches: dict, select) -> None:

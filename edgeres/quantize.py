@@ -123,6 +123,7 @@ class LayerReport:
     rmse_rel: float | None = None     # RMSE / (output range)
     only_quantized_loss: float | None = None   # agreement points lost with only this layer int8
     only_float_gain: float | None = None       # agreement points regained with only this layer float
+    only_float_sqnr_gain: float | None = None  # dB of output SQNR regained with only this layer float
     causes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -147,8 +148,13 @@ def layer_errors(backend: Backend, data: bytes, split: Split, limit: int = 64) -
 
 
 def diagnose(backend: Backend, recipe: Recipe, split: Split, calib_x: np.ndarray,
-             sensitivity: bool = True, progress: Callable[[int], None] | None = None) -> dict:
-    """Per-layer error and sensitivity of ``recipe`` on ``backend``, and the failure causes found."""
+             sensitivity: bool = True, progress: Callable[[int], None] | None = None,
+             only_quantized: bool = True) -> dict:
+    """Per-layer error and sensitivity of ``recipe`` on ``backend``, and the failure causes found.
+
+    Sensitivity needs two conversions per layer: all other layers float
+    (``only_quantized``; the search skips it), and only this layer float.
+    """
     from edgeres.diagnose import find_causes
 
     data, _ = backend.build(recipe)
@@ -160,11 +166,13 @@ def diagnose(backend: Backend, recipe: Recipe, split: Split, calib_x: np.ndarray
         reports[name].sqnr_db, reports[name].rmse_rel = sqnr, rmse
     if sensitivity:
         for name in layers:
-            others = [n for n in layers if n != name]
-            only_q, _ = backend.build(recipe, others)
-            reports[name].only_quantized_loss = 100.0 - evaluate(backend, only_q, split).agreement
+            if only_quantized:
+                only_q, _ = backend.build(recipe, [n for n in layers if n != name])
+                reports[name].only_quantized_loss = 100.0 - evaluate(backend, only_q, split).agreement
             only_f, _ = backend.build(recipe, [name])
-            reports[name].only_float_gain = evaluate(backend, only_f, split).agreement - base.agreement
+            res = evaluate(backend, only_f, split)
+            reports[name].only_float_gain = res.agreement - base.agreement
+            reports[name].only_float_sqnr_gain = res.sqnr_db - base.sqnr_db
             if progress:
                 progress(1)
     val_stats = backend.quantizer.collect_stats(split.x)
@@ -178,13 +186,18 @@ def diagnose(backend: Backend, recipe: Recipe, split: Split, calib_x: np.ndarray
 
 
 def rank_layers(diagnosis: dict) -> list[str]:
-    """Layers most worth keeping in float first: largest agreement regained, then lowest SQNR."""
+    """Layers most worth keeping in float first.
+
+    Ranked by the output SQNR regained when only that layer is float: a
+    continuous measure, where the agreement regained by one layer is a
+    count of a handful of images and mostly noise.  Then by lowest SQNR.
+    """
     rows = diagnosis["layers"]
 
     def key(r):
-        gain = r.get("only_float_gain")
+        gain = r.get("only_float_sqnr_gain")
         sq = r.get("sqnr_db")
-        return (-(gain if gain is not None else 0.0), sq if sq is not None else math.inf)
+        return (-(gain if gain is not None else -math.inf), sq if sq is not None else math.inf)
 
     return [r["layer"] for r in sorted(rows, key=key)]
 
@@ -213,9 +226,10 @@ def search(backend: Backend, base: Recipe, budget: float, metric: str, select: S
            on_trial: Callable[[Trial], None] | None = None) -> tuple[list[Trial], Trial, bool]:
     """Find the fastest configuration whose loss on ``select`` is within ``budget``.
 
-    With ``metric="top1"`` a configuration must also agree with float32 at
-    least as often as the recipe does (a lucky top-1 gain on a small split
-    is not a reason to ship a less faithful model).
+    With ``metric="top1"`` another calibration method or bias setting must
+    also agree with float32 at least as often as the recipe does (a lucky
+    top-1 gain on a small split is not a reason to ship a less faithful
+    model); keeping layers in float only ever moves towards float32.
     Order (cheapest and fastest first, stopping at the first that holds):
     the given recipe, other calibration methods, bias correction on the
     best of them, then the most sensitive layers kept in float one at a time
@@ -244,7 +258,7 @@ def search(backend: Backend, base: Recipe, budget: float, metric: str, select: S
             # top-1 by chance.  So a configuration less faithful to float32 than the recipe itself
             # never wins on top-1 alone.
             ok = (not res.collapsed and res.agreement >= 50.0 and res.loss(metric) <= budget + 1e-9
-                  and (metric == "agreement" or res.agreement >= floor[0] - 1e-9))
+                  and (metric == "agreement" or keep or res.agreement >= floor[0] - 1e-9))
             t = Trial(step, recipe, keep, res, ok, details, data)
         trials.append(t)
         if on_trial:

@@ -442,14 +442,15 @@ def test_find_causes_shrunken_validation_spread_is_coverage():
 def test_table_rows_formats_each_layer():
     diagnosis = {"layers": [
         {"layer": "layer1.0.conv1", "ops": ["CONV_2D", "CONV_2D", "RELU"], "sqnr_db": 31.27, "rmse_rel": 0.012345,
-         "only_quantized_loss": -1.5, "only_float_gain": 2.0, "causes": ["outliers", "dead_channels"]},
+         "only_quantized_loss": -1.5, "only_float_gain": 2.0, "only_float_sqnr_gain": 0.456,
+         "causes": ["outliers", "dead_channels"]},
         {"layer": "dense", "ops": ["FULLY_CONNECTED"], "sqnr_db": None, "rmse_rel": None,
          "only_quantized_loss": None, "only_float_gain": None, "causes": []},
     ]}
     rows = table_rows(diagnosis)
     assert rows == [
-        ("layer1.0.conv1", "CONV_2D+RELU", "31.3", "0.0123", "-1.50", "+2.00", "outliers, dead_channels"),
-        ("dense", "FULLY_CONNECTED", "-", "-", "-", "-", "-"),
+        ("layer1.0.conv1", "CONV_2D+RELU", "31.3", "0.0123", "-1.50", "+2.00", "+0.46", "outliers, dead_channels"),
+        ("dense", "FULLY_CONNECTED", "-", "-", "-", "-", "-", "-"),
     ]
     assert all(len(r) == len(HEADER) for r in rows)
     assert table_rows({"layers": []}) == []
