@@ -14,6 +14,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 BINS = 2048
+TAP_BYTES = 512 * 2**20  # memory for every intermediate tensor of one batch, when tapping a model
+
+
+def tap_batch(per_image_bytes: int, largest: int = 32) -> int:
+    """Images per batch when every intermediate tensor is kept (ResNet-50 at 224: ~4 images)."""
+    return int(max(1, min(largest, TAP_BYTES // max(per_image_bytes, 1))))
 
 
 @dataclass

@@ -384,7 +384,11 @@ class OnnxQuantizer:
                 self.layers.setdefault(layer, []).append(node.name)
                 self.layer_ops.setdefault(layer, []).append(node.op_type)
         self.tensors = [o for n in g.node for o in n.output]
-        self.batch = batch
+        from edgeres.calibrate import tap_batch
+
+        sess, _ = _tap(self.proto, self.tensors)  # one image, to size the batches that keep every tensor
+        per_image = sum(v.nbytes for v in sess.run(None, {self.input_name: calib[:1]}))
+        self.batch = tap_batch(per_image, batch)
         self.stats = self.collect_stats(calib, histograms=True)
 
     def collect_stats(self, x: np.ndarray, histograms: bool = False):

@@ -165,7 +165,10 @@ class TFLiteQuantizer:
                 continue
             self.layers.setdefault(layer, []).append(out)
             self.layer_ops.setdefault(layer, []).append(kind)
-        self.batch = batch
+        from edgeres.calibrate import tap_batch
+
+        per_image = sum(4 * int(np.prod(g.tensors[i].shape[1:])) for i in self.ranged)
+        self.batch = tap_batch(per_image, batch)
         self.stats = self.collect_stats(calib, histograms=True)
 
     def collect_stats(self, x: np.ndarray, histograms: bool = False):
