@@ -30,7 +30,9 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=100)
     args = ap.parse_args()
     from edgeres.bench import measure_interleaved
-    from edgeres.convert.onnx import to_int8
+    from edgeres.convert.onnx import OnnxQuantizer
+    from edgeres.convert.keras_io import load_model
+    from edgeres.recipes import resolve_recipe
     from edgeres.data import Preprocess, open_dataset
     from edgeres.runtime import open_runner
 
@@ -40,8 +42,10 @@ def main() -> int:
         report = edgeres_json("convert", "resnet50", "--int8", "--calib", photos, "--calib-size", "100",
                               "-o", run)
         calib = open_dataset(photos).sample(32).load((224, 224, 3), Preprocess())[0]
-        s8s8, _ = to_int8((run / "model_fp32.onnx").read_bytes(), calib, activation_type="int8",
-                          method="minmax")
+        # ORT's default activation type (S8S8), everything else as edgeres' default recipe
+        layer_types = {la.name: type(la).__name__ for la in load_model("resnet50").model.layers}
+        quantizer = OnnxQuantizer((run / "model_fp32.onnx").read_bytes(), calib, layer_types)
+        s8s8, _ = quantizer.quantize(resolve_recipe("default").for_backend("onnx"), "int8")
         (Path(tmp) / "s8s8.onnx").write_bytes(s8s8)
         runners = {
             "edgeres tflite_fp32 (XNNPACK)": open_runner(run / "model_fp32.tflite", 2),

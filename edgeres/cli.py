@@ -193,6 +193,8 @@ def convert(model, calib, data, int8, output_dir, force, target, io_dtype, calib
         data = data or defaults.default_data()
     elif calib is None:
         raise UsageError("--calib is required with your own model (a folder of representative images or an .npz)")
+    if max_drop is not None and data is None:
+        raise UsageError("--max-drop needs --data: the labelled images the budget is measured on")
     cfg = ConvertConfig(
         model=model, calib=calib, data=data, output_dir=output_dir, target=resolve_target(target),
         preprocess=preprocess, int8=int8, io_dtype=io_dtype, input_size=input_size, num_classes=num_classes,

@@ -37,6 +37,7 @@ def _edgeres_logs_reach_caplog(monkeypatch):
 
 def test_light_modules_do_not_import_tensorflow_or_keras():
     code = ("import edgeres.data, edgeres.targets, edgeres.metrics, edgeres.bench, edgeres.runtime, sys; "
+            "import edgeres.recipes, edgeres.calibrate, edgeres.diagnose, edgeres.layers, edgeres.quantize; "
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras')); "
             "assert not bad, bad")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

@@ -77,6 +77,18 @@ def test_bad_recipes_get_one_line_and_exit_2_and_leave_nothing(tmp_path: Path, t
     assert not out.exists()
 
 
+def test_max_drop_needs_validation_data(tmp_path: Path):
+    model = tmp_path / "m.keras"
+    assert invoke("build", "resnet8", "--input-size", "8", "--num-classes", "10", "--channels", "1",
+                  "-o", model).exit_code == 0
+    from edgeres.defaults import default_calib
+
+    result = invoke("convert", model, "--int8", "--calib", default_calib(), "--max-drop", "0.5",
+                    "-o", tmp_path / "run")
+    assert result.exit_code == 2 and "--max-drop needs --data" in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
 def test_unknown_recipe_name_lists_the_known_ones(tmp_path: Path):
     result = invoke("convert", "--int8", "--recipe", "fastest", "-o", tmp_path / "run")
     assert result.exit_code == 2 and "unknown recipe 'fastest'" in result.stderr and "default" in result.stderr

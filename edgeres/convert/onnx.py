@@ -246,60 +246,6 @@ class _Reader:
         return next(self._batches, None)
 
 
-CALIBRATION_METHODS = ("percentile", "minmax", "entropy")
-DEFAULT_PERCENTILE = 99.999
-
-
-def to_int8(float_model: bytes, calib: np.ndarray, activation_type: str = "uint8",
-            per_channel: bool = True, method: str = "percentile",
-            percentile: float = DEFAULT_PERCENTILE) -> tuple[bytes, list[str]]:
-    """Static QDQ quantization of a float ONNX model, calibrated on ``calib``.
-
-    Returns the model and the names of the nodes left in float.
-
-    The default clips activation ranges at the 99.999th percentile of |x|
-    instead of the raw min/max, so one outlier image cannot stretch a range.
-    On ResNet-20/CIFAR-10 this halved the top-1 loss of min-max (see
-    benchmarks/accuracy_resnet20.py).  Histogram methods get batch-1 input:
-    ORT's histogram collector fails on a ragged last batch.
-    """
-    if method not in CALIBRATION_METHODS:
-        raise ConversionError(f"unknown calibration method {method!r}; choose from {', '.join(CALIBRATION_METHODS)}")
-    import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    act = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}[activation_type]
-    ort_method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
-                  "entropy": CalibrationMethod.Entropy}[method]
-    extra = {"WeightSymmetric": True, "ActivationSymmetric": False}
-    if method == "percentile":
-        extra["CalibPercentile"] = percentile
-    batch = 16 if method == "minmax" else 1
-    input_name = onnx.load_from_string(float_model).graph.input[0].name
-    with tempfile.TemporaryDirectory(prefix="edgeres-ort-") as tmp:
-        src, pre, dst = Path(tmp, "fp32.onnx"), Path(tmp, "pre.onnx"), Path(tmp, "int8.onnx")
-        src.write_bytes(float_model)
-        try:
-            quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
-        except Exception:  # pre-processing is an optimisation; quantize the raw graph instead
-            pre = src
-        keep_float = input_normalization_nodes(onnx.load(str(pre)))
-        try:
-            quantize_static(
-                str(pre), str(dst), _Reader(input_name, calib, batch),
-                nodes_to_exclude=keep_float,
-                quant_format=QuantFormat.QDQ, per_channel=per_channel,
-                activation_type=act, weight_type=QuantType.QInt8,
-                calibrate_method=ort_method, extra_options=extra,
-            )
-        except Exception as exc:
-            raise ConversionError(f"ONNX int8 quantization failed: {first_line(exc)}") from None
-        data = dst.read_bytes()
-    check(data)
-    return data, keep_float
-
-
 _AFFINE_OPS = ("Mul", "Add", "Sub", "Div")
 
 
@@ -320,7 +266,8 @@ def input_normalization_nodes(proto) -> list[str]:
 
 _LAYER_OPS = {"Conv", "Gemm", "MatMul", "Add", "Mul", "Sub", "GlobalAveragePool", "AveragePool", "MaxPool",
               "Concat", "ConvTranspose"}
-_FLOAT_OUTPUT_OPS = {"Gemm", "MatMul"}  # ORT has integer kernels with float output for these
+_FLOAT_OUTPUT_OPS = {"Gemm", "MatMul"}
+BIAS_CORRECTION_IMAGES = 256  # per-channel means settle long before this  # ORT has integer kernels with float output for these
 
 
 def _tap(proto, names: list[str]):
@@ -503,8 +450,9 @@ class OnnxQuantizer:
             targets.append((node, dq, out, ref))
         if not targets:
             return []
-        quant_means = _channel_means(qproto, [t[2] for t in targets], self.calib, self.input_name)
-        float_means = _channel_means(self.proto, [t[3] for t in targets], self.calib, self.input_name)
+        sample = self.calib[:BIAS_CORRECTION_IMAGES]
+        quant_means = _channel_means(qproto, [t[2] for t in targets], sample, self.input_name)
+        float_means = _channel_means(self.proto, [t[3] for t in targets], sample, self.input_name)
         fixed = []
         tensor_layer = {n: layer for layer, nodes in self.layers.items() for n in nodes}
         for node, dq, out, ref in targets:
