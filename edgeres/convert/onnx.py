@@ -450,9 +450,9 @@ class OnnxQuantizer:
             targets.append((node, dq, out, ref))
         if not targets:
             return []
-        sample = self.calib[:BIAS_CORRECTION_IMAGES]
-        quant_means = _channel_means(qproto, [t[2] for t in targets], sample, self.input_name)
-        float_means = _channel_means(self.proto, [t[3] for t in targets], sample, self.input_name)
+        # All calibration images: with 256 of 1,000, ResNet-20's agreement fell from 99.25% to 98.70%.
+        quant_means = _channel_means(qproto, [t[2] for t in targets], self.calib, self.input_name)
+        float_means = _channel_means(self.proto, [t[3] for t in targets], self.calib, self.input_name)
         fixed = []
         tensor_layer = {n: layer for layer, nodes in self.layers.items() for n in nodes}
         for node, dq, out, ref in targets:

@@ -218,7 +218,16 @@ class TFLiteQuantizer:
 
         model = self.calibrated if data is None else data
         mod, _ = tflite_module()
-        details = {d["name"]: d for d in mod.Interpreter(model_content=model).get_tensor_details()}
+        interp = mod.Interpreter(model_content=model)
+        details = {d["name"]: d for d in interp.get_tensor_details()}
+        # Model outputs may be renamed when the I/O (de)quantize ops are stripped: match them by position.
+        schema = _schema()
+        g = schema.ModelT.InitFromPackedBuf(self.calibrated, 0).subgraphs[0]
+        by_index = {d["index"]: d for d in details.values()}
+        for pos, i in enumerate(self.outputs):
+            name = g.tensors[i].name.decode()
+            if name not in details and pos < len(interp.get_output_details()):
+                details[name] = by_index[interp.get_output_details()[pos]["index"]]
         wanted = {layer: details[names[-1]] for layer, names in self.layers.items() if names[-1] in details}
         parts: dict[str, list] = {layer: [] for layer in wanted}
         for values in self._run_all(model, x, [d["index"] for d in wanted.values()]):
@@ -351,7 +360,7 @@ class TFLiteQuantizer:
             fixed.append(tensor_layer.get(name.decode(), name.decode()))
         return _pack(qm), fixed
 
-    def _empirical_bias_correct(self, data: bytes, images: int = 256) -> tuple[bytes, list[str]]:
+    def _empirical_bias_correct(self, data: bytes) -> tuple[bytes, list[str]]:
         """Cancel the remaining mean shift of layers whose output is not clamped by a fused ReLU.
 
         For those layers the int8 output's mean is an unbiased view of the
@@ -380,9 +389,8 @@ class TFLiteQuantizer:
             targets.append((op.outputs[0], fi, bias, x, w, out.name.decode()))
         if not targets:
             return data, []
-        sample = self.calib[:images]
-        q_means = self._means(data, sample, [t[0] for t in targets])
-        f_means = self._means(self.calibrated, sample, [t[1] for t in targets])
+        q_means = self._means(data, self.calib, [t[0] for t in targets])
+        f_means = self._means(self.calibrated, self.calib, [t[1] for t in targets])
         tensor_layer = self.tensor_layer()
         fixed = []
         for qi, fi, bias, x, w, name in targets:
