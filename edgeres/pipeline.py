@@ -219,8 +219,20 @@ def _convert_all(cfg: ConvertConfig, model, hwc, calib, stage: Path, stages: Sta
             from edgeres.quantize import Split, search
 
             split = Split(select[1], select[2], select[3])
+
+            def report_trial(t) -> None:  # progress: one line per configuration tried
+                r = t.result
+                log.info(f"{backend.name} search: {t.step}: loss {r.loss(cfg.metric):+.2f} ({cfg.metric}), "
+                         f"agreement {r.agreement:.2f}%" + (f", p50 {r.p50_ms:.3f} ms" if r.p50_ms else "")
+                         + (" - meets the budget" if t.meets else ""))
+
+            def ranking(r) -> list[str]:
+                log.info(f"{backend.name} search: ranking {len(backend.layers)} layers by sensitivity "
+                         "(one conversion each)")
+                return _ranking(backend, r, split)
+
             trials, winner, met = search(backend, cfg.recipe.replace(keep_float=tuple(keep)), cfg.max_drop,
-                                         cfg.metric, split, ranking=lambda r: _ranking(backend, r, split))
+                                         cfg.metric, split, ranking=ranking, on_trial=report_trial)
             searches[backend.name] = {"trials": trials, "winner": winner, "met": met}
             data, details = winner.data, winner.details
         details = {**extra, **details, "recipe": cfg.recipe.name, "recipe_summary": recipe.summary()}
@@ -232,9 +244,10 @@ def _convert_all(cfg: ConvertConfig, model, hwc, calib, stage: Path, stages: Sta
         emit("tflite_fp32", "tflite", "float32", "model_fp32.tflite", tflite_conv.to_float32(model))
     if cfg.int8:
         static = cfg.target.constraints.static_shapes or cfg.target.constraints.batch_one
-        with stages("tflite_int8"), quiet():
-            q = tflite_conv.TFLiteQuantizer(keras_io.with_fixed_batch(model, hwc) if static else model, calib,
-                                            layer_types)
+        with stages("tflite_int8"):
+            with quiet():
+                q = tflite_conv.TFLiteQuantizer(keras_io.with_fixed_batch(model, hwc) if static else model, calib,
+                                                layer_types)
             backend = Backend("tflite", ".tflite", q, lambda r, k: q.quantize(r, cfg.tflite_io, k),
                               cfg.n_threads, "xnnpack" if cfg.target.tflite.delegate == "edgetpu"
                               else cfg.target.tflite.delegate)
@@ -245,8 +258,9 @@ def _convert_all(cfg: ConvertConfig, model, hwc, calib, stage: Path, stages: Sta
         emit("onnx_fp32", "onnx", "float32", "model_fp32.onnx", fp32_onnx, {"opset": onnx_conv.OPSET})
     if cfg.int8:
         t = cfg.target
-        with stages("onnx_int8"), quiet():
-            oq = onnx_conv.OnnxQuantizer(fp32_onnx, calib, layer_types)
+        with stages("onnx_int8"):
+            with quiet():
+                oq = onnx_conv.OnnxQuantizer(fp32_onnx, calib, layer_types)
             backend = Backend("onnx", ".onnx", oq, lambda r, k: oq.quantize(r, t.onnx.activation_type, k),
                               cfg.n_threads, None)
             int8(backend, "onnx_int8", "model_int8.onnx",
@@ -492,6 +506,12 @@ def render_markdown(report: dict) -> str:
     lines.append(f"Calibration: {cal['count']} images from `{cal['source']}`.  "
                  + (f"Validation: {val['count']} held-out images from `{val['source']}`." if val else
                     "No validation data."))
+    recipes = [f"{a['name']}: recipe `{a['details']['recipe']}` ({a['details'].get('recipe_summary', '')}"
+               + (f"; float layers: {', '.join(a['details']['float_layers'])}" if a['details'].get('float_layers')
+                  else "; full-integer" if a['details'].get('full_integer') else "") + ")"
+               for a in report["artifacts"] if a["details"].get("recipe")]
+    if recipes:
+        lines += ["", "Int8: " + ".  ".join(recipes) + "."]
     lines += ["", "| " + " | ".join(TABLE_HEADER) + " |", "|" + "---|" * len(TABLE_HEADER)]
     lines += ["| " + " | ".join(r) + " |" for r in table_rows(report)]
     lines += ["", "Drop: top-1 percentage points lost against Keras float32.  Agree: top-1 agreement with "
@@ -499,6 +519,17 @@ def render_markdown(report: dict) -> str:
               f"{report['artifacts'][0]['latency_ms']['runs']} runs after warm-up; speedup over float32 on the "
               "same runtime.", "", "Stage times (s): " + ", ".join(
                   f"{k} {v:.2f}" for k, v in report["stages_seconds"].items()), ""]
+    search = report.get("search")
+    if search:
+        lines += [f"## --max-drop search: budget {search['budget']:g} ({search['metric']}), chosen on "
+                  f"{search['selection']['count']} selection images", ""]
+        for backend, s in search["backends"].items():
+            lines += [f"{backend}: chose **{s['winner']['step']}**" + ("" if s["met"] else " (FAILS the budget)"),
+                      "", "| step | top-1 drop | agree % | p50 ms | float layers | meets |", "|---|---|---|---|---|---|"]
+            lines += [f"| {t['step']} | {_fmt(t['top1_drop'], '+.2f')} | {_fmt(t['agreement'], '.2f')} | "
+                      f"{_fmt(t['p50_ms'], '.3f')} | {', '.join(t['keep_float']) or '-'} | "
+                      f"{'yes' if t['meets_budget'] else 'no'} |" for t in s["trials"]]
+            lines.append("")
     if report["notes"]:
         lines += ["Notes:", ""] + [f"- {n}" for n in report["notes"]] + [""]
     lines.append(f"Result: {'PASSED' if report['passed'] else 'FAILED: ' + '; '.join(report['failures'])}")

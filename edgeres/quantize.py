@@ -44,7 +44,10 @@ class Backend:
         return list(self.quantizer.layers)
 
     def build(self, recipe: Recipe, keep_float: list[str] | None = None) -> tuple[bytes, dict]:
-        return self.build_fn(recipe.for_backend(self.name), list(keep_float or []))
+        from edgeres.quiet import quiet
+
+        with quiet():  # converter chatter, not ours
+            return self.build_fn(recipe.for_backend(self.name), list(keep_float or []))
 
     def runner(self, data: bytes, tmp: Path):
         from edgeres.quiet import quiet

@@ -138,6 +138,8 @@ def test_max_drop_search_keeps_selection_and_final_images_apart(tmp_path: Path):
         assert s["trials"][0]["step"] == "recipe"
         assert 100 - s["winner"]["agreement"] <= 0.5
     assert "tflite search" in result.output and "chosen:" in result.output
+    md = (ok / "report.md").read_text()
+    assert "--max-drop search: budget 0.5 (agreement)" in md and "Int8: tflite_int8: recipe `default`" in md
 
 
 def test_max_drop_rejects_too_few_images_and_negative_budgets(tmp_path: Path):
