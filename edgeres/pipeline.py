@@ -235,7 +235,8 @@ def _convert_all(cfg: ConvertConfig, model, hwc, calib, stage: Path, stages: Sta
                                          cfg.metric, split, ranking=ranking, on_trial=report_trial)
             searches[backend.name] = {"trials": trials, "winner": winner, "met": met}
             data, details = winner.data, winner.details
-        details = {**extra, **details, "recipe": cfg.recipe.name, "recipe_summary": recipe.summary()}
+        details = {**extra, **details, "recipe": cfg.recipe.name, "recipe_summary": recipe.summary(),
+                   "activations": recipe.activations}
         emit(name, backend.name, "int8", filename, data, details)
         searches.setdefault("_backends", {})[backend.name] = backend
 
@@ -420,7 +421,7 @@ def _report(cfg, model_info, calib_ds, val_ds, artifacts, stages, ref, stage: Pa
             "details": {k: v for k, v in a.info.items() if k in (
                 "io_dtype", "full_integer", "scheme", "format", "per_channel", "calibration", "opset", "float_nodes",
                 "static_batch", "recipe", "recipe_summary", "engine", "output_range", "float_layers",
-                "bias_corrected_layers")},
+                "bias_corrected_layers", "activations")},
         }
         rows.append(row)
         if a.precision != "int8" or not a.metrics:
@@ -488,8 +489,9 @@ def table_rows(report: dict) -> list[tuple[str, ...]]:
     ref = report.get("reference") or {}
     rows = [("keras (reference)", "keras", "float32", "-", _fmt(ref.get("top1"), ".2f"), "-", "-", "-", "-")]
     for a in report["artifacts"]:
-        rows.append((a["name"], a["format"], a["precision"] + (f" ({a['details']['scheme']})"
-                                                              if a["details"].get("scheme") else ""),
+        precision = "int16x8" if a["details"].get("activations") == "int16" else a["precision"]
+        scheme = a["details"].get("scheme") if precision == "int8" else None
+        rows.append((a["name"], a["format"], precision + (f" ({scheme})" if scheme else ""),
                      human_size(a["size_bytes"]), _fmt(a["top1"], ".2f"), _fmt(a["top1_drop"], "+.2f"),
                      _fmt(a["agreement"], ".2f"), _fmt(a["latency_ms"]["p50"], ".3f"),
                      _fmt(a["speedup_vs_fp32"], ".2f", "x")))

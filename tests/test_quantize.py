@@ -150,3 +150,39 @@ def test_search_that_cannot_meet_the_budget_writes_the_best_marked_failing(tmp_p
         assert not any(t["meets_budget"] for t in s["trials"])
     assert any("FAILS the budget" in f for f in report["failures"])
     assert (out / "model_int8.tflite").is_file() and (out / "model_int8.onnx").is_file()
+
+
+def test_int16x8_recipe_is_labelled_and_runs_on_both_runtimes(tmp_path: Path):
+    out = tmp_path / "run"
+    result = invoke("convert", "--int8", "--recipe", "int16x8", "--val-size", "100", "-o", out)
+    assert result.exit_code == 0, result.stderr
+    assert "int16x8" in result.output
+    report = json.loads((out / "report.json").read_text())
+    int8 = {a["name"]: a for a in report["artifacts"] if a["precision"] == "int8"}
+    assert int8["tflite_int8"]["details"]["activations"] == "int16"
+    assert int8["tflite_int8"]["details"]["full_integer"] is True       # TFLite's 16x8 integer kernels
+    assert int8["onnx_int8"]["details"]["full_integer"] is False        # ORT dequantizes int16 QDQ to float
+    assert all(a["agreement"] >= 99.0 for a in int8.values())
+
+
+def test_search_keeps_layers_in_float_when_calibration_alone_cannot_meet_the_budget(tmp_path: Path, monkeypatch):
+    import edgeres.quantize as quantize
+
+    monkeypatch.setattr(quantize, "CALIBRATION_LADDER", ())  # go straight to bias correction, then layers
+    recipe = write_recipe(tmp_path, 'calibration = "percentile"\npercentile = 95.0\noutput = "calibrated"\n')
+    out = tmp_path / "run"
+    result = invoke("convert", "--int8", "--recipe", recipe, "--max-drop", "1", "--metric", "agreement",
+                    "-o", out)
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    for backend in ("tflite", "onnx"):
+        s = report["search"]["backends"][backend]
+        steps = [t["step"] for t in s["trials"]]
+        assert steps[0] == "recipe" and steps[1].startswith("bias correction")
+        assert s["met"] and s["winner"]["keep_float"], steps
+        assert 100 - s["winner"]["agreement"] <= 1.0
+        kept = [t["keep_float"] for t in s["trials"][2:]]
+        assert all(len(k) == i + 1 for i, k in enumerate(kept))  # one more layer per step
+    from edgeres.convert.tflite import float_compute_ops
+
+    assert float_compute_ops((out / "model_int8.tflite").read_bytes())  # the kept layers really are float

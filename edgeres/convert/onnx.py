@@ -423,6 +423,7 @@ class OnnxQuantizer:
             details["bias_corrected_layers"] = self._bias_correct(qproto)
         data = qproto.SerializeToString()
         check(data)
+        # ORT's CPU provider has no int16 kernels: int16 QDQ runs as DequantizeLinear -> float op.
         details["full_integer"] = not keep_float and bits == 8
         return data, details
 

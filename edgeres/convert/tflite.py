@@ -285,7 +285,12 @@ class TFLiteQuantizer:
         if io != tf.float32:  # as TFLiteConverter does: strip the boundary (de)quantize ops
             from tensorflow.lite.python.util import modify_model_io_type
 
-            data = modify_model_io_type(data, io, io)
+            try:
+                data = modify_model_io_type(data, io, io)
+            except ValueError:  # a float layer sits at the model's edge: its I/O stays float
+                details["io_dtype"] = "float32"
+                details["io_note"] = f"{io_dtype} I/O needs an int8 layer at the model's input and output; " \
+                                     "a layer kept in float is there, so the I/O stays float32"
         return self._checked(data, keep_float, details)
 
     def _int16(self, recipe, io_dtype: str, keep_float: list[str]) -> tuple[bytes, dict]:
