@@ -67,7 +67,7 @@ class ConvertConfig:
 
     @property
     def tflite_io(self) -> str:
-        return self.io_dtype or self.target.tflite.io_dtype
+        return self.io_dtype or self.recipe.io_dtype or self.target.tflite.io_dtype  # CLI > recipe > target
 
     @property
     def n_threads(self) -> int:

@@ -47,7 +47,8 @@ def test_default_run_reports_the_recipe_and_stays_full_integer(default_run: Path
 
 
 def test_recipe_file_keeps_matching_layers_in_float(tmp_path: Path):
-    recipe = write_recipe(tmp_path, 'calibration = "minmax"\noutput = "calibrated"\nkeep_float = ["predictions"]\n')
+    recipe = write_recipe(tmp_path, 'calibration = "minmax"\noutput = "calibrated"\nkeep_float = ["predictions"]\n'
+                                    'io_dtype = "uint8"\n')
     out = tmp_path / "run"
     result = invoke("convert", "--int8", "--recipe", recipe, "--val-size", "100", "-o", out)
     assert result.exit_code == 0, result.stderr
@@ -60,6 +61,9 @@ def test_recipe_file_keeps_matching_layers_in_float(tmp_path: Path):
     from edgeres.convert.tflite import float_compute_ops
 
     assert float_compute_ops((out / "model_int8.tflite").read_bytes()) == {"FULLY_CONNECTED"}
+    # The recipe's I/O dtype applies at the input; the float classifier at the output keeps float32 there.
+    tfl = next(a for a in report["artifacts"] if a["name"] == "tflite_int8")
+    assert (tfl["input_dtype"], tfl["output_dtype"]) == ("uint8", "float32")
 
 
 @pytest.mark.parametrize("text, message", [
