@@ -272,7 +272,15 @@ def _convert_all(cfg: ConvertConfig, model, hwc, calib, stage: Path, stages: Sta
 def _ranking(backend, recipe, split) -> list[str]:
     from edgeres.quantize import diagnose, rank_layers
 
-    return rank_layers(diagnose(backend, recipe, split, backend.quantizer.calib, only_quantized=False))
+    total, done = len(backend.layers), [0]
+
+    def tick(n: int) -> None:  # one conversion per layer: say where we are every 10
+        done[0] += n
+        if done[0] % 10 == 0 or done[0] == total:
+            log.info(f"{backend.name} search: ranked {done[0]}/{total} layers")
+
+    return rank_layers(diagnose(backend, recipe, split, backend.quantizer.calib, progress=tick,
+                                only_quantized=False))
 
 
 def _attach_search(report: dict, cfg: ConvertConfig, searches: dict, select) -> None:
