@@ -25,7 +25,7 @@ from edgeres.fsutil import (check_output_dir, sha256_file, staged_dir, write_byt
 from edgeres.machine import machine_info, tool_versions
 from edgeres.metrics import Tally, collapsed
 from edgeres.quiet import quiet
-from edgeres.recipes import Recipe, match_layers, resolve_recipe
+from edgeres.recipes import Recipe, resolve_recipe
 from edgeres.targets import Target
 
 log = logging.getLogger(__name__)
@@ -212,9 +212,8 @@ def _convert_all(cfg: ConvertConfig, model, hwc, calib, stage: Path, stages: Sta
 
     def int8(backend: Backend, name: str, filename: str, extra: dict):
         recipe = cfg.recipe.for_backend(backend.name)
-        keep = match_layers(recipe.keep_float, backend.layers, f"recipe {cfg.recipe.name}")
         if select is None:
-            data, details = backend.build(cfg.recipe, keep)
+            data, details = backend.build(cfg.recipe)
         else:
             from edgeres.quantize import Split, search
 
@@ -231,8 +230,8 @@ def _convert_all(cfg: ConvertConfig, model, hwc, calib, stage: Path, stages: Sta
                          "(one conversion each)")
                 return _ranking(backend, r, split)
 
-            trials, winner, met = search(backend, cfg.recipe.replace(keep_float=tuple(keep)), cfg.max_drop,
-                                         cfg.metric, split, ranking=ranking, on_trial=report_trial)
+            trials, winner, met = search(backend, cfg.recipe, cfg.max_drop, cfg.metric, split, ranking=ranking,
+                                         on_trial=report_trial)
             searches[backend.name] = {"trials": trials, "winner": winner, "met": met}
             data, details = winner.data, winner.details
         details = {**extra, **details, "recipe": cfg.recipe.name, "recipe_summary": recipe.summary(),

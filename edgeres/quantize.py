@@ -18,7 +18,7 @@ import numpy as np
 
 from edgeres.errors import ConversionError, DataError, UsageError
 from edgeres.metrics import Tally, collapsed, sqnr_db
-from edgeres.recipes import Recipe
+from edgeres.recipes import Recipe, match_layers
 
 MIN_CALIBRATION = 32   # images: fewer leave most histogram bins empty
 MIN_SELECTION = 100    # images the search chooses on (0.01 agreement per image)
@@ -44,10 +44,14 @@ class Backend:
         return list(self.quantizer.layers)
 
     def build(self, recipe: Recipe, keep_float: list[str] | None = None) -> tuple[bytes, dict]:
+        """Build ``recipe``; layers in ``keep_float`` stay float on top of the recipe's own patterns."""
         from edgeres.quiet import quiet
 
+        recipe = recipe.for_backend(self.name)
+        keep = match_layers(recipe.keep_float, self.layers, f"recipe {recipe.name}")
+        keep += [name for name in keep_float or [] if name not in keep]
         with quiet():  # converter chatter, not ours
-            return self.build_fn(recipe.for_backend(self.name), list(keep_float or []))
+            return self.build_fn(recipe, keep)
 
     def runner(self, data: bytes, tmp: Path):
         from edgeres.quiet import quiet
@@ -268,9 +272,6 @@ def search(backend: Backend, base: Recipe, budget: float, metric: str, select: S
             on_trial(t)
         return t
 
-    def best() -> Trial:
-        return min(trials, key=lambda t: (t.result.loss(metric), -t.result.agreement))
-
     t = attempt("recipe", base, [])
     floor[0] = t.result.agreement
     if t.meets:
@@ -300,7 +301,7 @@ def search(backend: Backend, base: Recipe, budget: float, metric: str, select: S
         keep = keep + [layer]
         if attempt(f"keep {layer} in float", lead.recipe, keep).meets:
             return trials, trials[-1], True
-    return trials, min(trials, key=lambda t: (t.result.loss(metric), -t.result.agreement)), False
+    return trials, min(trials, key=lambda t: (t.result.loss(metric), -t.result.agreement)), False  # least loss
 
 
 def most_faithful(trials: list[Trial]) -> Trial:

@@ -190,3 +190,14 @@ def test_search_keeps_layers_in_float_when_calibration_alone_cannot_meet_the_bud
     from edgeres.convert.tflite import float_compute_ops
 
     assert float_compute_ops((out / "model_int8.tflite").read_bytes())  # the kept layers really are float
+
+
+def test_search_honours_the_recipes_own_float_layers(tmp_path: Path):
+    recipe = write_recipe(tmp_path, 'keep_float = ["pred*"]\n')
+    out = tmp_path / "run"
+    result = invoke("convert", "--int8", "--recipe", recipe, "--max-drop", "5", "--metric", "agreement", "-o", out)
+    assert result.exit_code == 0, result.stderr
+    report = json.loads((out / "report.json").read_text())
+    for a in report["artifacts"]:
+        if a["precision"] == "int8":
+            assert a["details"]["float_layers"] == ["predictions"], a["name"]
