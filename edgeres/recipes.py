@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgeres.errors import UsageError
-from edgeres.typed_toml import build_typed, read_toml
+from edgeres.typed_toml import load_typed, resolve_toml
 
 WEIGHTS = ("per-channel", "per-tensor")
 ACTIVATIONS = ("int8", "int16")
@@ -138,25 +138,11 @@ DEFAULT = "default"
 
 def resolve_recipe(spec: str | None) -> Recipe:
     """A bundled recipe by name, or a recipe TOML file by path."""
-    spec = spec or DEFAULT
-    path = Path(spec)
-    if path.suffix == ".toml" or "/" in spec or "\\" in spec:
-        if not path.is_file():
-            raise UsageError(f"recipe file {path} does not exist")
-        return load_recipe(path)
-    bundled = recipes_dir() / f"{spec}.toml"
-    if not bundled.is_file():
-        names = ", ".join(p.stem for p in sorted(recipes_dir().glob("*.toml")))
-        raise UsageError(f"unknown recipe '{spec}'; known: {names} (or a path to a .toml file)")
-    return load_recipe(bundled)
+    return load_recipe(resolve_toml(spec or DEFAULT, recipes_dir(), "recipe"))
 
 
 def load_recipe(path: Path) -> Recipe:
-    path = Path(path)
-    data = read_toml(path, "recipe file")
-    data.setdefault("name", path.stem)
-    recipe = build_typed(Recipe, data, path, kind="recipe file", choices=_CHOICES, checks=_CHECKS)
-    return dataclasses.replace(recipe, path=str(path))
+    return load_typed(Recipe, path, "recipe file", _CHOICES, _CHECKS)
 
 
 def match_layers(patterns: tuple[str, ...] | list[str], layers: list[str], source: str = "recipe") -> list[str]:

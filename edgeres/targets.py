@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgeres.errors import UsageError
-from edgeres.typed_toml import build_typed, read_toml
+from edgeres.typed_toml import load_typed, resolve_toml
 
 IO_DTYPES = ("int8", "uint8", "float32")
 ONNX_ACTIVATIONS = ("uint8", "int8")  # U8S8 / S8S8 (weights are always int8)
@@ -91,28 +91,11 @@ def resolve_target(spec: str | None) -> Target:
     """A target from a bundled name, a path to a TOML file, or the host default."""
     if spec is None or spec == "auto":
         spec = default_target_name()
-    path = Path(spec)
-    if path.suffix == ".toml" or "/" in spec or "\\" in spec:  # a file, not a bundled name
-        if not path.is_file():
-            raise UsageError(f"target file {path} does not exist")
-        return load_target(path)
-    bundled = targets_dir() / f"{spec}.toml"
-    if not bundled.is_file():
-        names = ", ".join(p.stem for p in sorted(targets_dir().glob("*.toml")))
-        raise UsageError(f"unknown target '{spec}'; known: {names} (or a path to a .toml file)")
-    return load_target(bundled)
+    return load_target(resolve_toml(spec, targets_dir(), "target"))
 
 
 def load_target(path: Path) -> Target:
-    path = Path(path)
-    data = read_toml(path, "target file")
-    data.setdefault("name", path.stem)
-    target = _build(Target, data, path, "")
-    return dataclasses.replace(target, path=str(path))
-
-
-def _build(cls, data: dict, path: Path, section: str):
-    return build_typed(cls, data, path, section, kind="target file", choices=_CHOICES, checks=_CHECKS)
+    return load_typed(Target, path, "target file", _CHOICES, _CHECKS)
 
 
 def _check_threads(value, key: str, path: Path, kind: str) -> None:

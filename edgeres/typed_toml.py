@@ -31,6 +31,29 @@ def read_toml(path: Path, kind: str) -> dict:
         raise UsageError(f"{kind} {path} is not valid TOML: {exc}") from None
 
 
+def resolve_toml(spec: str, folder: Path, noun: str) -> Path:
+    """The TOML file ``spec`` names: a path (has a suffix .toml or a separator), or a bundled name in ``folder``."""
+    path = Path(spec)
+    if path.suffix == ".toml" or "/" in spec or "\\" in spec:  # a file, not a bundled name
+        if not path.is_file():
+            raise UsageError(f"{noun} file {path} does not exist")
+        return path
+    bundled = folder / f"{spec}.toml"
+    if not bundled.is_file():
+        names = ", ".join(p.stem for p in sorted(folder.glob("*.toml")))
+        raise UsageError(f"unknown {noun} '{spec}'; known: {names} (or a path to a .toml file)")
+    return bundled
+
+
+def load_typed(cls, path: Path, kind: str, choices: dict | None = None, checks: dict[str, Check] | None = None):
+    """Read ``path`` into ``cls``; ``name`` defaults to the file's stem and ``path`` is recorded."""
+    path = Path(path)
+    data = read_toml(path, kind)
+    data.setdefault("name", path.stem)
+    return dataclasses.replace(build_typed(cls, data, path, kind=kind, choices=choices, checks=checks),
+                               path=str(path))
+
+
 def build_typed(cls, data: dict, path: Path, section: str = "", *, kind: str,
                 choices: dict[tuple[str, str], tuple] | None = None, checks: dict[str, Check] | None = None):
     """``cls(**data)`` after checking every key, type and choice; nested dataclasses are TOML tables."""
