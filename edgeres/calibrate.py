@@ -9,6 +9,7 @@ quantization range.  Keeping the range maths here, in one place, is what makes
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -88,9 +89,33 @@ class ActivationStats:
         for s in self.tensors.values():
             s.hist = np.zeros(BINS, np.float64)
 
+    def channel_mean(self, name: str, channels: int | None = None) -> np.ndarray | None:
+        """Per-channel mean of a tensor (None when unseen, or not ``channels`` wide)."""
+        s = self.tensors.get(name)
+        if s is None or s.ch_sum is None or (channels is not None and len(s.ch_sum) != channels):
+            return None
+        return s.ch_sum / s.ch_count
+
     def range(self, name: str, method: str, percentile: float = 99.999, bits: int = 8) -> tuple[float, float]:
         s = self.tensors[name]
         return choose_range(s.hist, s.lo, s.hi, method, percentile, bits)
+
+
+def collect(batches: Callable[[], Iterable[dict[str, np.ndarray]]], channel_axis: int,
+            histograms: bool = False) -> ActivationStats:
+    """Statistics of the named tensors that each call of ``batches()`` yields, batch by batch.
+
+    With ``histograms`` the data is walked twice: min/max first, then
+    histograms over those ranges.
+    """
+    stats = ActivationStats(channel_axis=channel_axis)
+    for second in ((False, True) if histograms else (False,)):
+        if second:
+            stats.start_histograms()
+        for values in batches():
+            for name, value in values.items():
+                stats.observe(name, value)
+    return stats
 
 
 def choose_range(hist: np.ndarray | None, lo: float, hi: float, method: str, percentile: float = 99.999,

@@ -333,26 +333,24 @@ class OnnxQuantizer:
         self.tensors = [o for n in g.node for o in n.output]
         from edgeres.calibrate import tap_batch
 
-        sess, _ = _tap(self.proto, self.tensors)  # one image, to size the batches that keep every tensor
+        self._tapped = _tap(self.proto, self.tensors)  # one session for every statistics pass
+        sess = self._tapped[0]  # one image, to size the batches that keep every tensor
         per_image = sum(v.nbytes for v in sess.run(None, {self.input_name: calib[:1]}))
         self.batch = tap_batch(per_image, batch)
         self.stats = self.collect_stats(calib, histograms=True)
 
     def collect_stats(self, x: np.ndarray, histograms: bool = False):
         """Statistics of every float tensor on ``x`` (keys: tensor names)."""
-        from edgeres.calibrate import ActivationStats
+        from edgeres.calibrate import collect
 
-        stats = ActivationStats(channel_axis=1)
-        sess, outs = _tap(self.proto, self.tensors)
-        for second in ((False, True) if histograms else (False,)):
-            if second:
-                stats.start_histograms()
+        sess, outs = self._tapped
+
+        def batches():
             for s in range(0, len(x), self.batch):
                 xb = x[s:s + self.batch]
-                for name, value in zip(outs, sess.run(None, {self.input_name: xb})):
-                    stats.observe(name, value)
-                stats.observe(self.input_name, xb)
-        return stats
+                yield {self.input_name: xb, **dict(zip(outs, sess.run(None, {self.input_name: xb})))}
+
+        return collect(batches, channel_axis=1, histograms=histograms)
 
     def stat_layers(self) -> dict[str, str]:
         node_layer = {n: layer for layer, nodes in self.layers.items() for n in nodes}
@@ -452,12 +450,12 @@ class OnnxQuantizer:
         if not targets:
             return []
         # All calibration images: with 256 of 1,000, ResNet-20's agreement fell from 99.25% to 98.70%.
+        # The float side was measured on them when the ranges were.
         quant_means = _channel_means(qproto, [t[2] for t in targets], self.calib, self.input_name)
-        float_means = _channel_means(self.proto, [t[3] for t in targets], self.calib, self.input_name)
         fixed = []
         tensor_layer = {n: layer for layer, nodes in self.layers.items() for n in nodes}
         for node, dq, out, ref in targets:
-            diff = quant_means[out] - float_means[ref]
+            diff = quant_means[out] - self.stats.channel_mean(ref)
             bias = inits[dq.input[0]]
             scale = numpy_helper.to_array(inits[dq.input[1]]).astype(np.float64)
             q = numpy_helper.to_array(bias).astype(np.int64)

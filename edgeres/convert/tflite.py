@@ -113,6 +113,26 @@ def _schema():
     return schema
 
 
+def _op_kind(model_t, op, opnames: dict[int, str]) -> str:
+    code = model_t.operatorCodes[op.opcodeIndex]
+    return opnames.get(max(code.builtinCode, code.deprecatedBuiltinCode), "?")
+
+
+def _dequantized(value: np.ndarray, detail: dict) -> np.ndarray:
+    """A tensor read from an interpreter, in float (int8/uint8/int16 through its scale and zero point)."""
+    if value.dtype == np.float32:
+        return value
+    scale, zero = detail["quantization"]
+    return (value.astype(np.float64) - zero) * scale
+
+
+def _shift_bias(model_t, bias, shift: np.ndarray, bias_scale: np.ndarray) -> None:
+    """Subtract a float per-channel ``shift`` from an int32 bias tensor, in place."""
+    q = _buffer(model_t, bias, np.int32).astype(np.int64)
+    new = np.clip(q - np.round(shift / bias_scale), -2 ** 31, 2 ** 31 - 1).astype(np.int32)
+    model_t.buffers[bias.buffer].data = np.frombuffer(new.tobytes(), np.uint8)
+
+
 def _pack(model_t) -> bytes:
     import flatbuffers
 
@@ -153,8 +173,7 @@ class TFLiteQuantizer:
         self.layers: dict[str, list[str]] = {}  # layer -> output tensor names (mlir_quantize's node names)
         self.layer_ops: dict[str, list[str]] = {}
         for op in g.operators:
-            code = model_t.operatorCodes[op.opcodeIndex]
-            kind = self._opnames.get(max(code.builtinCode, code.deprecatedBuiltinCode), "?")
+            kind = _op_kind(model_t, op, self._opnames)
             if kind not in _LAYER_OPS:
                 continue
             out = g.tensors[op.outputs[0]].name.decode()
@@ -175,16 +194,13 @@ class TFLiteQuantizer:
 
     def collect_stats(self, x: np.ndarray, histograms: bool = False):
         """Statistics of every ranged activation on ``x`` (keys: tensor indices as strings)."""
-        from edgeres.calibrate import ActivationStats
+        from edgeres.calibrate import collect
 
-        stats = ActivationStats(channel_axis=-1)
-        for second in ((False, True) if histograms else (False,)):
-            if second:
-                stats.start_histograms()
+        def batches():
             for values in self._run_all(self.calibrated, x, self.ranged):
-                for i, v in values.items():
-                    stats.observe(str(i), v)
-        return stats
+                yield {str(i): v for i, v in values.items()}
+
+        return collect(batches, channel_axis=-1, histograms=histograms)
 
     def _run_all(self, model: bytes, x: np.ndarray, tensors: list[int]):
         """Batches of {tensor index: value} with every intermediate tensor kept."""
@@ -232,11 +248,7 @@ class TFLiteQuantizer:
         parts: dict[str, list] = {layer: [] for layer in wanted}
         for values in self._run_all(model, x, [d["index"] for d in wanted.values()]):
             for layer, d in wanted.items():
-                v = values[d["index"]]
-                if v.dtype != np.float32:
-                    scale, zero = d["quantization"]
-                    v = (v.astype(np.float32) - zero) * scale
-                parts[layer].append(v)
+                parts[layer].append(_dequantized(values[d["index"]], d).astype(np.float32))
         return {layer: np.concatenate(p) for layer, p in parts.items() if p}
 
     def tensor_layer(self) -> dict[str, str]:
@@ -256,7 +268,6 @@ class TFLiteQuantizer:
         schema = _schema()
         model_t = schema.ModelT.InitFromPackedBuf(self.calibrated, 0)
         g = model_t.subgraphs[0]
-        ranges = {}
         for i in self.ranged:
             method = recipe.calibration if (i not in self.outputs or recipe.output == "calibrated") else "minmax"
             if i in self.inputs:
@@ -264,7 +275,6 @@ class TFLiteQuantizer:
             a, b = self.stats.range(str(i), method, recipe.percentile)
             q = g.tensors[i].quantization
             q.min, q.max = [float(a)], [float(b)]
-            ranges[i] = (a, b)
         io = {"int8": tf.int8, "uint8": tf.uint8, "float32": tf.float32}[io_dtype]
         deny = [t for layer in keep_float for t in self.layers[layer]]
         with warnings.catch_warnings():
@@ -334,8 +344,7 @@ class TFLiteQuantizer:
         tensor_layer = self.tensor_layer()
         fixed: list[str] = []
         for op in qg.operators:
-            code = qm.operatorCodes[op.opcodeIndex]
-            kind = self._opnames.get(max(code.builtinCode, code.deprecatedBuiltinCode), "?")
+            kind = _op_kind(qm, op, self._opnames)
             if kind not in ("CONV_2D", "FULLY_CONNECTED") or len(op.inputs) < 3 or op.inputs[2] < 0:
                 continue
             name = qg.tensors[op.outputs[0]].name
@@ -353,15 +362,12 @@ class TFLiteQuantizer:
             w_scale = np.asarray(wq.quantization.scale, np.float64)
             w_scale = w_scale.reshape(-1, *([1] * (w_int.ndim - 1))) if w_scale.size > 1 else w_scale
             err = w_int * w_scale - w_float.astype(np.float64)  # (O, ..., I)
-            mean_in = self._channel_mean(x_name, err.shape[-1])
+            mean_in = self.stats.channel_mean(x_name, err.shape[-1])
             if mean_in is None:
                 continue
             shift = (err.reshape(err.shape[0], -1, err.shape[-1]).sum(1) * mean_in).sum(1)
-            in_scale = float(xq.quantization.scale[0])
-            b_scale = in_scale * np.asarray(wq.quantization.scale, np.float64)
-            bias = _buffer(qm, bq, np.int32).astype(np.int64)
-            new = np.clip(bias - np.round(shift / b_scale), -2 ** 31, 2 ** 31 - 1).astype(np.int32)
-            qm.buffers[bq.buffer].data = np.frombuffer(new.tobytes(), np.uint8)
+            _shift_bias(qm, bq, shift, float(xq.quantization.scale[0]) * np.asarray(wq.quantization.scale,
+                                                                                    np.float64))
             fixed.append(tensor_layer.get(name.decode(), name.decode()))
         return _pack(qm), fixed
 
@@ -380,8 +386,7 @@ class TFLiteQuantizer:
         f_index = {t.name: i for i, t in enumerate(fg.tensors)}
         targets = []
         for op in qg.operators:
-            code = qm.operatorCodes[op.opcodeIndex]
-            kind = self._opnames.get(max(code.builtinCode, code.deprecatedBuiltinCode), "?")
+            kind = _op_kind(qm, op, self._opnames)
             if kind not in ("CONV_2D", "FULLY_CONNECTED", "DEPTHWISE_CONV_2D") or len(op.inputs) < 3 \
                     or op.inputs[2] < 0:
                 continue
@@ -395,15 +400,12 @@ class TFLiteQuantizer:
         if not targets:
             return data, []
         q_means = self._means(data, self.calib, [t[0] for t in targets])
-        f_means = self._means(self.calibrated, self.calib, [t[1] for t in targets])
         tensor_layer = self.tensor_layer()
         fixed = []
         for qi, fi, bias, x, w, name in targets:
-            diff = q_means[qi] - f_means[fi]
-            b_scale = float(x.quantization.scale[0]) * np.asarray(w.quantization.scale, np.float64)
-            b = _buffer(qm, bias, np.int32).astype(np.int64)
-            new = np.clip(b - np.round(diff / b_scale), -2 ** 31, 2 ** 31 - 1).astype(np.int32)
-            qm.buffers[bias.buffer].data = np.frombuffer(new.tobytes(), np.uint8)
+            # the float side was measured on the same calibration images when the ranges were
+            diff = q_means[qi] - self.stats.channel_mean(str(fi))
+            _shift_bias(qm, bias, diff, float(x.quantization.scale[0]) * np.asarray(w.quantization.scale, np.float64))
             fixed.append(tensor_layer.get(name, name))
         return _pack(qm), fixed
 
@@ -417,18 +419,10 @@ class TFLiteQuantizer:
         counts: dict[int, int] = {}
         for values in self._run_all(model, x, tensors):
             for i, v in values.items():
-                if v.dtype != np.float32:
-                    scale, zero = details[i]["quantization"]
-                    v = (v.astype(np.float64) - zero) * scale
+                v = _dequantized(v, details[i])
                 sums[i] = sums.get(i, 0) + v.reshape(-1, v.shape[-1]).sum(0)
                 counts[i] = counts.get(i, 0) + v.size // v.shape[-1]
         return {i: s / counts[i] for i, s in sums.items()}
-
-    def _channel_mean(self, tensor: str, channels: int) -> np.ndarray | None:
-        s = self.stats.tensors.get(tensor)
-        if s is None or s.ch_sum is None or len(s.ch_sum) != channels:
-            return None
-        return s.ch_sum / s.ch_count
 
 
 def _buffer(model_t, tensor, dtype) -> np.ndarray | None:
