@@ -214,6 +214,7 @@ def convert(model, calib, data, int8, output_dir, force, target, io_dtype, calib
 
 
 def _print_convert(report: dict, out: Path, as_json: bool) -> None:
+    from edgeres.metrics import dash
     from edgeres.pipeline import TABLE_HEADER, table_rows
 
     if as_json:
@@ -227,19 +228,15 @@ def _print_convert(report: dict, out: Path, as_json: bool) -> None:
         click.echo(f"\n{backend} search (budget {report['search']['budget']:g} {report['search']['metric']}, "
                    f"{report['search']['selection']['count']} selection images):")
         _echo_table(("step", "loss", "agree %", "p50 ms", "float layers", "meets"),
-                    [(t["step"], _num(t["top1_drop"] if report["search"]["metric"] == "top1"
-                                      else 100 - t["agreement"], "+.2f"), _num(t["agreement"], ".2f"),
-                      _num(t["p50_ms"], ".3f"), str(len(t["keep_float"])), "yes" if t["meets_budget"] else "no")
+                    [(t["step"], dash(t["top1_drop"] if report["search"]["metric"] == "top1"
+                                      else 100 - t["agreement"], "+.2f"), dash(t["agreement"], ".2f"),
+                      dash(t["p50_ms"], ".3f"), str(len(t["keep_float"])), "yes" if t["meets_budget"] else "no")
                      for t in s["trials"]])
         click.echo(f"chosen: {s['winner']['step']}" + ("" if s["met"] else " (FAILS the budget)"))
     for n in report["notes"]:
         click.echo(f"note: {n}")
     click.echo(f"wrote {out}/ (report.md, report.json, {len(report['artifacts'])} artifacts): "
                + ("PASSED" if report["passed"] else "FAILED"))
-
-
-def _num(v, spec: str) -> str:
-    return "-" if v is None else format(v, spec)
 
 
 @cli.command()
@@ -289,8 +286,6 @@ def diagnose(model, calib, data, recipe, backend, target, calib_size, val_size, 
       edgeres diagnose model.keras --calib calib/ --data test/ --plot layers.png
     """
     from edgeres import defaults
-    import numpy as np
-
     from edgeres.data import open_dataset
     from edgeres.diagnose import HEADER, plot as plot_diagnosis, table_rows
     from edgeres.fsutil import to_json, write_text_atomic
@@ -318,7 +313,7 @@ def diagnose(model, calib, data, recipe, backend, target, calib_size, val_size, 
         val_ds.check_classes(loaded.num_outputs, "validation")
         cx, _ = calib_ds.sample(min(calib_size, len(calib_ds)), seed).load(loaded.hwc, preprocess)
         vx, vy = val_ds.sample(min(val_size, len(val_ds)), seed).load(loaded.hwc, preprocess)
-        ref = np.concatenate([np.asarray(loaded.model(vx[i:i + 64], training=False)) for i in range(0, len(vx), 64)])
+        ref = keras_io.predict(loaded.model, vx)
         types = _layer_types(loaded.model)
         if backend == "tflite":
             from edgeres.convert.tflite import TFLiteQuantizer
@@ -332,7 +327,7 @@ def diagnose(model, calib, data, recipe, backend, target, calib_size, val_size, 
             b = Backend("onnx", ".onnx", q, lambda r, k: q.quantize(r, t.onnx.activation_type, k), t.threads)
         match_layers(the_recipe.for_backend(backend).keep_float, b.layers, f"recipe {the_recipe.name}")
         with _progress(sys.stderr.isatty())("layers", len(b.layers) if sensitivity else 0) as bar:
-            result = run_diagnosis(b, the_recipe, Split(vx, vy, ref), cx, sensitivity, bar.update)
+            result = run_diagnosis(b, the_recipe, Split(vx, vy, ref), sensitivity, bar.update)
     result["model_path"] = str(model)
     if output is not None:
         write_text_atomic(output, to_json(result))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgeres.calibrate import ActivationStats
+from edgeres.metrics import dash
 
 OUTLIER_RATIO = 8.0       # max|x| over the 99.99th percentile range: one value stretches the grid
 DEAD_FRACTION = 0.25      # share of a layer's channels constant over the calibration set
@@ -66,14 +67,10 @@ def find_causes(calib: ActivationStats, val: ActivationStats, layers: dict[str, 
 HEADER = ("layer", "ops", "SQNR dB", "RMSE/range", "only-int8 loss", "only-float gain", "float dB gain", "causes")
 
 
-def _f(v, spec):
-    return "-" if v is None else format(v, spec)
-
-
 def table_rows(diagnosis: dict) -> list[tuple[str, ...]]:
-    return [(r["layer"], "+".join(dict.fromkeys(r["ops"])), _f(r["sqnr_db"], ".1f"), _f(r["rmse_rel"], ".4f"),
-             _f(r["only_quantized_loss"], "+.2f"), _f(r["only_float_gain"], "+.2f"),
-             _f(r.get("only_float_sqnr_gain"), "+.2f"), ", ".join(r["causes"]) or "-")
+    return [(r["layer"], "+".join(dict.fromkeys(r["ops"])), dash(r["sqnr_db"], ".1f"), dash(r["rmse_rel"], ".4f"),
+             dash(r["only_quantized_loss"], "+.2f"), dash(r["only_float_gain"], "+.2f"),
+             dash(r.get("only_float_sqnr_gain"), "+.2f"), ", ".join(r["causes"]) or "-")
             for r in diagnosis["layers"]]
 
 

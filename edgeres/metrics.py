@@ -75,6 +75,14 @@ def sqnr_db(signal: float, noise: float) -> float:
     return 10.0 * math.log10(signal / noise)
 
 
+COLLAPSE_AGREEMENT = 50.0  # below this an int8 model has collapsed, whatever its budget
+
+
+def dash(v, spec: str, suffix: str = "") -> str:
+    """``v`` formatted for a table, or "-" when it was not measured."""
+    return "-" if v is None else f"{v:{spec}}{suffix}"
+
+
 def collapsed(predictions: np.ndarray) -> bool:
     """True when a model gives (nearly) the same top-1 class for every input."""
     return len(predictions) >= 20 and np.bincount(predictions).max() >= 0.98 * len(predictions)

@@ -23,14 +23,12 @@ from edgeres.errors import BudgetExceededError, DataError, UsageError
 from edgeres.fsutil import (check_output_dir, sha256_file, staged_dir, write_bytes_atomic, write_json_atomic,
                             write_text_atomic)
 from edgeres.machine import machine_info, tool_versions
-from edgeres.metrics import Tally, collapsed
+from edgeres.metrics import COLLAPSE_AGREEMENT, Tally, collapsed, dash
 from edgeres.quiet import quiet
 from edgeres.recipes import Recipe, resolve_recipe
 from edgeres.targets import Target
 
 log = logging.getLogger(__name__)
-
-COLLAPSE_AGREEMENT = 50.0  # below this an int8 model has collapsed, whatever its budget
 
 
 @dataclass(frozen=True)
@@ -149,9 +147,10 @@ def run_convert(cfg: ConvertConfig, progress: Progress = _no_progress) -> dict:
             check_sizes(min(calib_size, len(calib_ds)), n_select, len(val_ds) - n_select)
             select_ds, val_ds = val_ds.split(n_select, cfg.seed + 1)
             with stages("selection_data"):
+                from edgeres.quantize import Split
+
                 sx, sy = select_ds.load(hwc, cfg.preprocess, cfg.on_error)
-                select = (select_ds, sx, sy, np.concatenate([np.asarray(loaded.model(sx[i:i + 64], training=False))
-                                                             for i in range(0, len(sx), 64)]))
+                select = (select_ds, Split(sx, sy, keras_io.predict(loaded.model, sx)))
 
     with stages("calibration_data"):
         calib_sample = calib_ds.sample(min(calib_size, len(calib_ds)), cfg.seed)
@@ -165,8 +164,10 @@ def run_convert(cfg: ConvertConfig, progress: Progress = _no_progress) -> dict:
     artifacts: list[Artifact] = []
     report: dict = {}
     with staged_dir(cfg.output_dir, cfg.force) as stage:
-        searches: dict = {}
-        artifacts = _convert_all(cfg, loaded.model, hwc, calib, stage, stages, select, searches)
+        searches: dict = {}  # back end -> search result, with a budget
+        backends: dict = {}  # back end -> the Backend that built its int8 model
+        artifacts = _convert_all(cfg, loaded.model, hwc, calib, stage, stages, select and select[1], searches,
+                                 backends)
         edgetpu = _edgetpu(cfg, artifacts, stage, stages) if cfg.target.tflite.delegate == "edgetpu" else None
         runners = _open_runners(cfg, artifacts, stage)
         if val_ds is not None:
@@ -178,8 +179,8 @@ def run_convert(cfg: ConvertConfig, progress: Progress = _no_progress) -> dict:
             sample = calib[:1]
             _bench(cfg, artifacts, runners, sample, progress)
         report = _report(cfg, model_info, calib_sample, val_ds, artifacts, stages, ref, stage)
-        _attach_search(report, cfg, searches, select)
-        _attach_collapse_diagnosis(report, searches, calib, cfg.recipe)
+        _attach_search(report, cfg, searches, select and select[0])
+        _attach_collapse_diagnosis(report, artifacts, backends, loaded.model, calib, cfg.recipe)
         if edgetpu is not None:
             report["edgetpu"] = edgetpu
             report["notes"].extend(edgetpu["notes"])
@@ -195,9 +196,10 @@ def _layer_types(model) -> dict[str, str]:
 
 
 def _convert_all(cfg: ConvertConfig, model, hwc, calib, stage: Path, stages: Stages, select=None,
-                 searches: dict | None = None) -> list[Artifact]:
-    """Write every artifact.  Int8 models follow ``cfg.recipe``; with ``select`` (and a budget) each
-    back end's configuration is chosen by :func:`edgeres.quantize.search` instead."""
+                 searches: dict | None = None, backends: dict | None = None) -> list[Artifact]:
+    """Write every artifact.  Int8 models follow ``cfg.recipe``; with a ``select`` Split (and a budget)
+    each back end's configuration is chosen by :func:`edgeres.quantize.search` instead.  Fills
+    ``searches`` and ``backends`` (both keyed by back end name) for the report."""
     from edgeres.convert import keras_io
     from edgeres.convert import onnx as onnx_conv
     from edgeres.convert import tflite as tflite_conv
@@ -205,6 +207,7 @@ def _convert_all(cfg: ConvertConfig, model, hwc, calib, stage: Path, stages: Sta
 
     out: list[Artifact] = []
     searches = {} if searches is None else searches
+    backends = {} if backends is None else backends
 
     def emit(name, fmt, precision, filename, data: bytes, info: dict | None = None):
         write_bytes_atomic(stage / filename, data)
@@ -215,9 +218,7 @@ def _convert_all(cfg: ConvertConfig, model, hwc, calib, stage: Path, stages: Sta
         if select is None:
             data, details = backend.build(cfg.recipe)
         else:
-            from edgeres.quantize import Split, search
-
-            split = Split(select[1], select[2], select[3])
+            from edgeres.quantize import search
 
             def report_trial(t) -> None:  # progress: one line per configuration tried
                 r = t.result
@@ -228,16 +229,16 @@ def _convert_all(cfg: ConvertConfig, model, hwc, calib, stage: Path, stages: Sta
             def ranking(r) -> list[str]:
                 log.info(f"{backend.name} search: ranking {len(backend.layers)} layers by sensitivity "
                          "(one conversion each)")
-                return _ranking(backend, r, split)
+                return _ranking(backend, r, select)
 
-            trials, winner, met = search(backend, cfg.recipe, cfg.max_drop, cfg.metric, split, ranking=ranking,
+            trials, winner, met = search(backend, cfg.recipe, cfg.max_drop, cfg.metric, select, ranking=ranking,
                                          on_trial=report_trial)
             searches[backend.name] = {"trials": trials, "winner": winner, "met": met}
             data, details = winner.data, winner.details
         details = {**extra, **details, "recipe": cfg.recipe.name, "recipe_summary": recipe.summary(),
                    "activations": recipe.activations}
         emit(name, backend.name, "int8", filename, data, details)
-        searches.setdefault("_backends", {})[backend.name] = backend
+        backends[backend.name] = backend
 
     layer_types = _layer_types(model)
     with stages("tflite_fp32"), quiet():
@@ -278,21 +279,18 @@ def _ranking(backend, recipe, split) -> list[str]:
         if done[0] % 10 == 0 or done[0] == total:
             log.info(f"{backend.name} search: ranked {done[0]}/{total} layers")
 
-    return rank_layers(diagnose(backend, recipe, split, backend.quantizer.calib, progress=tick,
-                                only_quantized=False))
+    return rank_layers(diagnose(backend, recipe, split, progress=tick, only_quantized=False))
 
 
-def _attach_search(report: dict, cfg: ConvertConfig, searches: dict, select) -> None:
-    if select is None:
+def _attach_search(report: dict, cfg: ConvertConfig, searches: dict, select_ds: Dataset | None) -> None:
+    if select_ds is None:
         return
     report["search"] = {
         "budget": cfg.max_drop, "metric": cfg.metric,
-        "selection": {**select[0].describe(), "note": "images used only to choose each configuration; the "
+        "selection": {**select_ds.describe(), "note": "images used only to choose each configuration; the "
                       "figures above are measured on the other, disjoint validation images"},
         "backends": {}}
     for name, s in searches.items():
-        if name.startswith("_"):
-            continue
         w = s["winner"]
         report["search"]["backends"][name] = {"met": s["met"], "winner": w.to_dict(),
                                               "trials": [t.to_dict() for t in s["trials"]]}
@@ -301,31 +299,29 @@ def _attach_search(report: dict, cfg: ConvertConfig, searches: dict, select) -> 
             report["failures"].append(
                 f"{name}: no configuration met --max-drop {cfg.max_drop:g} ({cfg.metric}) on the selection images; "
                 f"wrote the best found ({w.step}), which FAILS the budget")
-    report["notes"].append(f"--max-drop search chose each int8 configuration on {len(select[1])} selection images; "
+    report["notes"].append(f"--max-drop search chose each int8 configuration on {len(select_ds)} selection images; "
                            f"accuracy above is measured on {report['validation']['count']} other images")
 
 
-def _attach_collapse_diagnosis(report: dict, searches: dict, calib, recipe: Recipe) -> None:
+def _attach_collapse_diagnosis(report: dict, artifacts: list[Artifact], backends: dict, model, calib,
+                               recipe: Recipe) -> None:
     """A collapsed int8 model fails with the diagnosis attached (per-layer error and causes)."""
+    from edgeres.convert import keras_io
     from edgeres.quantize import Split, diagnose
 
-    backends = searches.get("_backends", {})
-    for row in report["artifacts"]:
-        collapsed_row = row["precision"] == "int8" and any(
-            f.startswith(row["name"] + " collapsed") for f in report["failures"])
-        if not collapsed_row or row["format"] not in backends:
+    for a in artifacts:
+        if a.precision != "int8" or not _collapsed(a) or a.format not in backends:
             continue
-        backend = backends[row["format"]]
-        d = diagnose(backend, recipe, Split(calib[:200], None, _float_out(backend, calib[:200])),
-                     calib, sensitivity=False)
-        report.setdefault("diagnosis", {})[row["format"]] = d
+        x = calib[:200]
+        d = diagnose(backends[a.format], recipe, Split(x, None, keras_io.predict(model, x)), sensitivity=False)
+        report.setdefault("diagnosis", {})[a.format] = d
         causes = "; ".join(f"{c['kind']} in {c['layer']}" for c in d["causes"][:3]) or "no single cause found"
-        report["failures"].append(f"{row['name']} diagnosis: {causes} (see report.json 'diagnosis')")
+        report["failures"].append(f"{a.name} diagnosis: {causes} (see report.json 'diagnosis')")
 
 
-def _float_out(backend, x) -> np.ndarray:
-    outs = backend.quantizer.layer_outputs(None, x)
-    return outs[list(outs)[-1]].reshape(len(x), -1)
+def _collapsed(a: Artifact) -> bool:
+    """One class for (nearly) every image, or agreement with float32 below COLLAPSE_AGREEMENT."""
+    return bool(a.metrics.get("collapsed")) or a.metrics.get("agreement", 100.0) < COLLAPSE_AGREEMENT
 
 
 def _edgetpu(cfg: ConvertConfig, artifacts: list[Artifact], stage: Path, stages: Stages) -> dict | None:
@@ -433,7 +429,7 @@ def _report(cfg, model_info, calib_ds, val_ds, artifacts, stages, ref, stage: Pa
         rows.append(row)
         if a.precision != "int8" or not a.metrics:
             continue
-        if a.metrics.get("collapsed") or (a.metrics.get("agreement", 100.0) < COLLAPSE_AGREEMENT):
+        if _collapsed(a):
             failures.append(f"{a.name} collapsed: agreement with float32 is {a.metrics.get('agreement', 0):.1f}%")
         if cfg.max_drop is not None and a.metrics["top1_drop"] > cfg.max_drop:
             failures.append(f"{a.name} drops {a.metrics['top1_drop']:.2f} points of top-1 "
@@ -476,10 +472,6 @@ def _report(cfg, model_info, calib_ds, val_ds, artifacts, stages, ref, stage: Pa
     }
 
 
-def _fmt(v, spec: str, suffix: str = "") -> str:
-    return "-" if v is None else f"{v:{spec}}{suffix}"
-
-
 def human_size(n: int) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1024 or unit == "GB":
@@ -494,14 +486,14 @@ TABLE_HEADER = ("artifact", "format", "precision", "size", "top-1 %", "drop pp",
 
 def table_rows(report: dict) -> list[tuple[str, ...]]:
     ref = report.get("reference") or {}
-    rows = [("keras (reference)", "keras", "float32", "-", _fmt(ref.get("top1"), ".2f"), "-", "-", "-", "-")]
+    rows = [("keras (reference)", "keras", "float32", "-", dash(ref.get("top1"), ".2f"), "-", "-", "-", "-")]
     for a in report["artifacts"]:
         precision = "int16x8" if a["details"].get("activations") == "int16" else a["precision"]
         scheme = a["details"].get("scheme") if precision == "int8" else None
         rows.append((a["name"], a["format"], precision + (f" ({scheme})" if scheme else ""),
-                     human_size(a["size_bytes"]), _fmt(a["top1"], ".2f"), _fmt(a["top1_drop"], "+.2f"),
-                     _fmt(a["agreement"], ".2f"), _fmt(a["latency_ms"]["p50"], ".3f"),
-                     _fmt(a["speedup_vs_fp32"], ".2f", "x")))
+                     human_size(a["size_bytes"]), dash(a["top1"], ".2f"), dash(a["top1_drop"], "+.2f"),
+                     dash(a["agreement"], ".2f"), dash(a["latency_ms"]["p50"], ".3f"),
+                     dash(a["speedup_vs_fp32"], ".2f", "x")))
     return rows
 
 
@@ -535,8 +527,8 @@ def render_markdown(report: dict) -> str:
         for backend, s in search["backends"].items():
             lines += [f"{backend}: chose **{s['winner']['step']}**" + ("" if s["met"] else " (FAILS the budget)"),
                       "", "| step | top-1 drop | agree % | p50 ms | float layers | meets |", "|---|---|---|---|---|---|"]
-            lines += [f"| {t['step']} | {_fmt(t['top1_drop'], '+.2f')} | {_fmt(t['agreement'], '.2f')} | "
-                      f"{_fmt(t['p50_ms'], '.3f')} | {', '.join(t['keep_float']) or '-'} | "
+            lines += [f"| {t['step']} | {dash(t['top1_drop'], '+.2f')} | {dash(t['agreement'], '.2f')} | "
+                      f"{dash(t['p50_ms'], '.3f')} | {', '.join(t['keep_float']) or '-'} | "
                       f"{'yes' if t['meets_budget'] else 'no'} |" for t in s["trials"]]
             lines.append("")
     if report["notes"]:

@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 
 from edgeres.errors import ConversionError, DataError, UsageError
-from edgeres.metrics import Tally, collapsed, sqnr_db
+from edgeres.metrics import COLLAPSE_AGREEMENT, Tally, collapsed, sqnr_db
 from edgeres.recipes import Recipe, match_layers
 
 MIN_CALIBRATION = 32   # images: fewer leave most histogram bins empty
@@ -154,8 +154,7 @@ def layer_errors(backend: Backend, data: bytes, split: Split, limit: int = 64) -
     return out
 
 
-def diagnose(backend: Backend, recipe: Recipe, split: Split, calib_x: np.ndarray,
-             sensitivity: bool = True, progress: Callable[[int], None] | None = None,
+def diagnose(backend: Backend, recipe: Recipe, split: Split, sensitivity: bool = True, progress: Callable[[int], None] | None = None,
              only_quantized: bool = True) -> dict:
     """Per-layer error and sensitivity of ``recipe`` on ``backend``, and the failure causes found.
 
@@ -264,7 +263,7 @@ def search(backend: Backend, base: Recipe, budget: float, metric: str, select: S
             # A top-1 budget is judged on a few hundred images, where a less faithful model can gain
             # top-1 by chance.  So a configuration less faithful to float32 than the recipe itself
             # never wins on top-1 alone.
-            ok = (not res.collapsed and res.agreement >= 50.0 and res.loss(metric) <= budget + 1e-9
+            ok = (not res.collapsed and res.agreement >= COLLAPSE_AGREEMENT and res.loss(metric) <= budget + 1e-9
                   and (metric == "agreement" or keep or res.agreement >= floor[0] - 1e-9))
             t = Trial(step, recipe, keep, res, ok, details, data)
         trials.append(t)

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from edgeres.errors import ModelError, ShapeError, first_line
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -112,6 +114,11 @@ def _from_savedmodel(path: Path) -> LoadedModel:
         out = next(iter(out.values()))
     model = keras.Model(inp, out, name=path.name)
     return LoadedModel(model, path.name, str(path), "savedmodel")
+
+
+def predict(model, x: np.ndarray, batch: int = 64) -> np.ndarray:
+    """Float32 outputs of a Keras model on an in-memory array, in batches (inference mode)."""
+    return np.concatenate([np.asarray(model(x[i:i + batch], training=False)) for i in range(0, len(x), batch)])
 
 
 def with_fixed_batch(model, hwc: tuple[int, int, int], batch: int = 1):
