@@ -32,26 +32,41 @@ def to_float32(model: Any) -> bytes:
 
 
 def to_int8(model: Any, calib: np.ndarray, io_dtype: str = "int8") -> bytes:
-    """Full-integer int8 TFLite, calibrated on ``calib`` (N,H,W,C float32)."""
-    if io_dtype not in _IO_TYPES:
-        raise ConversionError(f"unknown TFLite I/O dtype {io_dtype!r}; choose from {', '.join(_IO_TYPES)}")
+    """Stock full-integer int8 TFLite, calibrated on ``calib`` (N,H,W,C float32) by the converter's min/max.
+
+    The one-call conversion a user would write by hand; edgeres' own int8 goes through
+    :class:`TFLiteQuantizer` and a recipe.
+    """
+    tf, conv = _quantizing_converter(model, calib)
+    conv.inference_input_type = conv.inference_output_type = _io_type(tf, io_dtype)
+    data = _run(conv, "int8")
+    _refuse_float_ops(data)
+    return data
+
+
+def _quantizing_converter(model: Any, calib: np.ndarray, ops: str = "int8", images: int | None = None):
+    """A TFLiteConverter set up for post-training integer quantization on ``calib`` (batch 1)."""
     tf, conv = _converter(model)
     conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8 if ops == "int8" else
+                                      tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
+    n = len(calib) if images is None else min(len(calib), images)
+    conv.representative_dataset = lambda: ([calib[i:i + 1]] for i in range(n))
+    return tf, conv
 
-    def representative():
-        for i in range(len(calib)):
-            yield [calib[i:i + 1]]
 
-    conv.representative_dataset = representative
-    io_type = {"int8": tf.int8, "uint8": tf.uint8, "float32": tf.float32}[io_dtype]
-    conv.inference_input_type = io_type
-    conv.inference_output_type = io_type
-    data = _run(conv, "int8")
+def _io_type(tf, io_dtype: str):
+    if io_dtype not in _IO_TYPES:
+        raise ConversionError(f"unknown TFLite I/O dtype {io_dtype!r}; choose from {', '.join(_IO_TYPES)}")
+    return {"int8": tf.int8, "uint8": tf.uint8, "float32": tf.float32}[io_dtype]
+
+
+def _refuse_float_ops(data: bytes) -> set[str]:
+    """Raise when an op with no int8 kernel stayed in float; returns the (empty) set otherwise."""
     float_ops = float_compute_ops(data)
     if float_ops:
         raise ConversionError(f"ops with no int8 kernel stayed in float: {', '.join(sorted(float_ops))}")
-    return data
+    return float_ops
 
 
 def _run(conv, precision: str) -> bytes:
@@ -154,12 +169,9 @@ class TFLiteQuantizer:
 
     def __init__(self, model: Any, calib: np.ndarray, layer_types: dict[str, str], batch: int = 32):
         self.keras_model, self.calib = model, calib
-        tf, conv = _converter(model)
-        conv.optimizations = [tf.lite.Optimize.DEFAULT]
-        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         # The converter's own min/max only need to exist: edgeres replaces every one of them
         # from its histograms, so a few images keep this pass cheap.
-        conv.representative_dataset = lambda: ([calib[i:i + 1]] for i in range(min(len(calib), 16)))
+        _, conv = _quantizing_converter(model, calib, images=16)
         conv._experimental_calibrate_only = True
         self.calibrated = _run(conv, "int8")
         schema = _schema()
@@ -257,12 +269,12 @@ class TFLiteQuantizer:
 
     def quantize(self, recipe, io_dtype: str, keep_float: list[str] | None = None) -> tuple[bytes, dict]:
         """Quantize per ``recipe``; ``keep_float`` are resolved layer names.  Returns (model, details)."""
-        if io_dtype not in _IO_TYPES:
-            raise ConversionError(f"unknown TFLite I/O dtype {io_dtype!r}; choose from {', '.join(_IO_TYPES)}")
+        import tensorflow as tf
+
+        io = _io_type(tf, io_dtype)
         keep_float = list(keep_float or [])
         if recipe.activations == "int16":
             return self._int16(recipe, io_dtype, keep_float)
-        import tensorflow as tf
         from tensorflow.lite.python import convert as tf_convert
 
         schema = _schema()
@@ -275,7 +287,6 @@ class TFLiteQuantizer:
             a, b = self.stats.range(str(i), method, recipe.percentile)
             q = g.tensors[i].quantization
             q.min, q.max = [float(a)], [float(b)]
-        io = {"int8": tf.int8, "uint8": tf.uint8, "float32": tf.float32}[io_dtype]
         deny = [t for layer in keep_float for t in self.layers[layer]]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -310,19 +321,14 @@ class TFLiteQuantizer:
                                   "activations = \"int16\"")
         if io_dtype not in ("float32",):
             io_dtype = "float32"  # 16x8 models take int16 or float I/O; float keeps the runners simple
-        tf, conv = _converter(self.keras_model)
-        conv.optimizations = [tf.lite.Optimize.DEFAULT]
-        conv.target_spec.supported_ops = [tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
-        conv.representative_dataset = lambda: ([self.calib[i:i + 1]] for i in range(len(self.calib)))
+        _, conv = _quantizing_converter(self.keras_model, self.calib, ops="int16x8")
         conv._experimental_disable_per_channel = recipe.weights == "per-tensor"
         data = _run(conv, "int16x8")
         return self._checked(data, [], {"engine": "TFLiteConverter 16x8", "calibration": "minmax",
                                         "io_dtype": io_dtype})
 
     def _checked(self, data: bytes, keep_float: list[str], details: dict) -> tuple[bytes, dict]:
-        float_ops = float_compute_ops(data)
-        if float_ops and not keep_float:
-            raise ConversionError(f"ops with no int8 kernel stayed in float: {', '.join(sorted(float_ops))}")
+        float_ops = float_compute_ops(data) if keep_float else _refuse_float_ops(data)
         details.update({"full_integer": not float_ops, "float_layers": keep_float})
         return data, details
 
