@@ -23,6 +23,15 @@ def shared(*parts: str) -> Path:
     return p
 
 
+def invoke(*args):
+    """Run the edgeres CLI in-process on string-converted arguments (CliRunner keeps stdout and stderr apart)."""
+    from click.testing import CliRunner
+
+    from edgeres.cli import cli
+
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
 @pytest.fixture(scope="session")
 def digits_folder(tmp_path_factory) -> Path:
     """The embedded held-out digits written as PNGs in class subfolders (a real image folder)."""

@@ -1,0 +1,130 @@
+"""report.json stays what it was before the redesign of issue #8.
+
+``tests/data/pre_redesign/*.report.json`` were written by the code as it
+stood before the back ends became plug-ins and the report became typed
+(commit 57218e7), with the commands in ``RUNS``.  Each test re-runs the same
+command and compares the new report with the stored one, key by key, with
+what cannot repeat masked:
+
+- timings (stage seconds, latency statistics and samples, speedups, the
+  "latency unstable" note and the ``unstable`` flag), ``created``, and the new
+  ``schema_version``;
+- absolute paths (compared by file name: the clone lives elsewhere in CI);
+- the ONNX artifacts' SHA-256 and exact size (tf2onnx's generated names differ
+  run to run on the same machine, by a few bytes: sizes must agree within 1%;
+  the TFLite hashes and sizes are compared exactly);
+- ``machine`` (CI may run on another CPU).
+
+When the converters' versions differ from those that wrote the stored report,
+numerics may legitimately move: then the structure and every non-numeric field
+must still match, and accuracy must stay within 0.5 points.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, invoke, shared
+
+STORED = ROOT / "tests" / "data" / "pre_redesign"
+TIMING_KEYS = {"latency_ms", "latency_samples_ms", "speedup_vs_fp32", "stages_seconds", "conversion_seconds",
+               "p50_ms", "created", "schema_version", "machine"}
+NUMERIC_TOLERANCE = 0.5  # accuracy points, only when converter versions differ
+CONVERTERS = ("tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "ai-edge-litert", "numpy")
+
+
+def _masked(report: dict) -> dict:
+    def walk(o, key=""):
+        if isinstance(o, dict):
+            return {k: walk(v, k) for k, v in o.items() if k not in TIMING_KEYS}
+        if isinstance(o, list):
+            return [walk(v, key) for v in o if not (isinstance(v, str) and v.startswith("latency unstable"))]
+        if isinstance(o, str) and (o.startswith("/") or key in ("source", "path", "compiled_path")):
+            return Path(o).name
+        return o
+
+    out = walk(report)
+    for a in out.get("artifacts", []):
+        if a.get("format") == "onnx":
+            a.pop("sha256", None)
+    return out
+
+
+def _diff(old, new, path="", numeric_tol: float | None = None) -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = [f"{path}.{k}: missing" for k in old if k not in new]
+        out += [f"{path}.{k}: new key" for k in new if k not in old]
+        for k in old.keys() & new.keys():
+            out += _diff(old[k], new[k], f"{path}.{k}", numeric_tol)
+        return out
+    if isinstance(old, list) and isinstance(new, list):
+        if len(old) != len(new):
+            return [f"{path}: {len(old)} items, now {len(new)}"]
+        return [d for i, (a, b) in enumerate(zip(old, new)) for d in _diff(a, b, f"{path}[{i}]", numeric_tol)]
+    numbers = (int, float)
+    if path.endswith("size_bytes") and isinstance(old, int) and isinstance(new, int):
+        return [] if math.isclose(old, new, rel_tol=0.01) else [f"{path}: {old} -> {new}"]
+    if numeric_tol is not None and isinstance(old, numbers) and isinstance(new, numbers) \
+            and not isinstance(old, bool):
+        return [] if math.isclose(old, new, abs_tol=numeric_tol) else [f"{path}: {old} -> {new}"]
+    if numeric_tol is not None and path.endswith("sha256"):
+        return []
+    return [] if old == new else [f"{path}: {old!r} -> {new!r}"]
+
+
+def _check(stored: str, report: dict) -> None:
+    old = json.loads((STORED / stored).read_text())
+    assert isinstance(report.get("schema_version"), int)
+    same_tools = all(old["tools"].get(t) == report["tools"].get(t) for t in CONVERTERS)
+    tol = None if same_tools else NUMERIC_TOLERANCE
+    old_m, new_m = _masked(old), _masked(report)
+    if not same_tools:
+        old_m.pop("tools"), new_m.pop("tools")
+    else:
+        old_m["tools"].pop("edgeres", None), new_m["tools"].pop("edgeres", None)
+    problems = _diff(old_m, new_m, numeric_tol=tol)
+    assert not problems, "report.json changed:\n" + "\n".join(problems[:40])
+
+
+def _run(tmp_path: Path, *args) -> dict:
+    out = tmp_path / "run"
+    result = invoke("convert", "--int8", *args, "-o", out)
+    assert result.exit_code == 0, result.output
+    return json.loads((out / "report.json").read_text())
+
+
+def test_default_report_unchanged(tmp_path: Path):
+    _check("def.report.json", _run(tmp_path))
+
+
+def test_edgetpu_target_report_unchanged(tmp_path: Path):
+    _check("tpu.report.json", _run(tmp_path, "--target", "coral-edgetpu"))
+
+
+def test_search_report_unchanged(tmp_path: Path):
+    _check("search.report.json", _run(tmp_path, "--max-drop", "0", "--metric", "agreement"))
+
+
+@pytest.mark.slow
+def test_resnet20_report_unchanged(tmp_path: Path):
+    model = shared("models", "resnet20_cifar10.keras")
+    _check("r20.report.json", _run(tmp_path, model, "--calib", shared("cifar10", "calib"), "--data",
+                                   shared("cifar10", "test"), "--calib-size", "200", "--val-size", "500"))
+
+
+def test_an_old_report_still_reads(tmp_path: Path):
+    """A report.json written before schema_version existed loads into the typed report and renders."""
+    from edgeres.report import Report, render_markdown
+
+    old = json.loads((STORED / "r20.report.json").read_text())
+    report = Report.from_dict(old)
+    assert report.schema_version == 0  # no field: the pre-versioned layout
+    assert [a.name for a in report.artifacts] == ["tflite_fp32", "tflite_int8", "onnx_fp32", "onnx_int8"]
+    again = report.to_dict()
+    for key in old:
+        assert key in again, key
+    assert "| tflite_int8 | tflite | int8 |" in render_markdown(report)
