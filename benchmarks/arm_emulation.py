@@ -58,9 +58,9 @@ HELPER = r'''"""task npz: decode images to an .npz; task logits: raw int8 logits
 import hashlib, importlib, json, os, platform, sys, time
 import numpy as np
 a = json.loads(sys.argv[1])
-if a["task"] == "npz":  # decode the first images (balanced over classes) into an npz, with edgeres.data
+if a["task"] == "npz":  # decode the first images (balanced over classes) into an npz, with edgeres.core.data
     from dataclasses import replace
-    from edgeres.data import Preprocess, open_dataset
+    from edgeres.core.data import Preprocess, open_dataset
     from tflite_runtime.interpreter import Interpreter
     it = Interpreter(model_path=a["model"])
     hwc = tuple(int(v) for v in it.get_input_details()[0]["shape"][1:])

@@ -4,7 +4,7 @@
 
 In one process, on one interpreter, alternates rounds of
 - a bare loop: `t = perf_counter(); interpreter.invoke(); samples.append(perf_counter() - t)`;
-- edgeres' harness: `edgeres.bench.measure(runner.timed_invoke(x))`, what `edgeres bench` runs;
+- edgeres' harness: `edgeres.core.timing.measure(runner.timed_invoke(x))`, what `edgeres bench` runs;
 and compares the pooled p50s.  Without MODEL it converts the embedded default
 and uses its int8 TFLite model; pass a bigger model for a less noisy ratio.
 """
@@ -27,9 +27,9 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=200)
     ap.add_argument("--rounds", type=int, default=10)
     args = ap.parse_args()
-    from edgeres.bench import measure
-    from edgeres.quiet import quiet
-    from edgeres.runtime import open_runner
+    from edgeres.core.timing import measure
+    from edgeres.core.quiet import quiet
+    from edgeres.core.runtime import open_runner
 
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model

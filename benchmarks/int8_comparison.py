@@ -29,11 +29,11 @@ from pathlib import Path
 import numpy as np
 from _common import shared, table
 
-from edgeres.bench import measure_interleaved
-from edgeres.data import Preprocess, open_dataset
-from edgeres.metrics import Tally
-from edgeres.quiet import quiet
-from edgeres.runtime import open_runner
+from edgeres.core.timing import measure_interleaved
+from edgeres.core.data import Preprocess, open_dataset
+from edgeres.core.metrics import Tally
+from edgeres.core.quiet import quiet
+from edgeres.core.runtime import open_runner
 
 
 def stock_tflite(model, calib: np.ndarray) -> bytes:

@@ -29,12 +29,12 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=100)
     args = ap.parse_args()
-    from edgeres.bench import measure_interleaved
-    from edgeres.convert.onnx import OnnxQuantizer
-    from edgeres.convert.keras_io import load_model
-    from edgeres.recipes import resolve_recipe
-    from edgeres.data import Preprocess, open_dataset
-    from edgeres.runtime import open_runner
+    from edgeres.core.timing import measure_interleaved
+    from edgeres.backends.onnx import OnnxQuantizer
+    from edgeres.backends.keras_io import load_model
+    from edgeres.quant.recipes import resolve_recipe
+    from edgeres.core.data import Preprocess, open_dataset
+    from edgeres.core.runtime import open_runner
 
     photos = shared("imagenet-samples")
     with tempfile.TemporaryDirectory() as tmp:

@@ -62,8 +62,8 @@ def test_report_md_has_one_row_per_artifact(default_run: Path):
 
 
 def test_int8_tflite_is_full_integer_with_int8_io(default_run: Path):
-    from edgeres.convert.tflite import float_compute_ops
-    from edgeres.runtime import open_runner
+    from edgeres.backends.tflite import float_compute_ops
+    from edgeres.core.runtime import open_runner
 
     path = default_run / "model_int8.tflite"
     assert float_compute_ops(path.read_bytes()) == set()
@@ -96,7 +96,7 @@ def test_json_output_is_the_report(tmp_path: Path):
 
 
 def test_uint8_io_and_float_io(tmp_path: Path):
-    from edgeres.runtime import open_runner
+    from edgeres.core.runtime import open_runner
 
     for io in ("uint8", "float32"):
         out = tmp_path / io
@@ -111,7 +111,7 @@ def test_uint8_io_and_float_io(tmp_path: Path):
 
 
 def test_image_folder_data_and_preprocessing_recorded(tmp_path: Path, digits_folder: Path):
-    from edgeres import defaults
+    from edgeres.core import defaults
 
     out = tmp_path / "run"
     result = invoke("convert", defaults.default_model(), "--int8", "--calib", digits_folder, "--data",
@@ -211,14 +211,14 @@ def test_unknown_zoo_name(tmp_path: Path):
 
 
 def test_own_model_needs_calibration(tmp_path: Path):
-    from edgeres import defaults
+    from edgeres.core import defaults
 
     result = invoke("convert", defaults.default_model(), "--int8", "-o", tmp_path / "o")
     assert_one_line_error(result, 2, "--calib")
 
 
 def test_empty_and_unreadable_calibration_folders(tmp_path: Path):
-    from edgeres import defaults
+    from edgeres.core import defaults
 
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -237,7 +237,7 @@ def test_empty_and_unreadable_calibration_folders(tmp_path: Path):
 def test_unreadable_images_skip_with_warning_or_fail(tmp_path: Path, digits_folder: Path):
     import shutil
 
-    from edgeres import defaults
+    from edgeres.core import defaults
 
     calib = tmp_path / "calib"
     shutil.copytree(digits_folder, calib)
@@ -254,7 +254,7 @@ def test_unreadable_images_skip_with_warning_or_fail(tmp_path: Path, digits_fold
 def test_class_count_mismatch(tmp_path: Path, digits_folder: Path):
     import shutil
 
-    from edgeres import defaults
+    from edgeres.core import defaults
 
     three = tmp_path / "three"
     for c in ("0", "1", "2"):
@@ -325,8 +325,8 @@ def test_h5_and_savedmodel_inputs(tmp_path: Path):
     import keras
     import tensorflow as tf
 
-    from edgeres import defaults
-    from edgeres.convert.keras_io import load_model
+    from edgeres.core import defaults
+    from edgeres.backends.keras_io import load_model
 
     model = keras.saving.load_model(defaults.default_model(), safe_mode=True)
     x = np.load(CALIBRATION / "digits-test.npz")["x"][:16].astype("float32")
@@ -366,7 +366,7 @@ def test_shared_resnet20_int8_close_to_float(tmp_path: Path):
 
 
 def test_coral_target_converts_with_static_batch_and_uint8_io(tmp_path: Path):
-    from edgeres.runtime import open_runner
+    from edgeres.core.runtime import open_runner
 
     out = tmp_path / "coral"
     result = invoke("convert", "--int8", "--target", "coral-edgetpu", "--val-size", "100", "-o", out)
@@ -419,7 +419,7 @@ np.save({str(tmp_path / "want.npy")!r}, m.predict(x, verbose=0))
 
     with h5py.File(h5) as f:
         assert str(f.attrs["keras_version"]).startswith("2.")
-    from edgeres.convert.keras_io import load_model
+    from edgeres.backends.keras_io import load_model
 
     loaded = load_model(str(h5))
     x = np.load(CALIBRATION / "digits-test.npz")["x"][:8].astype("float32")

@@ -1,4 +1,4 @@
-"""Tests for edgeres.data: folders, .npz files, decoding, preprocessing, streaming.
+"""Tests for edgeres.core.data: folders, .npz files, decoding, preprocessing, streaming.
 
 Light layer only: numpy and Pillow, real image files written into tmp_path.
 """
@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import edgeres.data as data_mod
-from edgeres.data import Dataset, Preprocess, decode_image, open_dataset
-from edgeres.errors import DataError, ShapeError, UsageError
+import edgeres.core.data as data_mod
+from edgeres.core.data import Dataset, Preprocess, decode_image, open_dataset
+from edgeres.core.errors import DataError, ShapeError, UsageError
 
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
 IDENTITY = Preprocess()
@@ -36,8 +36,8 @@ def _edgeres_logs_reach_caplog(monkeypatch):
 
 
 def test_light_modules_do_not_import_tensorflow_or_keras():
-    code = ("import edgeres.data, edgeres.targets, edgeres.metrics, edgeres.bench, edgeres.runtime, sys; "
-            "import edgeres.recipes, edgeres.calibrate, edgeres.diagnose, edgeres.layers, edgeres.quantize; "
+    code = ("import edgeres.core.data, edgeres.devices.targets, edgeres.core.metrics, edgeres.core.timing, edgeres.core.runtime, sys; "
+            "import edgeres.quant.recipes, edgeres.quant.stats, edgeres.quant.diagnosis, edgeres.core.layers, edgeres.quant.search; "
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras')); "
             "assert not bad, bad")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
@@ -473,11 +473,11 @@ def _folder_with_one_bad(tmp_path):
 def test_unreadable_image_is_skipped_with_warning(tmp_path, caplog):
     ds = _folder_with_one_bad(tmp_path)
     assert len(ds) == 3  # listed by extension, found unreadable only when decoded
-    with caplog.at_level(logging.WARNING, logger="edgeres.data"):
+    with caplog.at_level(logging.WARNING, logger="edgeres.core.data"):
         x, y = ds.load((8, 8, 3), IDENTITY, on_error="warn")
     assert x.shape == (2, 8, 8, 3)
     assert x[0, 0, 0, 0] == 1 and x[1, 0, 0, 0] == 3
-    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and r.name == "edgeres.data"]
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and r.name == "edgeres.core.data"]
     assert len(warnings) == 1
     assert "b.png" in warnings[0].getMessage()
 
@@ -488,7 +488,7 @@ def test_unreadable_image_keeps_labels_aligned(tmp_path, caplog):
     _png(tmp_path / "b" / "1.png", color=(20, 20, 20))
     _png(tmp_path / "c" / "1.png", color=(30, 30, 30))
     ds = open_dataset(tmp_path)
-    with caplog.at_level(logging.WARNING, logger="edgeres.data"):
+    with caplog.at_level(logging.WARNING, logger="edgeres.core.data"):
         x, y = ds.load((8, 8, 3), IDENTITY)
     assert y.tolist() == [0, 1, 2]
     assert x[:, 0, 0, 0].tolist() == [10, 20, 30]
@@ -503,7 +503,7 @@ def test_unreadable_image_raises_under_on_error_error(tmp_path):
 def test_folder_whose_only_image_is_corrupt(tmp_path, caplog):
     (tmp_path / "only.png").write_bytes(b"not an image")
     ds = open_dataset(tmp_path)
-    with caplog.at_level(logging.WARNING, logger="edgeres.data"):
+    with caplog.at_level(logging.WARNING, logger="edgeres.core.data"):
         with pytest.raises(DataError, match="no readable image"):
             ds.load((8, 8, 3), IDENTITY)
         with pytest.raises(DataError, match="no readable image"):

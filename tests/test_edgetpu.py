@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeres.edgetpu import (SUPPORTED_OPS, check_model, compile_model, format_check,
+from edgeres.devices.edgetpu import (SUPPORTED_OPS, check_model, compile_model, format_check,
                              parse_compiler_log)
-from edgeres.errors import ConversionError, ModelError, RuntimeUnavailableError
+from edgeres.core.errors import ConversionError, ModelError, RuntimeUnavailableError
 from tests.conftest import ROOT
 
 keras = pytest.importorskip("keras")
@@ -40,7 +40,7 @@ def batch_one(model):
 
 def interpreter_ops(path: Path) -> list[str]:
     """Op names in execution order, from the real TFLite interpreter (an independent reading)."""
-    from edgeres.runtime import tflite_module
+    from edgeres.core.runtime import tflite_module
 
     mod, _ = tflite_module()
     interp = mod.Interpreter(model_path=str(path))
@@ -56,7 +56,7 @@ def write(tmp: Path, name: str, data: bytes) -> Path:
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict[str, Path]:
     """Zoo models converted to full-int8 TFLite with uint8 I/O: dynamic batch and batch 1."""
-    from edgeres.convert.tflite import to_int8
+    from edgeres.backends.tflite import to_int8
     from edgeres.zoo.registry import create_model
 
     keras.utils.set_random_seed(0)
@@ -115,7 +115,7 @@ def test_batch_one_zoo_models_map_completely(models, name):
 
 
 def test_parameter_budget_follows_the_coral_target(models):
-    from edgeres.targets import resolve_target
+    from edgeres.devices.targets import resolve_target
 
     budget = resolve_target("coral-edgetpu").constraints.max_tensor_bytes
     assert budget == 8 * 2**20
@@ -133,7 +133,7 @@ def test_parameter_budget_follows_the_coral_target(models):
     (lambda: keras.layers.LeakyReLU(negative_slope=0.1), "LEAKY_RELU"),
 ], ids=["hard_silu", "leaky_relu"])
 def test_unsupported_op_in_the_middle_splits_the_graph(tmp_path, layer, op):
-    from edgeres.convert.tflite import to_int8
+    from edgeres.backends.tflite import to_int8
 
     path = write(tmp_path, "m.tflite", to_int8(small_cnn(layer()), calib(16), "uint8"))
     ops = interpreter_ops(path)
@@ -157,7 +157,7 @@ def test_unsupported_op_in_the_middle_splits_the_graph(tmp_path, layer, op):
 
 def test_documented_limitations_are_checked(tmp_path):
     """Softmax over a 4-D tensor, a strided slice with stride 2, a channel mean over 6 channels."""
-    from edgeres.convert.tflite import to_int8
+    from edgeres.backends.tflite import to_int8
 
     x = keras.Input(shape=(16, 16, 3), batch_size=1)
     y = keras.layers.Conv2D(6, 3, padding="same")(x)
@@ -180,7 +180,7 @@ def test_documented_limitations_are_checked(tmp_path):
 # ------------------------------------------------------------------ quantization
 
 def test_float32_model_is_not_fully_quantized(tmp_path):
-    from edgeres.convert.tflite import to_float32
+    from edgeres.backends.tflite import to_float32
 
     path = write(tmp_path, "f32.tflite", to_float32(small_cnn(keras.layers.Activation("relu"))))
     r = check_model(path)
@@ -193,7 +193,7 @@ def test_float32_model_is_not_fully_quantized(tmp_path):
 
 
 def test_float_io_quantize_dequantize_are_boundary_cpu_ops(tmp_path):
-    from edgeres.convert.tflite import to_int8
+    from edgeres.backends.tflite import to_int8
 
     model = small_cnn(keras.layers.Activation("relu6"))
     path = write(tmp_path, "fio.tflite", to_int8(model, calib(16), "float32"))
@@ -229,7 +229,7 @@ def test_not_a_tflite_file_is_a_model_error(tmp_path):
 def test_check_is_light_no_tensorflow(models):
     script = textwrap.dedent(f"""
         import sys
-        from edgeres.edgetpu import check_model, format_check
+        from edgeres.devices.edgetpu import check_model, format_check
         r = check_model({str(models['resnet8'])!r})
         assert r["compatible"], r
         format_check(r)

@@ -210,7 +210,7 @@ def test_bench_reports_throughput_against_int8_peak(default_run: Path):
     tp = r["throughput"]
     assert tp["macs"] == 747_136  # the default ResNet-8's convolutions and FC at 8x8x1 (same as Keras' count)
     assert tp["gops"] == pytest.approx(2 * tp["macs"] / (r["latency_ms"]["p50"] / 1000) / 1e9)
-    from edgeres.machine import int8_peak
+    from edgeres.core.machine import int8_peak
 
     if int8_peak().get("gops"):
         assert 0 < tp["fraction_of_peak"] < 2 and "MACs/cycle" in tp["peak_basis"]

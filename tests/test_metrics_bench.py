@@ -1,4 +1,4 @@
-"""Tests for edgeres.metrics (accuracy/fidelity tallies) and edgeres.bench (timing stats).
+"""Tests for edgeres.core.metrics (accuracy/fidelity tallies) and edgeres.core.timing (timing stats).
 
 No timing assertions: only counts, ordering and arithmetic on known samples.
 """
@@ -9,7 +9,7 @@ import statistics
 import numpy as np
 import pytest
 
-from edgeres.bench import (
+from edgeres.core.timing import (
     UNSTABLE_CV,
     LatencyStats,
     measure,
@@ -17,7 +17,7 @@ from edgeres.bench import (
     summarize,
     time_callable,
 )
-from edgeres.metrics import Tally, collapsed, sqnr_db
+from edgeres.core.metrics import Tally, collapsed, sqnr_db
 
 # --------------------------------------------------------------------------- metrics
 

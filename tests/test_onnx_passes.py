@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 import tf2onnx
 
-from edgeres.convert import onnx as onnx_conv
+from edgeres.backends import onnx as onnx_conv
 from edgeres.zoo import create_model
 
 

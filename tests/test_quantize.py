@@ -58,7 +58,7 @@ def test_recipe_file_keeps_matching_layers_in_float(tmp_path: Path):
             assert a["details"]["float_layers"] == ["predictions"], a["name"]
             assert a["details"]["full_integer"] is False
             assert a["details"]["calibration"] == "minmax"
-    from edgeres.convert.tflite import float_compute_ops
+    from edgeres.backends.tflite import float_compute_ops
 
     assert float_compute_ops((out / "model_int8.tflite").read_bytes()) == {"FULLY_CONNECTED"}
     # The recipe's I/O dtype applies at the input; the float classifier at the output keeps float32 there.
@@ -85,7 +85,7 @@ def test_max_drop_needs_validation_data(tmp_path: Path):
     model = tmp_path / "m.keras"
     assert invoke("build", "resnet8", "--input-size", "8", "--num-classes", "10", "--channels", "1",
                   "-o", model).exit_code == 0
-    from edgeres.defaults import default_calib
+    from edgeres.core.defaults import default_calib
 
     result = invoke("convert", model, "--int8", "--calib", default_calib(), "--max-drop", "0.5",
                     "-o", tmp_path / "run")
@@ -138,7 +138,7 @@ def test_diagnose_sensitivity_on_onnx(tmp_path: Path):
 
 
 def test_search_that_cannot_meet_the_budget_writes_the_best_marked_failing(tmp_path: Path, monkeypatch):
-    import edgeres.quantize as quantize
+    import edgeres.quant.search as quantize
 
     monkeypatch.setattr(quantize, "MAX_FLOAT_LAYERS", 0)  # only recipes and calibration methods
     monkeypatch.setattr(quantize, "CALIBRATION_LADDER", (("percentile", 51.0),))
@@ -170,7 +170,7 @@ def test_int16x8_recipe_is_labelled_and_runs_on_both_runtimes(tmp_path: Path):
 
 
 def test_search_keeps_layers_in_float_when_calibration_alone_cannot_meet_the_budget(tmp_path: Path, monkeypatch):
-    import edgeres.quantize as quantize
+    import edgeres.quant.search as quantize
 
     monkeypatch.setattr(quantize, "CALIBRATION_LADDER", ())  # go straight to bias correction, then layers
     recipe = write_recipe(tmp_path, 'calibration = "percentile"\npercentile = 95.0\noutput = "calibrated"\n')
@@ -187,7 +187,7 @@ def test_search_keeps_layers_in_float_when_calibration_alone_cannot_meet_the_bud
         assert 100 - s["winner"]["agreement"] <= 1.0
         kept = [t["keep_float"] for t in s["trials"][2:]]
         assert all(len(k) == i + 1 for i, k in enumerate(kept))  # one more layer per step
-    from edgeres.convert.tflite import float_compute_ops
+    from edgeres.backends.tflite import float_compute_ops
 
     assert float_compute_ops((out / "model_int8.tflite").read_bytes())  # the kept layers really are float
 

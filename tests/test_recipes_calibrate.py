@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeres.calibrate import BINS, ActivationStats, choose_range
-from edgeres.diagnose import HEADER, find_causes, table_rows
-from edgeres.errors import UsageError
-from edgeres.layers import resolve_layer
-from edgeres.recipes import (
+from edgeres.quant.stats import BINS, ActivationStats, choose_range
+from edgeres.quant.diagnosis import HEADER, find_causes, table_rows
+from edgeres.core.errors import UsageError
+from edgeres.core.layers import resolve_layer
+from edgeres.quant.recipes import (
     ACTIVATIONS,
     CALIBRATION,
     IO_DTYPES,

@@ -1,12 +1,12 @@
-"""Tests for edgeres.targets: bundled device profiles and strict TOML loading."""
+"""Tests for edgeres.devices.targets: bundled device profiles and strict TOML loading."""
 
 import platform
 import re
 
 import pytest
 
-from edgeres.errors import UsageError
-from edgeres.targets import (
+from edgeres.core.errors import UsageError
+from edgeres.devices.targets import (
     Constraints,
     Target,
     default_target_name,

@@ -8,7 +8,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from edgeres.errors import ModelError, UsageError  # noqa: E402
+from edgeres.core.errors import ModelError, UsageError  # noqa: E402
 from edgeres.zoo import (  # noqa: E402
     count_params,
     create_model,

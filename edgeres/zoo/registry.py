@@ -16,7 +16,7 @@ from typing import Callable
 import keras
 import numpy as np
 
-from edgeres.errors import ModelError, UsageError
+from edgeres.core.errors import ModelError, UsageError
 
 PREPROCESS_PREFIX = "preprocess_"
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgeres.calibrate import ActivationStats
-from edgeres.metrics import dash
+from edgeres.quant.stats import ActivationStats
+from edgeres.core.metrics import dash
 
 OUTLIER_RATIO = 8.0       # max|x| over the 99.99th percentile range: one value stretches the grid
 DEAD_FRACTION = 0.25      # share of a layer's channels constant over the calibration set

@@ -8,11 +8,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from edgeres.data import Preprocess, open_dataset
-from edgeres.errors import ShapeError
-from edgeres.metrics import Tally
-from edgeres.quiet import quiet
-from edgeres.runtime import open_runner
+from edgeres.core.data import Preprocess, open_dataset
+from edgeres.core.errors import ShapeError
+from edgeres.core.metrics import Tally
+from edgeres.core.quiet import quiet
+from edgeres.core.runtime import open_runner
 
 
 def recorded_preprocess(model: str) -> Preprocess | None:

@@ -16,9 +16,9 @@ from typing import Callable
 
 import numpy as np
 
-from edgeres.errors import ConversionError, DataError, UsageError
-from edgeres.metrics import COLLAPSE_AGREEMENT, Tally, collapsed, sqnr_db
-from edgeres.recipes import Recipe, match_layers
+from edgeres.core.errors import ConversionError, DataError, UsageError
+from edgeres.core.metrics import COLLAPSE_AGREEMENT, Tally, collapsed, sqnr_db
+from edgeres.quant.recipes import Recipe, match_layers
 
 MIN_CALIBRATION = 32   # images: fewer leave most histogram bins empty
 MIN_SELECTION = 100    # images the search chooses on (0.01 agreement per image)
@@ -45,7 +45,7 @@ class Backend:
 
     def build(self, recipe: Recipe, keep_float: list[str] | None = None) -> tuple[bytes, dict]:
         """Build ``recipe``; layers in ``keep_float`` stay float on top of the recipe's own patterns."""
-        from edgeres.quiet import quiet
+        from edgeres.core.quiet import quiet
 
         recipe = recipe.for_backend(self.name)
         keep = match_layers(recipe.keep_float, self.layers, f"recipe {recipe.name}")
@@ -54,8 +54,8 @@ class Backend:
             return self.build_fn(recipe, keep)
 
     def runner(self, data: bytes, tmp: Path):
-        from edgeres.quiet import quiet
-        from edgeres.runtime import open_runner
+        from edgeres.core.quiet import quiet
+        from edgeres.core.runtime import open_runner
 
         path = tmp / f"trial{self.suffix}"
         path.write_bytes(data)
@@ -98,7 +98,7 @@ class Split:
 def evaluate(backend: Backend, data: bytes, split: Split, latency_runs: int = 0,
              batch: int = 64) -> Evaluation:
     """Run ``data`` on ``split``; with ``latency_runs`` also time batch-1 inference."""
-    from edgeres.bench import measure
+    from edgeres.core.timing import measure
 
     tally, ref_tally = Tally(), Tally()
     with tempfile.TemporaryDirectory(prefix="edgeres-eval-") as tmp:
@@ -161,7 +161,7 @@ def diagnose(backend: Backend, recipe: Recipe, split: Split, sensitivity: bool =
     Sensitivity needs two conversions per layer: all other layers float
     (``only_quantized``; the search skips it), and only this layer float.
     """
-    from edgeres.diagnose import find_causes
+    from edgeres.quant.diagnosis import find_causes
 
     data, _ = backend.build(recipe)
     base = evaluate(backend, data, split)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgeres.runtime import TFLiteRunner, open_runner
+from edgeres.core.runtime import TFLiteRunner, open_runner
 
 
 def describe_artifact(path: str) -> dict:

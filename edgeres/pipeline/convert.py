@@ -18,15 +18,15 @@ from typing import Callable, Iterator
 import numpy as np
 
 from edgeres import __version__
-from edgeres.data import Dataset, Preprocess, open_dataset
-from edgeres.errors import BudgetExceededError, DataError, UsageError
-from edgeres.fsutil import (check_output_dir, sha256_file, staged_dir, write_bytes_atomic, write_json_atomic,
+from edgeres.core.data import Dataset, Preprocess, open_dataset
+from edgeres.core.errors import BudgetExceededError, DataError, UsageError
+from edgeres.core.fs import (check_output_dir, sha256_file, staged_dir, write_bytes_atomic, write_json_atomic,
                             write_text_atomic)
-from edgeres.machine import machine_info, tool_versions
-from edgeres.metrics import COLLAPSE_AGREEMENT, Tally, collapsed, dash
-from edgeres.quiet import quiet
-from edgeres.recipes import Recipe, resolve_recipe
-from edgeres.targets import Target
+from edgeres.core.machine import machine_info, tool_versions
+from edgeres.core.metrics import COLLAPSE_AGREEMENT, Tally, collapsed, dash
+from edgeres.core.quiet import quiet
+from edgeres.quant.recipes import Recipe, resolve_recipe
+from edgeres.devices.targets import Target
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ def run_convert(cfg: ConvertConfig, progress: Progress = _no_progress) -> dict:
     When ``cfg.max_drop`` is exceeded the run folder is still written (marked
     ``passed: false``) and BudgetExceededError is raised afterwards.
     """
-    from edgeres.convert import keras_io
+    from edgeres.backends import keras_io
 
     stages = Stages()
     # Cheap checks first, so bad input fails before anything slow happens.
@@ -141,13 +141,13 @@ def run_convert(cfg: ConvertConfig, progress: Progress = _no_progress) -> dict:
         if cfg.val_size:
             val_ds = val_ds.sample(cfg.val_size, cfg.seed)
         if cfg.searching:
-            from edgeres.quantize import check_sizes
+            from edgeres.quant.search import check_sizes
 
             n_select = int(round(len(val_ds) * cfg.select_fraction))
             check_sizes(min(calib_size, len(calib_ds)), n_select, len(val_ds) - n_select)
             select_ds, val_ds = val_ds.split(n_select, cfg.seed + 1)
             with stages("selection_data"):
-                from edgeres.quantize import Split
+                from edgeres.quant.search import Split
 
                 sx, sy = select_ds.load(hwc, cfg.preprocess, cfg.on_error)
                 select = (select_ds, Split(sx, sy, keras_io.predict(loaded.model, sx)))
@@ -198,12 +198,12 @@ def _layer_types(model) -> dict[str, str]:
 def _convert_all(cfg: ConvertConfig, model, hwc, calib, stage: Path, stages: Stages, select=None,
                  searches: dict | None = None, backends: dict | None = None) -> list[Artifact]:
     """Write every artifact.  Int8 models follow ``cfg.recipe``; with a ``select`` Split (and a budget)
-    each back end's configuration is chosen by :func:`edgeres.quantize.search` instead.  Fills
+    each back end's configuration is chosen by :func:`edgeres.quant.search.search` instead.  Fills
     ``searches`` and ``backends`` (both keyed by back end name) for the report."""
-    from edgeres.convert import keras_io
-    from edgeres.convert import onnx as onnx_conv
-    from edgeres.convert import tflite as tflite_conv
-    from edgeres.quantize import Backend
+    from edgeres.backends import keras_io
+    from edgeres.backends import onnx as onnx_conv
+    from edgeres.backends import tflite as tflite_conv
+    from edgeres.quant.search import Backend
 
     out: list[Artifact] = []
     searches = {} if searches is None else searches
@@ -218,7 +218,7 @@ def _convert_all(cfg: ConvertConfig, model, hwc, calib, stage: Path, stages: Sta
         if select is None:
             data, details = backend.build(cfg.recipe)
         else:
-            from edgeres.quantize import search
+            from edgeres.quant.search import search
 
             def report_trial(t) -> None:  # progress: one line per configuration tried
                 r = t.result
@@ -270,7 +270,7 @@ def _convert_all(cfg: ConvertConfig, model, hwc, calib, stage: Path, stages: Sta
 
 
 def _ranking(backend, recipe, split) -> list[str]:
-    from edgeres.quantize import diagnose, rank_layers
+    from edgeres.quant.search import diagnose, rank_layers
 
     total, done = len(backend.layers), [0]
 
@@ -306,8 +306,8 @@ def _attach_search(report: dict, cfg: ConvertConfig, searches: dict, select_ds: 
 def _attach_collapse_diagnosis(report: dict, artifacts: list[Artifact], backends: dict, model, calib,
                                recipe: Recipe) -> None:
     """A collapsed int8 model fails with the diagnosis attached (per-layer error and causes)."""
-    from edgeres.convert import keras_io
-    from edgeres.quantize import Split, diagnose
+    from edgeres.backends import keras_io
+    from edgeres.quant.search import Split, diagnose
 
     for a in artifacts:
         if a.precision != "int8" or not _collapsed(a) or a.format not in backends:
@@ -326,8 +326,8 @@ def _collapsed(a: Artifact) -> bool:
 
 def _edgetpu(cfg: ConvertConfig, artifacts: list[Artifact], stage: Path, stages: Stages) -> dict | None:
     """Check the int8 model against the Edge TPU's rules and compile it when edgetpu_compiler is installed."""
-    from edgeres.edgetpu import check_model, compile_model
-    from edgeres.errors import RuntimeUnavailableError
+    from edgeres.devices.edgetpu import check_model, compile_model
+    from edgeres.core.errors import RuntimeUnavailableError
 
     int8 = next((a for a in artifacts if a.name == "tflite_int8"), None)
     if int8 is None:
@@ -353,7 +353,7 @@ def _edgetpu(cfg: ConvertConfig, artifacts: list[Artifact], stage: Path, stages:
 
 
 def _open_runners(cfg: ConvertConfig, artifacts: list[Artifact], stage: Path) -> dict:
-    from edgeres.runtime import open_runner
+    from edgeres.core.runtime import open_runner
 
     runners = {}
     for a in artifacts:
@@ -390,7 +390,7 @@ def _validate(cfg, model, val_ds: Dataset, hwc, n_out, artifacts, runners, progr
 
 
 def _bench(cfg, artifacts, runners, sample, progress) -> None:
-    from edgeres.bench import measure_interleaved
+    from edgeres.core.timing import measure_interleaved
 
     fns = {a.name: runners[a.name].timed_invoke(runners[a.name].quantize_input(sample)) for a in artifacts}
     with progress("benchmarking", cfg.runs * len(fns)) as bar:

@@ -23,7 +23,7 @@ from pathlib import Path
 import click
 
 from edgeres import __version__
-from edgeres.errors import DataError, EdgeresError, UsageError
+from edgeres.core.errors import DataError, EdgeresError, UsageError
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
@@ -96,7 +96,7 @@ def preprocess_options(fn):
                   help="Fit images to the model input: keep aspect and center-crop, or stretch.")
     @functools.wraps(fn)
     def wrapper(*args, scale, mean, std, resize, **kwargs):
-        from edgeres.data import Preprocess
+        from edgeres.core.data import Preprocess
 
         kwargs["preprocess"] = Preprocess.parse(scale, mean, std, resize)
         return fn(*args, **kwargs)
@@ -110,7 +110,7 @@ def json_option(fn):
 def _progress(enabled: bool):
     def make(label: str, length: int):
         if not enabled:
-            from edgeres.pipeline import ProgressBar
+            from edgeres.pipeline.convert import ProgressBar
             return ProgressBar()
         return click.progressbar(length=length, label=f"{label:<20}", file=sys.stderr, show_pos=True,
                                  show_eta=False)
@@ -177,10 +177,10 @@ def convert(model, calib, data, int8, output_dir, force, target, io_dtype, calib
       edgeres convert --int8
       edgeres convert model.keras --int8 --calib calib/ --data test/ -o out --max-drop 0.5
     """
-    from edgeres import defaults
-    from edgeres.pipeline import ConvertConfig, parse_usage, run_convert
-    from edgeres.recipes import resolve_recipe
-    from edgeres.targets import resolve_target
+    from edgeres.core import defaults
+    from edgeres.pipeline.convert import ConvertConfig, parse_usage, run_convert
+    from edgeres.quant.recipes import resolve_recipe
+    from edgeres.devices.targets import resolve_target
 
     parse_usage(max_drop, "--max-drop")
     the_recipe = resolve_recipe(recipe)
@@ -201,7 +201,7 @@ def convert(model, calib, data, int8, output_dir, force, target, io_dtype, calib
         weights=weights, calib_size=calib_size, val_size=val_size, seed=seed, threads=threads, runs=runs,
         warmup=warmup, max_drop=max_drop, force=force, on_error=on_bad_image, default_note=note,
         recipe=the_recipe, metric=metric, select_fraction=select_fraction)
-    from edgeres.errors import BudgetExceededError
+    from edgeres.core.errors import BudgetExceededError
 
     try:
         with redirect_stdout(sys.stderr):  # converters print; keep stdout for the table / JSON
@@ -214,11 +214,11 @@ def convert(model, calib, data, int8, output_dir, force, target, io_dtype, calib
 
 
 def _print_convert(report: dict, out: Path, as_json: bool) -> None:
-    from edgeres.metrics import dash
-    from edgeres.pipeline import TABLE_HEADER, table_rows
+    from edgeres.core.metrics import dash
+    from edgeres.pipeline.convert import TABLE_HEADER, table_rows
 
     if as_json:
-        from edgeres.fsutil import to_json
+        from edgeres.core.fs import to_json
         click.echo(to_json(report), nl=False)
         return
     _echo_table(TABLE_HEADER, table_rows(report))
@@ -243,7 +243,7 @@ def _print_convert(report: dict, out: Path, as_json: bool) -> None:
 @json_option
 def recipes(as_json):
     """List the bundled quantization recipes (use with 'convert --recipe NAME')."""
-    from edgeres.recipes import list_recipes
+    from edgeres.quant.recipes import list_recipes
 
     found = list_recipes()
     if as_json:
@@ -285,14 +285,14 @@ def diagnose(model, calib, data, recipe, backend, target, calib_size, val_size, 
     Example:
       edgeres diagnose model.keras --calib calib/ --data test/ --plot layers.png
     """
-    from edgeres import defaults
-    from edgeres.data import open_dataset
-    from edgeres.diagnose import HEADER, plot as plot_diagnosis, table_rows
-    from edgeres.fsutil import to_json, write_text_atomic
-    from edgeres.pipeline import _layer_types
-    from edgeres.quantize import MIN_CALIBRATION, Backend, Split, diagnose as run_diagnosis
-    from edgeres.recipes import match_layers, resolve_recipe
-    from edgeres.targets import resolve_target
+    from edgeres.core import defaults
+    from edgeres.core.data import open_dataset
+    from edgeres.quant.diagnosis import HEADER, plot as plot_diagnosis, table_rows
+    from edgeres.core.fs import to_json, write_text_atomic
+    from edgeres.pipeline.convert import _layer_types
+    from edgeres.quant.search import MIN_CALIBRATION, Backend, Split, diagnose as run_diagnosis
+    from edgeres.quant.recipes import match_layers, resolve_recipe
+    from edgeres.devices.targets import resolve_target
 
     the_recipe = resolve_recipe(recipe)
     t = resolve_target(target)
@@ -304,8 +304,8 @@ def diagnose(model, calib, data, recipe, backend, target, calib_size, val_size, 
     calib_ds, val_ds = open_dataset(calib, "calibration"), open_dataset(data, "validation")
     if len(calib_ds) < MIN_CALIBRATION:
         raise DataError(f"diagnose needs at least {MIN_CALIBRATION} calibration images, got {len(calib_ds)}")
-    from edgeres.convert import keras_io
-    from edgeres.quiet import quiet
+    from edgeres.backends import keras_io
+    from edgeres.core.quiet import quiet
 
     with redirect_stdout(sys.stderr), quiet():
         loaded = keras_io.load_model(model, input_size=input_size, num_classes=num_classes)
@@ -316,12 +316,12 @@ def diagnose(model, calib, data, recipe, backend, target, calib_size, val_size, 
         ref = keras_io.predict(loaded.model, vx)
         types = _layer_types(loaded.model)
         if backend == "tflite":
-            from edgeres.convert.tflite import TFLiteQuantizer
+            from edgeres.backends.tflite import TFLiteQuantizer
 
             q = TFLiteQuantizer(loaded.model, cx, types)
             b = Backend("tflite", ".tflite", q, lambda r, k: q.quantize(r, t.tflite.io_dtype, k), t.threads)
         else:
-            from edgeres.convert import onnx as onnx_conv
+            from edgeres.backends import onnx as onnx_conv
 
             q = onnx_conv.OnnxQuantizer(onnx_conv.to_float32(loaded.model, loaded.hwc), cx, types)
             b = Backend("onnx", ".onnx", q, lambda r, k: q.quantize(r, t.onnx.activation_type, k), t.threads)
@@ -367,13 +367,13 @@ def build(arch, output, input_size, num_classes, channels, width, shortcut, weig
     Known architectures: resnet18/34/50/101/152, resnet50v2/101v2/152v2 and
     CIFAR-style resnet8/20/32/44/56/110 (see 'edgeres info ARCH').
     """
-    from edgeres.errors import OutputExistsError
+    from edgeres.core.errors import OutputExistsError
 
     if output.suffix != ".keras":
         raise UsageError(f"--output must end in .keras, got {output}")
     if output.exists() and not force:
         raise OutputExistsError(f"{output} already exists; pass --force to overwrite")
-    from edgeres.quiet import quiet
+    from edgeres.core.quiet import quiet
 
     with quiet():  # TensorFlow's import chatter, as in convert
         import keras
@@ -407,15 +407,15 @@ def info(model, as_json):
     """
     suffix = Path(model).suffix.lower()
     if suffix in (".tflite", ".onnx"):
-        from edgeres.artifact_info import describe_artifact
+        from edgeres.measure.info import describe_artifact
         d = describe_artifact(model)
     else:
-        from edgeres.quiet import quiet
+        from edgeres.core.quiet import quiet
         with quiet():  # TensorFlow's import chatter, as in convert
-            from edgeres.convert.keras_io import describe, load_model
+            from edgeres.backends.keras_io import describe, load_model
             d = describe(load_model(model))
     if as_json:
-        from edgeres.fsutil import to_json
+        from edgeres.core.fs import to_json
         click.echo(to_json(d), nl=False)
         return
     for k, v in d.items():
@@ -430,7 +430,7 @@ def info(model, as_json):
 @json_option
 def targets(as_json):
     """List the device profiles that --target accepts."""
-    from edgeres.targets import default_target_name, list_targets
+    from edgeres.devices.targets import default_target_name, list_targets
 
     items = list_targets()
     if as_json:
@@ -473,8 +473,8 @@ def bench(models, threads, runs, min_time, warmup, delegate, target, data, shape
     Example:
       edgeres bench edgeres-out/model_int8.tflite edgeres-out/model_int8.onnx --threads 1,2,4
     """
-    from edgeres.benchmark import BenchConfig, coverage_text, parse_shape, parse_threads, plot, run_bench
-    from edgeres.targets import resolve_target
+    from edgeres.measure.bench import BenchConfig, coverage_text, parse_shape, parse_threads, plot, run_bench
+    from edgeres.devices.targets import resolve_target
 
     t = resolve_target(target)
     cfg = BenchConfig(models=tuple(models), threads=parse_threads(threads) if threads else (t.threads,),
@@ -488,7 +488,7 @@ def bench(models, threads, runs, min_time, warmup, delegate, target, data, shape
         for w in r["warnings"]:
             click.echo(f"edgeres: warning: {Path(r['model']).name} ({r['threads']} threads): {w}", err=True)
     if as_json:
-        from edgeres.fsutil import to_json
+        from edgeres.core.fs import to_json
         click.echo(to_json(report), nl=False)
         return
     rows = []
@@ -534,8 +534,8 @@ def validate(model, data, reference, threads, delegate, val_size, seed, on_bad_i
     Preprocessing comes from the options, else from the report.json of the
     run folder the model sits in.  With --reference, also compares outputs.
     """
-    from edgeres.data import Preprocess
-    from edgeres.validate import run_validate
+    from edgeres.core.data import Preprocess
+    from edgeres.measure.validate import run_validate
 
     explicit = any(v is not None for v in (scale, mean, std, resize))
     pre = Preprocess.parse(scale if scale is not None else 1.0, mean, std, resize or "crop") if explicit else None
@@ -543,7 +543,7 @@ def validate(model, data, reference, threads, delegate, val_size, seed, on_bad_i
         result = run_validate(model, data, reference=reference, preprocess=pre, threads=threads, delegate=delegate,
                               val_size=val_size, seed=seed, on_error=on_bad_image, progress=bar.update)
     if as_json:
-        from edgeres.fsutil import to_json
+        from edgeres.core.fs import to_json
         click.echo(to_json(result), nl=False)
         return
     keys = [("top1", "top-1 %", ".2f"), ("top5", "top-5 %", ".2f"), ("agreement", "agreement %", ".2f"),
@@ -570,9 +570,9 @@ def check(model, target, as_json):
     cache.  Lists each op that would run on the CPU and the first one, which
     splits the graph.  Exit code 0 when compatible, 6 when not.
     """
-    from edgeres.edgetpu import check_model, format_check
-    from edgeres.errors import ConversionError
-    from edgeres.targets import resolve_target
+    from edgeres.devices.edgetpu import check_model, format_check
+    from edgeres.core.errors import ConversionError
+    from edgeres.devices.targets import resolve_target
 
     t = resolve_target(target)
     if t.tflite.delegate != "edgetpu":
@@ -580,7 +580,7 @@ def check(model, target, as_json):
                          f"{t.tflite.delegate}, which runs every TFLite op")
     result = check_model(model, max_tensor_bytes=t.constraints.max_tensor_bytes or 8 * 2**20)
     if as_json:
-        from edgeres.fsutil import to_json
+        from edgeres.core.fs import to_json
         click.echo(to_json(result), nl=False)
     else:
         click.echo(format_check(result))

@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeres.errors import ConversionError, ModelError, RuntimeUnavailableError
+from edgeres.core.errors import ConversionError, ModelError, RuntimeUnavailableError
 
 DOCS_URL = "https://coral.ai/docs/edgetpu/models-intro/"
 COMPILER_URL = "https://coral.ai/docs/edgetpu/compiler/"

@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from edgeres.errors import ModelError, RuntimeUnavailableError, ShapeError, UsageError, first_line
+from edgeres.core.errors import ModelError, RuntimeUnavailableError, ShapeError, UsageError, first_line
 
 TFLITE_DELEGATES = ("xnnpack", "none", "reference", "edgetpu")
 EDGETPU_LIBS = ("libedgetpu.so.1", "libedgetpu.1.dylib", "edgetpu.dll")

@@ -2,8 +2,8 @@
 
 Foundation layer: standard library only.  A recipe is a TOML file (bundled
 ones live in ``edgeres/_recipes``) that loads into a frozen :class:`Recipe`.
-Each back end decodes it in exactly one place: ``edgeres.convert.tflite.
-quantize`` and ``edgeres.convert.onnx.quantize``.  Unknown fields, wrong
+Each back end decodes it in exactly one place: ``edgeres.backends.tflite.
+quantize`` and ``edgeres.backends.onnx.quantize``.  Unknown fields, wrong
 types and unknown values are one-line errors naming the file and the key.
 """
 
@@ -14,8 +14,8 @@ import fnmatch
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgeres.errors import UsageError
-from edgeres.typed_toml import load_typed, resolve_toml
+from edgeres.core.errors import UsageError
+from edgeres.core.typed_toml import load_typed, resolve_toml
 
 WEIGHTS = ("per-channel", "per-tensor")
 ACTIVATIONS = ("int8", "int16")
@@ -126,7 +126,7 @@ _CHECKS = {"percentile": _check_percentile, "tflite.percentile": _check_percenti
 
 
 def recipes_dir() -> Path:
-    return Path(__file__).resolve().parent / "_recipes"
+    return Path(__file__).resolve().parents[1] / "_recipes"
 
 
 def list_recipes() -> list[Recipe]:

@@ -25,7 +25,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from edgeres.errors import DataError, ShapeError, UsageError
+from edgeres.core.errors import DataError, ShapeError, UsageError
 
 log = logging.getLogger(__name__)
 

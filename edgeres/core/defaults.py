@@ -17,7 +17,7 @@ NOTE = ("embedded default: ResNet-8 trained on UCI handwritten digits (calibrati
 
 
 def calibration_dir() -> Path:
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parents[1]  # the edgeres package
     for cand in (here / "_calibration", here.parent / "calibration"):
         if (cand / MODEL_FILE).is_file():
             return cand

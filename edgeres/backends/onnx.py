@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeres.errors import ConversionError, first_line
+from edgeres.core.errors import ConversionError, first_line
 
 OPSET = 17
 INPUT_NAME = "input"
@@ -289,11 +289,11 @@ def _tap(proto, names: list[str]):
 
 
 class OnnxQuantizer:
-    """The ONNX back end of a :class:`~edgeres.recipes.Recipe`.
+    """The ONNX back end of a :class:`~edgeres.quant.recipes.Recipe`.
 
     ONNX Runtime's ``quantize_static`` writes the QDQ graph; the activation
     ranges come from edgeres' own histograms of the float model's tensors
-    (:mod:`edgeres.calibrate`) through ORT's documented ``TensorQuantOverrides``
+    (:mod:`edgeres.quant.stats`) through ORT's documented ``TensorQuantOverrides``
     (``rmin``/``rmax``), so "mse" means the same as on TFLite.  Bias
     correction is empirical: the mean of every Conv/Gemm output in the QDQ
     model is compared with the float model's on the calibration images and
@@ -304,7 +304,7 @@ class OnnxQuantizer:
         import onnx
         from onnxruntime.quantization.shape_inference import quant_pre_process
 
-        from edgeres.layers import resolve_layer
+        from edgeres.core.layers import resolve_layer
 
         self.calib = calib
         with tempfile.TemporaryDirectory(prefix="edgeres-ort-") as tmp:
@@ -331,7 +331,7 @@ class OnnxQuantizer:
                 self.layers.setdefault(layer, []).append(node.name)
                 self.layer_ops.setdefault(layer, []).append(node.op_type)
         self.tensors = [o for n in g.node for o in n.output]
-        from edgeres.calibrate import tap_batch
+        from edgeres.quant.stats import tap_batch
 
         self._tapped = _tap(self.proto, self.tensors)  # one session for every statistics pass
         sess = self._tapped[0]  # one image, to size the batches that keep every tensor
@@ -341,7 +341,7 @@ class OnnxQuantizer:
 
     def collect_stats(self, x: np.ndarray, histograms: bool = False):
         """Statistics of every float tensor on ``x`` (keys: tensor names)."""
-        from edgeres.calibrate import collect
+        from edgeres.quant.stats import collect
 
         sess, outs = self._tapped
 

@@ -1,7 +1,7 @@
 """``edgeres bench``: latency of .tflite/.onnx files, on the device itself.
 
 LIGHT layer: numpy, the standard library and one runtime; never TensorFlow.
-Timing and statistics live in :mod:`edgeres.bench`; this module builds the
+Timing and statistics live in :mod:`edgeres.core.timing`; this module builds the
 configurations (model x threads), feeds them inputs, and collects what a user
 needs to trust a number: load time, first inference, spread, peak memory,
 which ops ran on the delegate, the machine, and stability warnings.
@@ -16,12 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeres.bench import UNSTABLE_CV, measure
-from edgeres.data import Preprocess, open_dataset
-from edgeres.errors import ShapeError, UsageError
-from edgeres.machine import machine_info
-from edgeres.quiet import quiet
-from edgeres.runtime import Runner, TFLiteRunner, open_runner
+from edgeres.core.timing import UNSTABLE_CV, measure
+from edgeres.core.data import Preprocess, open_dataset
+from edgeres.core.errors import ShapeError, UsageError
+from edgeres.core.machine import machine_info
+from edgeres.core.quiet import quiet
+from edgeres.core.runtime import Runner, TFLiteRunner, open_runner
 
 FREQ_PATH = Path("/sys/devices/system/cpu/cpu0/cpufreq/scaling_cur_freq")
 THERMAL_PATH = Path("/sys/class/thermal/thermal_zone0/temp")
@@ -136,7 +136,7 @@ def bench_one(path: str, threads: int, cfg: BenchConfig) -> dict:
 
 def throughput(macs: int, p50_ms: float, threads: int, input_dtype) -> dict:
     """Achieved GOP/s at p50, and for int8 models the fraction of the CPU's int8 peak on ``threads`` cores."""
-    from edgeres.machine import int8_peak
+    from edgeres.core.machine import int8_peak
 
     gops = 2.0 * macs / (p50_ms / 1000.0) / 1e9 if p50_ms > 0 else None
     out = {"macs": macs, "gops": gops}
@@ -181,7 +181,7 @@ def coverage_text(ops: dict) -> str:
 
 def plot(report: dict, path: Path) -> None:
     """A PNG of the latency distributions, one box per configuration."""
-    from edgeres.errors import RuntimeUnavailableError
+    from edgeres.core.errors import RuntimeUnavailableError
 
     try:
         import matplotlib
@@ -189,7 +189,7 @@ def plot(report: dict, path: Path) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         raise RuntimeUnavailableError("--plot needs matplotlib: pip install 'edgeres[plot]'") from None
-    from edgeres.fsutil import write_bytes_atomic
+    from edgeres.core.fs import write_bytes_atomic
     import io
 
     res = report["results"]

@@ -12,8 +12,8 @@ import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgeres.errors import UsageError
-from edgeres.typed_toml import load_typed, resolve_toml
+from edgeres.core.errors import UsageError
+from edgeres.core.typed_toml import load_typed, resolve_toml
 
 IO_DTYPES = ("int8", "uint8", "float32")
 ONNX_ACTIVATIONS = ("uint8", "int8")  # U8S8 / S8S8 (weights are always int8)
@@ -70,7 +70,7 @@ _CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
 
 def targets_dir() -> Path:
     """Bundled profiles: ``targets/`` at the project root, or ``edgeres/_targets`` in a wheel."""
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parents[1]  # the edgeres package
     for cand in (here / "_targets", here.parent / "targets"):
         if cand.is_dir():
             return cand

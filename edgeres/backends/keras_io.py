@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeres.errors import ModelError, ShapeError, first_line
+from edgeres.core.errors import ModelError, ShapeError, first_line
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 

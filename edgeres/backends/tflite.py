@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeres.errors import ConversionError, first_line
+from edgeres.core.errors import ConversionError, first_line
 
 _IO_TYPES = ("int8", "uint8", "float32")
 # Ops that only move data between float and int8 at the model boundary.
@@ -97,7 +97,7 @@ def _explain(exc: Exception, precision: str) -> str:
 
 def float_compute_ops(model_bytes: bytes) -> set[str]:
     """Names of ops in an int8 model that compute in float (excluding I/O (de)quantize)."""
-    from edgeres.runtime import tflite_module
+    from edgeres.core.runtime import tflite_module
 
     mod, _ = tflite_module()
     interp = mod.Interpreter(model_content=model_bytes)
@@ -157,13 +157,13 @@ def _pack(model_t) -> bytes:
 
 
 class TFLiteQuantizer:
-    """The TFLite back end of a :class:`~edgeres.recipes.Recipe`.
+    """The TFLite back end of a :class:`~edgeres.quant.recipes.Recipe`.
 
     TFLiteConverter records min/max of every activation in a *calibrated*
     float model (``_experimental_calibrate_only``) and ``mlir_quantize``
     turns that into int8.  In between, edgeres replaces each min/max by the
     range the recipe's calibration method picks from its own histograms of
-    the same tensors (:mod:`edgeres.calibrate`), so one calibration pass
+    the same tensors (:mod:`edgeres.quant.stats`), so one calibration pass
     serves every recipe the search tries.
     """
 
@@ -191,14 +191,14 @@ class TFLiteQuantizer:
             out = g.tensors[op.outputs[0]].name.decode()
             names = [out] + [g.tensors[i].name.decode() for i in op.inputs[1:] if i >= 0
                              and kind in _WEIGHT_OPS]
-            from edgeres.layers import resolve_layer
+            from edgeres.core.layers import resolve_layer
 
             layer = resolve_layer(names, layer_types)
             if layer is None:
                 continue
             self.layers.setdefault(layer, []).append(out)
             self.layer_ops.setdefault(layer, []).append(kind)
-        from edgeres.calibrate import tap_batch
+        from edgeres.quant.stats import tap_batch
 
         per_image = sum(4 * int(np.prod(g.tensors[i].shape[1:])) for i in self.ranged)
         self.batch = tap_batch(per_image, batch)
@@ -206,7 +206,7 @@ class TFLiteQuantizer:
 
     def collect_stats(self, x: np.ndarray, histograms: bool = False):
         """Statistics of every ranged activation on ``x`` (keys: tensor indices as strings)."""
-        from edgeres.calibrate import collect
+        from edgeres.quant.stats import collect
 
         def batches():
             for values in self._run_all(self.calibrated, x, self.ranged):
@@ -216,7 +216,7 @@ class TFLiteQuantizer:
 
     def _run_all(self, model: bytes, x: np.ndarray, tensors: list[int]):
         """Batches of {tensor index: value} with every intermediate tensor kept."""
-        from edgeres.runtime import tflite_module
+        from edgeres.core.runtime import tflite_module
 
         mod, _ = tflite_module()
         interp = mod.Interpreter(model_content=model, experimental_preserve_all_tensors=True, num_threads=2)
@@ -242,7 +242,7 @@ class TFLiteQuantizer:
 
     def layer_outputs(self, data: bytes | None, x: np.ndarray) -> dict[str, np.ndarray]:
         """Each layer's (last) output on ``x``, dequantized; ``data=None`` runs the float model."""
-        from edgeres.runtime import tflite_module
+        from edgeres.core.runtime import tflite_module
 
         model = self.calibrated if data is None else data
         mod, _ = tflite_module()
@@ -417,7 +417,7 @@ class TFLiteQuantizer:
 
     def _means(self, model: bytes, x: np.ndarray, tensors: list[int]) -> dict[int, np.ndarray]:
         """Per-channel (last axis) means of the given tensors, dequantized."""
-        from edgeres.runtime import tflite_module
+        from edgeres.core.runtime import tflite_module
 
         mod, _ = tflite_module()
         details = {d["index"]: d for d in mod.Interpreter(model_content=model).get_tensor_details()}

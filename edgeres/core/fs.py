@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from edgeres.errors import OutputExistsError
+from edgeres.core.errors import OutputExistsError
 
 
 def check_output_dir(out: Path, force: bool) -> None:

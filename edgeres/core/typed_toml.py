@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from edgeres.errors import UsageError
+from edgeres.core.errors import UsageError
 
 if sys.version_info >= (3, 11):
     import tomllib
