@@ -100,8 +100,8 @@ def main() -> int:
                                          output_dir=Path(tmp) / "run", target=resolve_target("x86-64"),
                                          calib_size=args.calib_size)
             report = pipeline.run_convert(cfg)
-        if ours_best is None or report["conversion_seconds"] < ours_best:
-            ours_best, ours_stages = report["conversion_seconds"], report["stages_seconds"]
+        if ours_best is None or report.conversion_seconds < ours_best:
+            ours_best, ours_stages = report.conversion_seconds, report.stages_seconds
     raw_total = sum(raw_best.values())
     rows = [(k, f"{raw_best.get(k, 0):.2f}", f"{ours_stages.get(k, 0):.2f}")
             for k in ("load", "calibration_data", "tflite_fp32", "tflite_int8", "onnx_fp32", "onnx_int8")]

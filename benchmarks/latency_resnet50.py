@@ -30,7 +30,7 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=100)
     args = ap.parse_args()
     from edgeres.core.timing import measure_interleaved
-    from edgeres.backends.onnx import OnnxQuantizer
+    from edgeres.backends.onnx_quant import OnnxQuantizer
     from edgeres.backends.keras_io import load_model
     from edgeres.quant.recipes import resolve_recipe
     from edgeres.core.data import Preprocess, open_dataset
@@ -44,8 +44,8 @@ def main() -> int:
         calib = open_dataset(photos).sample(32).load((224, 224, 3), Preprocess())[0]
         # ORT's default activation type (S8S8), everything else as edgeres' default recipe
         layer_types = {la.name: type(la).__name__ for la in load_model("resnet50").model.layers}
-        quantizer = OnnxQuantizer((run / "model_fp32.onnx").read_bytes(), calib, layer_types)
-        s8s8, _ = quantizer.quantize(resolve_recipe("default").for_backend("onnx"), "int8")
+        quantizer = OnnxQuantizer((run / "model_fp32.onnx").read_bytes(), calib, layer_types, "int8")
+        s8s8, _ = quantizer.quantize(resolve_recipe("default").for_backend("onnx"))
         (Path(tmp) / "s8s8.onnx").write_bytes(s8s8)
         runners = {
             "edgeres tflite_fp32 (XNNPACK)": open_runner(run / "model_fp32.tflite", 2),

@@ -12,6 +12,7 @@ import tensorflow as tf
 import tf2onnx
 
 from edgeres.backends import onnx as onnx_conv
+from edgeres.backends import onnx_graph
 from edgeres.zoo import create_model
 
 
@@ -68,7 +69,7 @@ def test_rewrites_leave_unmatched_graphs_alone():
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 2, 5, 5])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializer=[pads])
     proto = helper.make_model(graph)
-    assert onnx_conv.hoist_input_transpose(proto) is False
-    assert onnx_conv.fold_input_scale_into_conv(proto) is False
-    assert onnx_conv.fold_pad_into_maxpool(proto) == 0  # reflect padding is not a zero border
+    assert onnx_graph.hoist_input_transpose(proto) is False
+    assert onnx_graph.fold_input_scale_into_conv(proto) is False
+    assert onnx_graph.fold_pad_into_maxpool(proto) == 0  # reflect padding is not a zero border
     assert [n.op_type for n in proto.graph.node] == ["Relu", "Pad", "MaxPool"]

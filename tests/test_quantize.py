@@ -137,16 +137,34 @@ def test_diagnose_sensitivity_on_onnx(tmp_path: Path):
     assert all(-100 <= r["only_float_gain"] <= 100 and 0 <= r["only_quantized_loss"] <= 100 for r in rows)
 
 
-def test_search_that_cannot_meet_the_budget_writes_the_best_marked_failing(tmp_path: Path, monkeypatch):
-    import edgeres.quant.search as quantize
+def _convert_with_plan(tmp_path: Path, recipe_text: str, plan, max_drop: float):
+    """The pipeline as the CLI runs it, with a narrowed search plan (a parameter, not a patched constant)."""
+    from edgeres.core import defaults
+    from edgeres.devices.targets import resolve_target
+    from edgeres.pipeline.convert import ConvertConfig, run_convert
+    from edgeres.quant.recipes import load_recipe
 
-    monkeypatch.setattr(quantize, "MAX_FLOAT_LAYERS", 0)  # only recipes and calibration methods
-    monkeypatch.setattr(quantize, "CALIBRATION_LADDER", (("percentile", 51.0),))
-    recipe = write_recipe(tmp_path, 'calibration = "percentile"\npercentile = 50.5\noutput = "calibrated"\n')
     out = tmp_path / "run"
-    result = invoke("convert", "--int8", "--recipe", recipe, "--max-drop", "0", "--metric", "agreement", "-o", out)
-    assert result.exit_code == 10, result.output
-    report = json.loads((out / "report.json").read_text())
+    cfg = ConvertConfig(model=defaults.default_model(), calib=defaults.default_calib(), data=defaults.default_data(),
+                        output_dir=out, target=resolve_target(None),
+                        recipe=load_recipe(write_recipe(tmp_path, recipe_text)), max_drop=max_drop,
+                        metric="agreement", plan=plan)
+    return out, lambda: run_convert(cfg)
+
+
+def test_search_that_cannot_meet_the_budget_writes_the_best_marked_failing(tmp_path: Path):
+    from edgeres.core.errors import BudgetExceededError
+    from edgeres.quant.search import SearchPlan
+
+    plan = SearchPlan(ladder=(("percentile", 51.0),), max_float_layers=0)  # only one more calibration method
+    out, run = _convert_with_plan(tmp_path, 'calibration = "percentile"\npercentile = 50.5\noutput = "calibrated"\n',
+                                  plan, 0.0)
+    with pytest.raises(BudgetExceededError) as err:
+        run()
+    from edgeres.report import to_json
+
+    report = json.loads(to_json(err.value.report))  # the error carries the report it wrote
+    assert report == json.loads((out / "report.json").read_text())
     assert report["passed"] is False
     for backend in ("tflite", "onnx"):
         s = report["search"]["backends"][backend]
@@ -169,15 +187,12 @@ def test_int16x8_recipe_is_labelled_and_runs_on_both_runtimes(tmp_path: Path):
     assert all(a["agreement"] >= 99.0 for a in int8.values())
 
 
-def test_search_keeps_layers_in_float_when_calibration_alone_cannot_meet_the_budget(tmp_path: Path, monkeypatch):
-    import edgeres.quant.search as quantize
+def test_search_keeps_layers_in_float_when_calibration_alone_cannot_meet_the_budget(tmp_path: Path):
+    from edgeres.quant.search import SearchPlan
 
-    monkeypatch.setattr(quantize, "CALIBRATION_LADDER", ())  # go straight to bias correction, then layers
-    recipe = write_recipe(tmp_path, 'calibration = "percentile"\npercentile = 95.0\noutput = "calibrated"\n')
-    out = tmp_path / "run"
-    result = invoke("convert", "--int8", "--recipe", recipe, "--max-drop", "1", "--metric", "agreement",
-                    "-o", out)
-    assert result.exit_code == 0, result.output
+    out, run = _convert_with_plan(tmp_path, 'calibration = "percentile"\npercentile = 95.0\noutput = "calibrated"\n',
+                                  SearchPlan(ladder=()), 1.0)  # straight to bias correction, then layers
+    run()
     report = json.loads((out / "report.json").read_text())
     for backend in ("tflite", "onnx"):
         s = report["search"]["backends"][backend]

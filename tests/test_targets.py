@@ -62,9 +62,20 @@ def test_raspberry_pi_profiles(name):
     assert t.onnx_scheme == "S8S8"
 
 
-def test_rpi5_has_dotprod_rpi4_not():
-    assert "dotprod" in resolve_target("rpi5").isa
-    assert "dotprod" not in resolve_target("rpi4").isa
+def test_fields_nothing_read_are_gone(tmp_path):
+    """isa and onnx.per_channel were never read (the recipe sets per-channel weights): they are unknown keys now."""
+    for text, key in (('isa = "neon"\n', "isa"), ('[onnx]\nper_channel = true\n', "per_channel")):
+        p = tmp_path / "t.toml"
+        p.write_text(text)
+        with pytest.raises(UsageError, match=f"unknown key .*'{key}'"):
+            load_target(p)
+
+
+def test_threads_have_an_upper_bound(tmp_path):
+    p = tmp_path / "t.toml"
+    p.write_text("threads = 100000\n")
+    with pytest.raises(UsageError, match="at most 256"):
+        load_target(p)
 
 
 def test_coral_edgetpu_profile():
@@ -124,7 +135,6 @@ delegate = "none"
 io_dtype = "float32"
 [onnx]
 activation_type = "int8"
-per_channel = false
 providers = ["CPUExecutionProvider", "Other"]
 [constraints]
 batch_one = true
@@ -133,7 +143,6 @@ max_tensor_bytes = 1024
     t = load_target(p)
     assert t.name == "board"
     assert t.tflite.delegate == "none" and t.tflite.io_dtype == "float32"
-    assert t.onnx.per_channel is False
     assert t.onnx.providers == ("CPUExecutionProvider", "Other")
     assert t.onnx_scheme == "S8S8"
     assert t.constraints.batch_one and not t.constraints.full_int8
@@ -172,7 +181,7 @@ def test_unknown_section(tmp_path):
     ("threads = 4.0", "threads"),
     ("threads = true", "threads"),
     ("arch = 64", "arch"),
-    ('[onnx]\nper_channel = "yes"', "onnx.per_channel"),
+    ('[constraints]\nfull_int8 = "yes"', "constraints.full_int8"),
     ('[onnx]\nproviders = "CPUExecutionProvider"', "onnx.providers"),
     ("[onnx]\nproviders = [1, 2]", "onnx.providers"),
     ("[constraints]\nbatch_one = 1", "constraints.batch_one"),

@@ -1,6 +1,8 @@
 """Tests for the edgeres model zoo (ResNet family, registry, weight copying)."""
 
 import os
+import subprocess
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -104,6 +106,31 @@ def test_registry_defaults():
     model = create_model("resnet8")
     assert tuple(model.input.shape) == (None, 32, 32, 3)
     assert tuple(model.output.shape) == (None, 10)
+
+
+@pytest.mark.parametrize("module", ["edgeres.zoo.registry", "edgeres.zoo.resnet", "edgeres.zoo"])
+def test_builtin_models_registered_whichever_module_is_imported_first(module):
+    """The package __init__ registers the built-in models, so a fresh interpreter
+    that imports only ``edgeres.zoo.registry`` (or ``resnet``) still finds them."""
+    code = (
+        f"import {module}\n"
+        "from edgeres.zoo.registry import list_models\n"
+        "print(','.join(list_models()))\n"
+    )
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
+    ).stdout.strip().splitlines()[-1]
+    assert out.split(",") == list_models()
+    assert {"resnet8", "resnet18", "resnet50", "resnet152v2", "resnet110"} <= set(out.split(","))
+
+
+def test_registry_does_not_import_architectures():
+    """No import cycle: the registry is a plain table; resnet imports it, not the reverse."""
+    grimp = pytest.importorskip("grimp")
+    graph = grimp.build_graph("edgeres")
+    assert graph.find_shortest_chain(importer="edgeres.zoo.registry", imported="edgeres.zoo.resnet") is None
+    assert graph.find_shortest_chain(importer="edgeres.zoo.resnet", imported="edgeres.zoo.registry")
 
 
 def test_preprocessing_is_excluded_from_counts():

@@ -121,6 +121,11 @@ def predict(model, x: np.ndarray, batch: int = 64) -> np.ndarray:
     return np.concatenate([np.asarray(model(x[i:i + batch], training=False)) for i in range(0, len(x), batch)])
 
 
+def layer_types(model) -> dict[str, str]:
+    """Layer name -> Keras class name: how converted ops are mapped back to stable layer names."""
+    return {layer.name: type(layer).__name__ for layer in model.layers}
+
+
 def with_fixed_batch(model, hwc: tuple[int, int, int], batch: int = 1):
     """The same model with a static batch dimension (the Edge TPU needs static shapes)."""
     import keras

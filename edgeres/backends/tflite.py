@@ -3,6 +3,8 @@
 The int8 model is *full integer*: the converter is restricted to
 ``TFLITE_BUILTINS_INT8`` and the result is checked op by op, so an op that
 would silently stay in float is reported by name instead of shipped.
+:data:`FORMAT` is this back end's plug-in (:mod:`edgeres.backends.base`); the
+quantizer is in :mod:`.tflite_quant`.
 """
 
 from __future__ import annotations
@@ -112,327 +114,31 @@ def float_compute_ops(model_bytes: bytes) -> set[str]:
     return found
 
 
-# --------------------------------------------------------------------------
-# Recipe-driven quantization: calibrate once, quantize many ways.
+class TFLiteFormat:
+    """The TFLite back end: TFLiteConverter float export, full-integer int8, run by LiteRT (XNNPACK)."""
 
-_LAYER_OPS = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "MUL", "SUB", "MEAN",
-              "AVERAGE_POOL_2D", "MAX_POOL_2D", "CONCATENATION", "TRANSPOSE_CONV", "BATCH_MATMUL"}
-_WEIGHT_OPS = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV"}
+    name = "tflite"
+    suffix = ".tflite"
 
+    def export_float(self, model: Any, hwc: tuple[int, int, int], settings) -> tuple[bytes, dict]:
+        return to_float32(model), {}
 
-def _schema():
-    try:
-        from ai_edge_litert import schema_py_generated as schema
-    except ImportError:  # pragma: no cover - older installs
-        from tensorflow.lite.python import schema_py_generated as schema
-    return schema
+    def quantizer(self, model: Any, hwc: tuple[int, int, int], calib: np.ndarray, layer_types: dict[str, str],
+                  settings, float_model: bytes | None = None):
+        from edgeres.backends.tflite_quant import TFLiteQuantizer
 
+        if settings.static_batch:  # accelerators compile static shapes only
+            from edgeres.backends.keras_io import with_fixed_batch
 
-def _op_kind(model_t, op, opnames: dict[int, str]) -> str:
-    code = model_t.operatorCodes[op.opcodeIndex]
-    return opnames.get(max(code.builtinCode, code.deprecatedBuiltinCode), "?")
+            model = with_fixed_batch(model, hwc)
+        return TFLiteQuantizer(model, calib, layer_types, settings.io_dtype)
 
+    def int8_details(self, settings, recipe) -> dict:
+        return {"io_dtype": settings.io_dtype, "static_batch": 1 if settings.static_batch else None}
 
-def _dequantized(value: np.ndarray, detail: dict) -> np.ndarray:
-    """A tensor read from an interpreter, in float (int8/uint8/int16 through its scale and zero point)."""
-    if value.dtype == np.float32:
-        return value
-    scale, zero = detail["quantization"]
-    return (value.astype(np.float64) - zero) * scale
+    def run_delegate(self, settings) -> str | None:
+        delegate = settings.target.tflite.delegate
+        return "xnnpack" if delegate == "edgetpu" else delegate  # the Edge TPU compiles separately: run on the CPU
 
 
-def _shift_bias(model_t, bias, shift: np.ndarray, bias_scale: np.ndarray) -> None:
-    """Subtract a float per-channel ``shift`` from an int32 bias tensor, in place."""
-    q = _buffer(model_t, bias, np.int32).astype(np.int64)
-    new = np.clip(q - np.round(shift / bias_scale), -2 ** 31, 2 ** 31 - 1).astype(np.int32)
-    model_t.buffers[bias.buffer].data = np.frombuffer(new.tobytes(), np.uint8)
-
-
-def _pack(model_t) -> bytes:
-    import flatbuffers
-
-    builder = flatbuffers.Builder(1024)
-    builder.Finish(model_t.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output())
-
-
-class TFLiteQuantizer:
-    """The TFLite back end of a :class:`~edgeres.quant.recipes.Recipe`.
-
-    TFLiteConverter records min/max of every activation in a *calibrated*
-    float model (``_experimental_calibrate_only``) and ``mlir_quantize``
-    turns that into int8.  In between, edgeres replaces each min/max by the
-    range the recipe's calibration method picks from its own histograms of
-    the same tensors (:mod:`edgeres.quant.stats`), so one calibration pass
-    serves every recipe the search tries.
-    """
-
-    def __init__(self, model: Any, calib: np.ndarray, layer_types: dict[str, str], batch: int = 32):
-        self.keras_model, self.calib = model, calib
-        # The converter's own min/max only need to exist: edgeres replaces every one of them
-        # from its histograms, so a few images keep this pass cheap.
-        _, conv = _quantizing_converter(model, calib, images=16)
-        conv._experimental_calibrate_only = True
-        self.calibrated = _run(conv, "int8")
-        schema = _schema()
-        self._opnames = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
-        model_t = schema.ModelT.InitFromPackedBuf(self.calibrated, 0)
-        g = model_t.subgraphs[0]
-        self.ranged = [i for i, t in enumerate(g.tensors)
-                       if t.quantization is not None and t.quantization.min is not None
-                       and len(t.quantization.min)]
-        self.inputs, self.outputs = list(g.inputs), list(g.outputs)
-        self.layers: dict[str, list[str]] = {}  # layer -> output tensor names (mlir_quantize's node names)
-        self.layer_ops: dict[str, list[str]] = {}
-        for op in g.operators:
-            kind = _op_kind(model_t, op, self._opnames)
-            if kind not in _LAYER_OPS:
-                continue
-            out = g.tensors[op.outputs[0]].name.decode()
-            names = [out] + [g.tensors[i].name.decode() for i in op.inputs[1:] if i >= 0
-                             and kind in _WEIGHT_OPS]
-            from edgeres.core.layers import resolve_layer
-
-            layer = resolve_layer(names, layer_types)
-            if layer is None:
-                continue
-            self.layers.setdefault(layer, []).append(out)
-            self.layer_ops.setdefault(layer, []).append(kind)
-        from edgeres.quant.stats import tap_batch
-
-        per_image = sum(4 * int(np.prod(g.tensors[i].shape[1:])) for i in self.ranged)
-        self.batch = tap_batch(per_image, batch)
-        self.stats = self.collect_stats(calib, histograms=True)
-
-    def collect_stats(self, x: np.ndarray, histograms: bool = False):
-        """Statistics of every ranged activation on ``x`` (keys: tensor indices as strings)."""
-        from edgeres.quant.stats import collect
-
-        def batches():
-            for values in self._run_all(self.calibrated, x, self.ranged):
-                yield {str(i): v for i, v in values.items()}
-
-        return collect(batches, channel_axis=-1, histograms=histograms)
-
-    def _run_all(self, model: bytes, x: np.ndarray, tensors: list[int]):
-        """Batches of {tensor index: value} with every intermediate tensor kept."""
-        from edgeres.core.runtime import tflite_module
-
-        mod, _ = tflite_module()
-        interp = mod.Interpreter(model_content=model, experimental_preserve_all_tensors=True, num_threads=2)
-        detail = interp.get_input_details()[0]
-        for s in range(0, len(x), self.batch):
-            xb = x[s:s + self.batch]
-            if detail["dtype"] != np.float32:
-                scale, zero = detail["quantization"]
-                info = np.iinfo(detail["dtype"])
-                xb = np.clip(np.round(xb / scale + zero), info.min, info.max).astype(detail["dtype"])
-            interp.resize_tensor_input(detail["index"], list(xb.shape))
-            interp.allocate_tensors()
-            interp.set_tensor(detail["index"], xb)
-            interp.invoke()
-            yield {i: interp.get_tensor(i) for i in tensors}
-
-    def stat_layers(self) -> dict[str, str]:
-        """Statistics key (tensor index) -> layer."""
-        schema = _schema()
-        g = schema.ModelT.InitFromPackedBuf(self.calibrated, 0).subgraphs[0]
-        by_name = {t.name.decode(): str(i) for i, t in enumerate(g.tensors)}
-        return {by_name[t]: layer for t, layer in self.tensor_layer().items() if t in by_name}
-
-    def layer_outputs(self, data: bytes | None, x: np.ndarray) -> dict[str, np.ndarray]:
-        """Each layer's (last) output on ``x``, dequantized; ``data=None`` runs the float model."""
-        from edgeres.core.runtime import tflite_module
-
-        model = self.calibrated if data is None else data
-        mod, _ = tflite_module()
-        interp = mod.Interpreter(model_content=model)
-        details = {d["name"]: d for d in interp.get_tensor_details()}
-        # Model outputs may be renamed when the I/O (de)quantize ops are stripped: match them by position.
-        schema = _schema()
-        g = schema.ModelT.InitFromPackedBuf(self.calibrated, 0).subgraphs[0]
-        by_index = {d["index"]: d for d in details.values()}
-        for pos, i in enumerate(self.outputs):
-            name = g.tensors[i].name.decode()
-            if name not in details and pos < len(interp.get_output_details()):
-                details[name] = by_index[interp.get_output_details()[pos]["index"]]
-        wanted = {layer: details[names[-1]] for layer, names in self.layers.items() if names[-1] in details}
-        parts: dict[str, list] = {layer: [] for layer in wanted}
-        for values in self._run_all(model, x, [d["index"] for d in wanted.values()]):
-            for layer, d in wanted.items():
-                parts[layer].append(_dequantized(values[d["index"]], d).astype(np.float32))
-        return {layer: np.concatenate(p) for layer, p in parts.items() if p}
-
-    def tensor_layer(self) -> dict[str, str]:
-        """Output tensor name -> layer."""
-        return {t: layer for layer, ts in self.layers.items() for t in ts}
-
-    def quantize(self, recipe, io_dtype: str, keep_float: list[str] | None = None) -> tuple[bytes, dict]:
-        """Quantize per ``recipe``; ``keep_float`` are resolved layer names.  Returns (model, details)."""
-        import tensorflow as tf
-
-        io = _io_type(tf, io_dtype)
-        keep_float = list(keep_float or [])
-        if recipe.activations == "int16":
-            return self._int16(recipe, io_dtype, keep_float)
-        from tensorflow.lite.python import convert as tf_convert
-
-        schema = _schema()
-        model_t = schema.ModelT.InitFromPackedBuf(self.calibrated, 0)
-        g = model_t.subgraphs[0]
-        for i in self.ranged:
-            method = recipe.calibration if (i not in self.outputs or recipe.output == "calibrated") else "minmax"
-            if i in self.inputs:
-                method = "minmax"  # the input range is the data's: never clip a pixel
-            a, b = self.stats.range(str(i), method, recipe.percentile)
-            q = g.tensors[i].quantization
-            q.min, q.max = [float(a)], [float(b)]
-        deny = [t for layer in keep_float for t in self.layers[layer]]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            try:
-                data = tf_convert.mlir_quantize(_pack(model_t), disable_per_channel=recipe.weights == "per-tensor",
-                                                input_data_type=tf.float32,
-                                                output_data_type=tf.float32, denylisted_nodes=deny or None)
-            except Exception as exc:
-                raise ConversionError(_explain(exc, "int8")) from None
-        details = {"engine": "TFLiteConverter calibrate-only + mlir_quantize, edgeres ranges",
-                   "calibration": recipe.calibration, "output_range": "minmax" if recipe.output != "calibrated"
-                   else recipe.calibration}
-        if recipe.bias_correction:
-            data, details["bias_corrected_layers"] = self._bias_correct(data)
-            data, empirical = self._empirical_bias_correct(data)
-            details["bias_correction"] = f"analytic (weights) on all, empirical on {len(empirical)} unclamped layers"
-        if io != tf.float32:  # as TFLiteConverter does: strip the boundary (de)quantize ops
-            from tensorflow.lite.python.util import modify_model_io_type
-
-            try:
-                data = modify_model_io_type(data, io, io)
-            except ValueError:  # a float layer sits at the model's edge: its I/O stays float
-                details["io_dtype"] = "float32"
-                details["io_note"] = f"{io_dtype} I/O needs an int8 layer at the model's input and output; " \
-                                     "a layer kept in float is there, so the I/O stays float32"
-        return self._checked(data, keep_float, details)
-
-    def _int16(self, recipe, io_dtype: str, keep_float: list[str]) -> tuple[bytes, dict]:
-        if recipe.calibration != "minmax" or keep_float or recipe.bias_correction:
-            raise ConversionError("TFLite 16x8 mode calibrates with min-max inside the converter: use "
-                                  "calibration = \"minmax\", no keep_float and no bias_correction with "
-                                  "activations = \"int16\"")
-        if io_dtype not in ("float32",):
-            io_dtype = "float32"  # 16x8 models take int16 or float I/O; float keeps the runners simple
-        _, conv = _quantizing_converter(self.keras_model, self.calib, ops="int16x8")
-        conv._experimental_disable_per_channel = recipe.weights == "per-tensor"
-        data = _run(conv, "int16x8")
-        return self._checked(data, [], {"engine": "TFLiteConverter 16x8", "calibration": "minmax",
-                                        "io_dtype": io_dtype})
-
-    def _checked(self, data: bytes, keep_float: list[str], details: dict) -> tuple[bytes, dict]:
-        float_ops = float_compute_ops(data) if keep_float else _refuse_float_ops(data)
-        details.update({"full_integer": not float_ops, "float_layers": keep_float})
-        return data, details
-
-    def _bias_correct(self, data: bytes) -> tuple[bytes, list[str]]:
-        """Cancel the mean output shift that weight rounding adds to each conv/dense layer.
-
-        Analytic bias correction (Nagel et al., 2019, "Data-free quantization"):
-        for output channel o, ``E[(W_q - W) x] = sum_i (W_q - W)[o, ..., i] * E[x_i]``,
-        with E[x_i] the per-channel mean of the layer's float input on the
-        calibration set.  TFLite fuses the ReLU into the convolution, so the
-        pre-activation mean the empirical method needs is not observable in
-        the int8 model; the analytic form needs only float statistics.
-        """
-        schema = _schema()
-        fm = schema.ModelT.InitFromPackedBuf(self.calibrated, 0)
-        qm = schema.ModelT.InitFromPackedBuf(data, 0)
-        fg, qg = fm.subgraphs[0], qm.subgraphs[0]
-        f_by_out = {fg.tensors[op.outputs[0]].name: op for op in fg.operators}
-        tensor_layer = self.tensor_layer()
-        fixed: list[str] = []
-        for op in qg.operators:
-            kind = _op_kind(qm, op, self._opnames)
-            if kind not in ("CONV_2D", "FULLY_CONNECTED") or len(op.inputs) < 3 or op.inputs[2] < 0:
-                continue
-            name = qg.tensors[op.outputs[0]].name
-            fop = f_by_out.get(name)
-            xq, wq, bq = (qg.tensors[i] for i in op.inputs[:3])
-            if fop is None or xq.type != schema.TensorType.INT8 or bq.type != schema.TensorType.INT32:
-                continue
-            x_name = str(fop.inputs[0])
-            if x_name not in self.stats.tensors:
-                continue
-            w_float = _buffer(fm, fg.tensors[fop.inputs[1]], np.float32)
-            w_int = _buffer(qm, wq, np.int8).astype(np.float64)
-            if w_float is None or w_int is None or w_float.shape != w_int.shape:
-                continue
-            w_scale = np.asarray(wq.quantization.scale, np.float64)
-            w_scale = w_scale.reshape(-1, *([1] * (w_int.ndim - 1))) if w_scale.size > 1 else w_scale
-            err = w_int * w_scale - w_float.astype(np.float64)  # (O, ..., I)
-            mean_in = self.stats.channel_mean(x_name, err.shape[-1])
-            if mean_in is None:
-                continue
-            shift = (err.reshape(err.shape[0], -1, err.shape[-1]).sum(1) * mean_in).sum(1)
-            _shift_bias(qm, bq, shift, float(xq.quantization.scale[0]) * np.asarray(wq.quantization.scale,
-                                                                                    np.float64))
-            fixed.append(tensor_layer.get(name.decode(), name.decode()))
-        return _pack(qm), fixed
-
-    def _empirical_bias_correct(self, data: bytes) -> tuple[bytes, list[str]]:
-        """Cancel the remaining mean shift of layers whose output is not clamped by a fused ReLU.
-
-        For those layers the int8 output's mean is an unbiased view of the
-        pre-activation mean, so the shift that input rounding adds (which the
-        analytic pass cannot see) is measured directly: float and int8 models
-        on the same calibration images, per output channel.
-        """
-        schema = _schema()
-        qm = schema.ModelT.InitFromPackedBuf(data, 0)
-        qg = qm.subgraphs[0]
-        fg = schema.ModelT.InitFromPackedBuf(self.calibrated, 0).subgraphs[0]
-        f_index = {t.name: i for i, t in enumerate(fg.tensors)}
-        targets = []
-        for op in qg.operators:
-            kind = _op_kind(qm, op, self._opnames)
-            if kind not in ("CONV_2D", "FULLY_CONNECTED", "DEPTHWISE_CONV_2D") or len(op.inputs) < 3 \
-                    or op.inputs[2] < 0:
-                continue
-            out, bias, x, w = (qg.tensors[i] for i in (op.outputs[0], op.inputs[2], op.inputs[0], op.inputs[1]))
-            fi = f_index.get(out.name)
-            st = self.stats.tensors.get(str(fi))
-            if fi is None or st is None or st.lo >= 0 or bias.type != schema.TensorType.INT32 \
-                    or out.type != schema.TensorType.INT8:
-                continue
-            targets.append((op.outputs[0], fi, bias, x, w, out.name.decode()))
-        if not targets:
-            return data, []
-        q_means = self._means(data, self.calib, [t[0] for t in targets])
-        tensor_layer = self.tensor_layer()
-        fixed = []
-        for qi, fi, bias, x, w, name in targets:
-            # the float side was measured on the same calibration images when the ranges were
-            diff = q_means[qi] - self.stats.channel_mean(str(fi))
-            _shift_bias(qm, bias, diff, float(x.quantization.scale[0]) * np.asarray(w.quantization.scale, np.float64))
-            fixed.append(tensor_layer.get(name, name))
-        return _pack(qm), fixed
-
-    def _means(self, model: bytes, x: np.ndarray, tensors: list[int]) -> dict[int, np.ndarray]:
-        """Per-channel (last axis) means of the given tensors, dequantized."""
-        from edgeres.core.runtime import tflite_module
-
-        mod, _ = tflite_module()
-        details = {d["index"]: d for d in mod.Interpreter(model_content=model).get_tensor_details()}
-        sums: dict[int, np.ndarray] = {}
-        counts: dict[int, int] = {}
-        for values in self._run_all(model, x, tensors):
-            for i, v in values.items():
-                v = _dequantized(v, details[i])
-                sums[i] = sums.get(i, 0) + v.reshape(-1, v.shape[-1]).sum(0)
-                counts[i] = counts.get(i, 0) + v.size // v.shape[-1]
-        return {i: s / counts[i] for i, s in sums.items()}
-
-
-def _buffer(model_t, tensor, dtype) -> np.ndarray | None:
-    buf = model_t.buffers[tensor.buffer].data if tensor.buffer < len(model_t.buffers) else None
-    if buf is None or len(buf) == 0:
-        return None
-    return np.frombuffer(np.asarray(buf, np.uint8).tobytes(), dtype).reshape(tensor.shape)
+FORMAT = TFLiteFormat()

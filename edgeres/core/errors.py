@@ -63,6 +63,14 @@ class OutputExistsError(EdgeresError):
 
 
 class BudgetExceededError(EdgeresError):
-    """An accuracy budget (--max-drop) was not met.  Artifacts are still written."""
+    """An accuracy budget (--max-drop) was not met, or an int8 model collapsed.
+
+    The run folder is still written; ``report`` is the run's report, for the
+    caller to show.
+    """
 
     exit_code = 10
+
+    def __init__(self, message: str, report: object = None):
+        super().__init__(message)
+        self.report = report

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -86,3 +87,45 @@ def dash(v, spec: str, suffix: str = "") -> str:
 def collapsed(predictions: np.ndarray) -> bool:
     """True when a model gives (nearly) the same top-1 class for every input."""
     return len(predictions) >= 20 and np.bincount(predictions).max() >= 0.98 * len(predictions)
+
+
+def default_topk(n_outputs: int) -> int:
+    """Top-5 is reported for more than 10 classes, top-1 only otherwise."""
+    return 5 if n_outputs > 10 else 1
+
+
+def tally_batches(batches: Iterable[tuple], models: dict[str, Callable[[np.ndarray], np.ndarray]], *,
+                  reference: Callable[[np.ndarray], np.ndarray] | None = None, topk: int | None = None,
+                  first_output: Callable[[int], None] | None = None,
+                  progress: Callable[[int], None] | None = None) -> tuple[Tally, dict[str, Tally]]:
+    """Run every model over the batches and tally each one: the one "run and tally" loop.
+
+    A batch is ``(x, y)`` or ``(x, y, ref)``: ``y`` the labels (or None),
+    ``ref`` the reference outputs, else computed by ``reference(x)`` (or
+    none).  ``topk`` None picks it from the first output's width, which
+    ``first_output`` also receives (to check class counts before the rest
+    runs).  Returns the reference's tally (labels only) and one per model.
+    """
+    ref_tally, tallies = Tally(topk=topk or 1), {name: Tally(topk=topk or 1) for name in models}
+    first = True
+    for batch in batches:
+        x, y = batch[0], batch[1]
+        ref = batch[2] if len(batch) > 2 else (np.asarray(reference(x)) if reference is not None else None)
+        outs = {name: fn(x) for name, fn in models.items()}
+        if first:
+            width = next(iter(outs.values()), ref if ref is not None else np.zeros((1, 1)))
+            width = width.reshape(len(width), -1).shape[1]
+            if first_output is not None:
+                first_output(width)
+            if topk is None:
+                ref_tally.topk = default_topk(width)
+                for t in tallies.values():
+                    t.topk = ref_tally.topk
+            first = False
+        if ref is not None:
+            ref_tally.update(ref, y)
+        for name, out in outs.items():
+            tallies[name].update(out, y, ref)
+        if progress:
+            progress(len(x))
+    return ref_tally, tallies

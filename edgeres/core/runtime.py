@@ -20,6 +20,7 @@ from typing import Any, Callable
 import numpy as np
 
 from edgeres.core.errors import ModelError, RuntimeUnavailableError, ShapeError, UsageError, first_line
+from edgeres.core.limits import check_threads
 
 TFLITE_DELEGATES = ("xnnpack", "none", "reference", "edgetpu")
 EDGETPU_LIBS = ("libedgetpu.so.1", "libedgetpu.1.dylib", "edgetpu.dll")
@@ -324,8 +325,7 @@ def open_runner(path: str | Path, threads: int = 2, delegate: str | None = None,
                 shape: tuple[int, ...] | None = None) -> Runner:
     """Open a ``.tflite`` or ``.onnx`` file with the right runtime."""
     p = Path(path)
-    if threads < 1:
-        raise UsageError(f"thread count must be 1 or more, got {threads}")
+    check_threads(threads, "thread count")
     if not p.is_file():
         raise ModelError(f"model file {p} does not exist")
     suffix = p.suffix.lower()

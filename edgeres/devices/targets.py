@@ -12,7 +12,7 @@ import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgeres.core.errors import UsageError
+from edgeres.core.limits import check_threads
 from edgeres.core.typed_toml import load_typed, resolve_toml
 
 IO_DTYPES = ("int8", "uint8", "float32")
@@ -28,17 +28,16 @@ class TFLiteSettings:
 
 @dataclass(frozen=True)
 class OnnxSettings:
-    activation_type: str = "uint8"
-    per_channel: bool = True
-    providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    activation_type: str = "uint8"  # "uint8": U8S8, "int8": S8S8 (weights are always int8, per the recipe)
+    providers: tuple[str, ...] = ("CPUExecutionProvider",)  # ONNX Runtime execution providers, in order
 
 
 @dataclass(frozen=True)
 class Constraints:
-    batch_one: bool = False
-    static_shapes: bool = False
-    full_int8: bool = False
-    max_tensor_bytes: int = 0  # 0: no limit
+    batch_one: bool = False       # convert with a fixed batch of 1
+    static_shapes: bool = False   # no dynamic dimensions (also converts with a fixed batch of 1)
+    full_int8: bool = False       # refuse recipes and searches that keep layers float or use int16
+    max_tensor_bytes: int = 0     # on-chip parameter memory the device check uses; 0: its own default
 
 
 @dataclass(frozen=True)
@@ -47,7 +46,6 @@ class Target:
     description: str = ""
     arch: str = "x86_64"
     threads: int = 2
-    isa: str = ""
     tflite: TFLiteSettings = field(default_factory=TFLiteSettings)
     onnx: OnnxSettings = field(default_factory=OnnxSettings)
     constraints: Constraints = field(default_factory=Constraints)
@@ -99,8 +97,7 @@ def load_target(path: Path) -> Target:
 
 
 def _check_threads(value, key: str, path: Path, kind: str) -> None:
-    if value < 1:
-        raise UsageError(f"{kind} {path}: '{key}' must be 1 or more")
+    check_threads(value, f"{kind} {path}: '{key}'")
 
 
 _CHECKS = {"threads": _check_threads}

@@ -19,6 +19,7 @@ import numpy as np
 from edgeres.core.timing import UNSTABLE_CV, measure
 from edgeres.core.data import Preprocess, open_dataset
 from edgeres.core.errors import ShapeError, UsageError
+from edgeres.core.limits import check_threads
 from edgeres.core.machine import machine_info
 from edgeres.core.quiet import quiet
 from edgeres.core.runtime import Runner, TFLiteRunner, open_runner
@@ -46,9 +47,9 @@ def parse_threads(text: str) -> tuple[int, ...]:
         values = tuple(int(v) for v in str(text).split(",") if v.strip())
     except ValueError:
         raise UsageError(f"--threads takes comma-separated integers, got {text!r}") from None
-    if not values or any(v < 1 for v in values):
-        raise UsageError(f"thread counts must be 1 or more, got {text!r}")
-    return values
+    if not values:
+        raise UsageError(f"--threads takes comma-separated integers, got {text!r}")
+    return tuple(check_threads(v, "--threads") for v in values)
 
 
 def parse_shape(text: str | None) -> tuple[int, ...] | None:

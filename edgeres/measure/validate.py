@@ -10,7 +10,7 @@ from pathlib import Path
 
 from edgeres.core.data import Preprocess, open_dataset
 from edgeres.core.errors import ShapeError
-from edgeres.core.metrics import Tally
+from edgeres.core.metrics import tally_batches
 from edgeres.core.quiet import quiet
 from edgeres.core.runtime import open_runner
 
@@ -42,21 +42,11 @@ def run_validate(model: str, data: str, *, reference: str | None = None, preproc
     ds = open_dataset(data, "validation")
     if val_size:
         ds = ds.sample(val_size, seed)
-    tally = Tally()
-    ref_tally = Tally()
-    n_out = None
-    for x, y in ds.batches(runner.hwc, batch_size, preprocess, on_error):
-        out = runner.predict(x)
-        if n_out is None:
-            n_out = out.reshape(len(out), -1).shape[1]
-            ds.check_classes(n_out, "validation")
-            tally.topk = ref_tally.topk = 5 if n_out > 10 else 1
-        ref = ref_runner.predict(x) if ref_runner is not None else None
-        tally.update(out, y, ref)
-        if ref is not None:
-            ref_tally.update(ref, y)
-        if progress:
-            progress(len(x))
+    ref_fn = ref_runner.predict if ref_runner is not None else None
+    ref_tally, tallies = tally_batches(ds.batches(runner.hwc, batch_size, preprocess, on_error),
+                                       {"model": runner.predict}, reference=ref_fn,
+                                       first_output=lambda n: ds.check_classes(n, "validation"), progress=progress)
+    tally = tallies["model"]
     result = {"model": str(model), **runner.describe(), "data": ds.describe(),
               "preprocess": {**preprocess.to_dict(), "from": source}, **tally.result()}
     if ref_runner is not None:

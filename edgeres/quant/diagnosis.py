@@ -1,11 +1,21 @@
-"""Failure causes from activation statistics, and the diagnosis table.  LIGHT layer: numpy only."""
+"""Per-layer int8 diagnosis: error and sensitivity of each layer, failure causes, table and plot.
+
+LIGHT layer: numpy, a runtime, and the back end it is handed.
+"""
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
 import numpy as np
 
+from edgeres.core.metrics import dash, sqnr_db
+from edgeres.quant.backend import Backend
+from edgeres.quant.evaluate import Split, evaluate
+from edgeres.quant.recipes import Recipe
 from edgeres.quant.stats import ActivationStats
-from edgeres.core.metrics import dash
 
 OUTLIER_RATIO = 8.0       # max|x| over the 99.99th percentile range: one value stretches the grid
 DEAD_FRACTION = 0.25      # share of a layer's channels constant over the calibration set
@@ -62,6 +72,90 @@ def find_causes(calib: ActivationStats, val: ActivationStats, layers: dict[str, 
             seen.add((c["kind"], c["layer"]))
             unique.append(c)
     return unique
+
+
+@dataclass
+class LayerReport:
+    layer: str
+    ops: list[str]
+    sqnr_db: float | None = None
+    rmse_rel: float | None = None     # RMSE / (output range)
+    only_quantized_loss: float | None = None   # agreement points lost with only this layer int8
+    only_float_gain: float | None = None       # agreement points regained with only this layer float
+    only_float_sqnr_gain: float | None = None  # dB of output SQNR regained with only this layer float
+    causes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def layer_errors(backend: Backend, data: bytes, split: Split, limit: int = 64) -> dict[str, tuple[float, float]]:
+    """Per layer: SQNR (dB) and range-scaled RMSE of its output in the int8 model against float."""
+    q = backend.quantizer
+    x = split.x[:limit]
+    quant = q.layer_outputs(data, x)
+    ref = q.layer_outputs(None, x)
+    out = {}
+    for layer, value in quant.items():
+        if layer not in ref or ref[layer].shape != value.shape:
+            continue
+        r = ref[layer].astype(np.float64)
+        d = value.astype(np.float64) - r
+        span = float(r.max() - r.min()) or 1.0
+        out[layer] = (sqnr_db(float((r ** 2).sum()), float((d ** 2).sum())), math.sqrt(float((d ** 2).mean())) / span)
+    return out
+
+
+def diagnose(backend: Backend, recipe: Recipe, split: Split, sensitivity: bool = True, progress: Callable[[int], None] | None = None,
+             only_quantized: bool = True) -> dict:
+    """Per-layer error and sensitivity of ``recipe`` on ``backend``, and the failure causes found.
+
+    Sensitivity needs two conversions per layer: all other layers float
+    (``only_quantized``; the search skips it), and only this layer float.
+    """
+    data, _ = backend.build(recipe)
+    base = evaluate(backend, data, split)
+    errors = layer_errors(backend, data, split)
+    layers = backend.layers
+    reports = {name: LayerReport(name, backend.quantizer.layer_ops.get(name, [])) for name in layers}
+    for name, (sqnr, rmse) in errors.items():
+        reports[name].sqnr_db, reports[name].rmse_rel = sqnr, rmse
+    if sensitivity:
+        for name in layers:
+            if only_quantized:
+                only_q, _ = backend.build(recipe, [n for n in layers if n != name])
+                reports[name].only_quantized_loss = 100.0 - evaluate(backend, only_q, split).agreement
+            only_f, _ = backend.build(recipe, [name])
+            res = evaluate(backend, only_f, split)
+            reports[name].only_float_gain = res.agreement - base.agreement
+            reports[name].only_float_sqnr_gain = res.sqnr_db - base.sqnr_db
+            if progress:
+                progress(1)
+    val_stats = backend.quantizer.collect_stats(split.x)
+    causes = find_causes(backend.quantizer.stats, val_stats, backend.quantizer.stat_layers())
+    for c in causes:
+        if c["layer"] in reports:
+            reports[c["layer"]].causes.append(c["kind"])
+    return {"backend": backend.name, "recipe": recipe.for_backend(backend.name).to_dict(),
+            "model": base.to_dict(), "layers": [r.to_dict() for r in reports.values()], "causes": causes,
+            "images": len(split)}
+
+
+def rank_layers(diagnosis: dict) -> list[str]:
+    """Layers most worth keeping in float first.
+
+    Ranked by the output SQNR regained when only that layer is float: a
+    continuous measure, where the agreement regained by one layer is a
+    count of a handful of images and mostly noise.  Then by lowest SQNR.
+    """
+    rows = diagnosis["layers"]
+
+    def key(r):
+        gain = r.get("only_float_sqnr_gain")
+        sq = r.get("sqnr_db")
+        return (-(gain if gain is not None else -math.inf), sq if sq is not None else math.inf)
+
+    return [r["layer"] for r in sorted(rows, key=key)]
 
 
 HEADER = ("layer", "ops", "SQNR dB", "RMSE/range", "only-int8 loss", "only-float gain", "float dB gain", "causes")

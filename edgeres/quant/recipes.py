@@ -76,6 +76,10 @@ class Recipe:
             changes["bias_correction"] = o.bias_correction == "true"
         return dataclasses.replace(self, **changes, tflite=BackendOverride(), onnx=BackendOverride())
 
+    def calib_images(self, requested: int) -> int:
+        """Calibration images to use: the recipe's ``calib_size``, else the command's."""
+        return self.calib_size or requested
+
     @property
     def full_integer(self) -> bool:
         return not self.keep_float and self.activations == "int8"

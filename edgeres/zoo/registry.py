@@ -2,8 +2,12 @@
 
 Architectures register themselves with :func:`register_model`;
 :func:`create_model` validates user options (raising :class:`UsageError` /
-:class:`ModelError` with one clear line) and builds a ``keras.Model``.  The
-built-in ResNets live in :mod:`edgeres.zoo.resnet`, imported on first use.
+:class:`ModelError` with one clear line) and builds a ``keras.Model``.
+
+This module is a plain table and imports no architecture.  The built-in
+ResNets (:mod:`edgeres.zoo.resnet`) register when the package
+:mod:`edgeres.zoo` is imported, which Python always does before running this
+module, so ``from edgeres.zoo.registry import create_model`` sees them too.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-from typing import Callable
+from collections.abc import Callable
 
 import keras
 import numpy as np
@@ -75,27 +79,20 @@ def register_model(
     return decorate
 
 
-def _entries() -> dict[str, ModelEntry]:
-    import edgeres.zoo.resnet  # noqa: F401  (registers the built-in models)
-
-    return _REGISTRY
-
-
 def list_models() -> list[str]:
     """Registered model names, in registration order."""
-    return list(_entries())
+    return list(_REGISTRY)
 
 
 def is_model_name(name: str) -> bool:
-    return isinstance(name, str) and name in _entries()
+    return isinstance(name, str) and name in _REGISTRY
 
 
 def model_entry(name: str) -> ModelEntry:
     """The registry entry (defaults, weight source) for ``name``."""
-    entries = _entries()
-    if not isinstance(name, str) or name not in entries:
-        raise ModelError(f"unknown model {name!r}; known: {', '.join(entries)}")
-    return entries[name]
+    if not isinstance(name, str) or name not in _REGISTRY:
+        raise ModelError(f"unknown model {name!r}; known: {', '.join(_REGISTRY)}")
+    return _REGISTRY[name]
 
 
 def _is_int(v) -> bool:
@@ -167,7 +164,7 @@ def create_model(
         raise UsageError(f"weights must be None or 'imagenet', got {weights!r}")
     if weights == "imagenet":
         if entry.keras_application is None:
-            have = [n for n, e in _entries().items() if e.keras_application]
+            have = [n for n, e in _REGISTRY.items() if e.keras_application]
             raise ModelError(f"{name} has no ImageNet weights; available for: {', '.join(have)}")
         if channels != 3 or width != 1.0:
             raise UsageError("weights='imagenet' needs channels=3 and width=1.0")

@@ -222,7 +222,7 @@ def build_resnet(
     changes how post-activation blocks project.
     """
     block_fn = _BLOCKS[cfg.block, cfg.preact]
-    base = max(1, int(round(cfg.base_width * width)))
+    base = max(1, round(cfg.base_width * width))
 
     inputs = keras.Input(shape=(*input_size, channels), dtype="float32", name="input")
     x = _preprocessing(inputs, cfg.preprocessing, channels)
@@ -271,8 +271,8 @@ _CIFAR = ResNetConfig(
     "basic", (), stem="cifar", base_width=16, preprocessing="cifar", symmetric_padding=False
 )
 
-_IMAGENET_DEFAULTS = dict(input_size=224, num_classes=1000, min_input_size=32)
-_CIFAR_DEFAULTS = dict(input_size=32, num_classes=10, min_input_size=8, shortcuts=("A", "B"))
+_IMAGENET_DEFAULTS = {"input_size": 224, "num_classes": 1000, "min_input_size": 32}
+_CIFAR_DEFAULTS = {"input_size": 32, "num_classes": 10, "min_input_size": 8, "shortcuts": ("A", "B")}
 
 
 def _build(base: ResNetConfig, layer_counts, name, **kw) -> keras.Model:

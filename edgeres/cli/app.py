@@ -1,0 +1,75 @@
+"""The ``edgeres`` Click group, and its one error boundary.
+
+Heavy modules (keras, TensorFlow, tf2onnx) are imported inside the command
+bodies that need them, so ``bench``, ``validate``, ``info`` and ``targets``
+on ``.tflite``/``.onnx`` files run with only numpy and a runtime installed.
+
+Exit codes: 0 success; 1 other user error; 2 bad usage; 3 model problem;
+4 data problem; 5 shape/class mismatch; 6 conversion failed; 7 runtime or
+delegate missing; 8 output exists; 10 accuracy budget not met (artifacts and
+report are still written); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import click
+
+from edgeres import __version__
+from edgeres.core.errors import EdgeresError
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+_HEAVY = ("tensorflow", "keras", "tf2onnx", "onnx", "matplotlib")
+
+EXIT_CODES = """\b
+Exit codes: 0 ok, 1 other error, 2 bad usage, 3 model, 4 data, 5 shape/classes,
+6 conversion/unsupported op, 7 runtime or delegate missing, 8 output exists,
+10 accuracy budget not met (run folder still written), 130 interrupted."""
+
+
+class _Group(click.Group):
+    """Turns every EdgeresError into one line on stderr and its exit code."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except EdgeresError as exc:
+            click.echo(f"edgeres: error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+        except ModuleNotFoundError as exc:
+            if exc.name and exc.name.split(".")[0] in _HEAVY:
+                click.echo(f"edgeres: error: this command needs {exc.name.split('.')[0]}, which is not installed: "
+                           "pip install 'edgeres[convert]'", err=True)
+                ctx.exit(7)
+            raise
+        except KeyboardInterrupt:
+            click.echo("edgeres: interrupted", err=True)
+            ctx.exit(130)
+
+
+class _WarningsToStderr(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        click.echo(f"edgeres: {record.levelname.lower()}: {record.getMessage()}", err=True)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES)
+@click.version_option(__version__, prog_name="edgeres")
+@click.option("-v", "--verbose", is_flag=True, help="Show converter logs and debug messages.")
+def cli(verbose: bool) -> None:
+    """Take a Keras ResNet (or any Keras image classifier) to int8 TFLite and ONNX,
+    and measure what it cost in accuracy, size and latency."""
+    root = logging.getLogger("edgeres")
+    root.handlers[:] = [_WarningsToStderr()]
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    root.propagate = False
+    if verbose:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+        os.environ["EDGERES_VERBOSE"] = "1"
+
+
+def main() -> None:
+    cli(prog_name="edgeres")

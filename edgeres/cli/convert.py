@@ -1,0 +1,97 @@
+"""``edgeres convert``: the whole pipeline from the command line."""
+
+from __future__ import annotations
+
+import sys
+from contextlib import redirect_stdout
+from pathlib import Path
+
+import click
+
+from edgeres.cli.app import cli
+from edgeres.cli.options import (calib_size_option, json_option, non_negative, on_bad_image_option,
+                                 preprocess_options, progress,
+                                 seed_option, target_option, threads_option, val_size_option, zoo_options)
+from edgeres.core.errors import BudgetExceededError, UsageError
+
+
+@cli.command()
+@click.argument("model", required=False)
+@click.option("--calib", type=click.Path(), help="Calibration images: folder (class subfolders or flat) or .npz.")
+@click.option("--data", type=click.Path(), help="Held-out labelled validation set: class-subfolder folder or .npz with y.")
+@click.option("--int8/--no-int8", default=False, help="Also produce full-integer int8 TFLite and int8 ONNX.")
+@click.option("-o", "--output-dir", type=click.Path(path_type=Path), default=Path("edgeres-out"),
+              show_default=True, help="Run folder for artifacts and reports.")
+@click.option("--force", is_flag=True, help="Replace a non-empty output folder.")
+@target_option
+@click.option("--io-dtype", type=click.Choice(["int8", "uint8", "float32"]), default=None,
+              help="I/O dtype of the int8 TFLite model (default: the recipe's, else the target's).")
+@calib_size_option
+@val_size_option
+@seed_option
+@threads_option()
+@click.option("--runs", type=click.IntRange(min=50), default=50, show_default=True,
+              help="Timed runs per artifact after warm-up.")
+@click.option("--warmup", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--max-drop", type=float, default=None, metavar="PP", callback=non_negative,
+              help="Accuracy budget: search, on part of --data, for the fastest int8 configuration losing at most "
+                   "PP points (see --metric); exit 10 when none does (the best one is still written).")
+@click.option("--metric", type=click.Choice(["top1", "agreement"]), default="top1", show_default=True,
+              help="What --max-drop budgets: top-1 points lost, or points of top-1 agreement with float32 lost.")
+@click.option("--select-fraction", type=click.FloatRange(0.05, 0.95), default=0.5, show_default=True,
+              help="Share of --data the --max-drop search chooses on; figures use the rest.")
+@click.option("--recipe", default=None, metavar="NAME|FILE",
+              help="Quantization recipe (see 'edgeres recipes'); default: 'default'.")
+@zoo_options
+@click.option("--weights", default=None, help="Zoo weights: 'imagenet' (downloads) or none.")
+@on_bad_image_option
+@preprocess_options
+@json_option
+def convert(model, calib, data, int8, output_dir, force, target, io_dtype, calib_size, val_size, seed,
+            threads, runs, warmup, max_drop, metric, select_fraction, recipe, input_size, num_classes, weights,
+            on_bad_image, preprocess, as_json):
+    """Convert MODEL (zoo name, .keras, .h5 or SavedModel) to TFLite and ONNX, validate, and report.
+
+    With no MODEL, uses the embedded default: a ResNet-8 trained on real
+    handwritten digits, calibrated and validated on disjoint digit images.
+
+    \b
+    Example:
+      edgeres convert --int8
+      edgeres convert model.keras --int8 --calib calib/ --data test/ -o out --max-drop 0.5
+    """
+    from edgeres.core import defaults
+    from edgeres.devices.targets import resolve_target
+    from edgeres.pipeline.convert import ConvertConfig, run_convert
+    from edgeres.quant.recipes import resolve_recipe
+
+    the_recipe = resolve_recipe(recipe)
+    note = ""
+    if model is None:
+        model, note = defaults.default_model(), defaults.NOTE
+        calib = calib or defaults.default_calib()
+        data = data or defaults.default_data()
+    elif calib is None:
+        raise UsageError("--calib is required with your own model (a folder of representative images or an .npz)")
+    if max_drop is not None and data is None:
+        raise UsageError("--max-drop needs --data: the labelled images the budget is measured on")
+    cfg = ConvertConfig(
+        model=model, calib=calib, data=data, output_dir=output_dir, target=resolve_target(target),
+        preprocess=preprocess, int8=int8, io_dtype=io_dtype, input_size=input_size, num_classes=num_classes,
+        weights=weights, calib_size=calib_size, val_size=val_size, seed=seed, threads=threads, runs=runs,
+        warmup=warmup, max_drop=max_drop, force=force, on_error=on_bad_image, default_note=note,
+        recipe=the_recipe, metric=metric, select_fraction=select_fraction)
+    try:
+        with redirect_stdout(sys.stderr):  # converters print; keep stdout for the table / JSON
+            report = run_convert(cfg, progress=progress(sys.stderr.isatty()))
+    except BudgetExceededError as exc:
+        if exc.report is not None:  # the run folder was written and marked as failing: show it, then exit
+            _print(exc.report, output_dir, as_json)
+        raise
+    _print(report, output_dir, as_json)
+
+
+def _print(report, out: Path, as_json: bool) -> None:
+    from edgeres.report import render_terminal, to_json
+
+    click.echo(to_json(report) if as_json else render_terminal(report, out), nl=False)

@@ -1,0 +1,179 @@
+"""Commands that run on the device itself, with only numpy and a runtime: ``bench``, ``validate``,
+``check`` and ``targets``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from edgeres.cli.app import cli
+from edgeres.cli.options import (echo_json, echo_table, json_option, on_bad_image_option, preprocess_options,
+                                 progress, seed_option, target_option, threads_option, val_size_option)
+from edgeres.core.errors import UsageError
+
+
+@cli.command()
+@json_option
+def targets(as_json):
+    """List the device profiles that --target accepts."""
+    from edgeres.devices.targets import default_target_name, list_targets
+
+    items = list_targets()
+    if as_json:
+        click.echo(json.dumps([t.to_dict() for t in items], indent=2))
+        return
+    default = default_target_name()
+    rows = [(t.name + (" *" if t.name == default else ""), t.arch, str(t.threads), t.tflite.delegate,
+             t.tflite.io_dtype, t.onnx_scheme, t.description) for t in items]
+    echo_table(("target", "arch", "threads", "delegate", "tflite io", "onnx int8", "description"), rows)
+    click.echo("\n* default on this machine")
+
+
+# ---------------------------------------------------------------- bench / validate (light: no TensorFlow)
+
+
+
+@cli.command()
+@click.argument("models", nargs=-1, required=True)
+@click.option("--threads", default=None, metavar="N[,N...]", help="Thread counts to sweep, e.g. 1,2,4 "
+              "(default: the target's).")
+@click.option("--runs", type=click.IntRange(min=1), default=100, show_default=True, help="Timed runs per configuration.")
+@click.option("--min-time", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Keep timing until this many seconds have passed.")
+@click.option("--warmup", type=click.IntRange(min=0), default=10, show_default=True, help="Untimed runs first.")
+@click.option("--delegate", default=None, help="TFLite: xnnpack, none (built-in kernels), reference, edgetpu. "
+              "ONNX: execution providers, e.g. CPUExecutionProvider (default: the target's).")
+@target_option
+@click.option("--data", type=click.Path(), default=None, help="Feed a real image (folder or .npz) instead of random data.")
+@click.option("--shape", default=None, metavar="N,H,W,C", help="Input shape for ONNX models with dynamic dims.")
+@click.option("--plot", "plot_path", type=click.Path(path_type=Path), default=None,
+              help="Write a PNG of the latency distributions (needs matplotlib).")
+@preprocess_options
+@json_option
+def bench(models, threads, runs, min_time, warmup, delegate, target, data, shape, plot_path, preprocess, as_json):
+    """Benchmark one or more .tflite / .onnx MODELS (batch 1).
+
+    Reports min, p50, p90, p99, mean and stdev, first-inference and load
+    time, peak RSS, which ops ran on the delegate, and the machine.  Runs
+    with only numpy and a runtime installed.
+
+    \b
+    Example:
+      edgeres bench edgeres-out/model_int8.tflite edgeres-out/model_int8.onnx --threads 1,2,4
+    """
+    from edgeres.measure.bench import BenchConfig, coverage_text, parse_shape, parse_threads, plot, run_bench
+    from edgeres.devices.targets import resolve_target
+
+    t = resolve_target(target)
+    cfg = BenchConfig(models=tuple(models), threads=parse_threads(threads) if threads else (t.threads,),
+                      delegate=delegate or (t.tflite.delegate if target else None), runs=runs, warmup=warmup,
+                      min_time=min_time, data=data, preprocess=preprocess, shape=parse_shape(shape))
+    with progress(sys.stderr.isatty() and not as_json)("benchmarking", len(models) * len(cfg.threads)) as bar:
+        report = run_bench(cfg, progress=bar.update)
+    if plot_path:
+        plot(report, plot_path)
+    for r in report["results"]:
+        for w in r["warnings"]:
+            click.echo(f"edgeres: warning: {Path(r['model']).name} ({r['threads']} threads): {w}", err=True)
+    if as_json:
+        echo_json(report)
+        return
+    rows = []
+    for r in report["results"]:
+        lat = r["latency_ms"]
+        rows.append((Path(r["model"]).name, str(r["threads"]), r["delegate"], f"{lat['min']:.3f}",
+                     f"{lat['p50']:.3f}", f"{lat['p90']:.3f}", f"{lat['p99']:.3f}", f"{lat['mean']:.3f}",
+                     f"{lat['stdev']:.3f}", str(lat["runs"]), f"{lat['first']:.2f}", f"{r['load_ms']:.1f}",
+                     f"{r['peak_rss_mb']:.0f}", coverage_text(r["ops"])))
+    echo_table(("model", "thr", "delegate", "min", "p50", "p90", "p99", "mean", "stdev", "runs", "first",
+                 "load", "rss MB", "ops"), rows)
+    for r in report["results"]:
+        tp = r.get("throughput") or {}
+        if tp.get("fraction_of_peak"):
+            click.echo(f"{Path(r['model']).name} ({r['threads']} threads): {tp['gops']:.1f} GOP/s, "
+                       f"{100 * tp['fraction_of_peak']:.0f}% of the int8 peak of {tp['int8_peak_gops']:.0f} GOP/s "
+                       f"[{tp['peak_basis']}]" + (f"; {tp['note']}" if tp.get("note") else ""))
+    m = report["machine"]
+    r0 = report["results"][0]
+    click.echo(f"\nms per inference, batch 1, {r0['input']} input; {m['cpu']}, {m['cores']} cores, {m['arch']}; "
+               f"{r0['runtime']} {r0['runtime_version']}; Python {m['python']}")
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--data", type=click.Path(), required=True, help="Labelled images: class-subfolder folder or .npz with y.")
+@click.option("--reference", default=None, help="Another .tflite/.onnx to compare outputs with "
+              "(agreement, SQNR, max abs diff).")
+@threads_option(default=2, help="Inference threads.")
+@click.option("--delegate", default=None, help="As for 'edgeres bench'.")
+@val_size_option
+@seed_option
+@on_bad_image_option
+@click.option("--scale", type=float, default=None, help="As for convert; default: the run folder's report.json.")
+@click.option("--mean", default=None, metavar="R,G,B")
+@click.option("--std", default=None, metavar="R,G,B")
+@click.option("--resize", type=click.Choice(["crop", "stretch"]), default=None)
+@json_option
+def validate(model, data, reference, threads, delegate, val_size, seed, on_bad_image, scale, mean, std, resize,
+             as_json):
+    """Accuracy of one .tflite/.onnx MODEL on labelled --data, on this device.
+
+    Preprocessing comes from the options, else from the report.json of the
+    run folder the model sits in.  With --reference, also compares outputs.
+    """
+    from edgeres.core.data import Preprocess
+    from edgeres.measure.validate import run_validate
+
+    explicit = any(v is not None for v in (scale, mean, std, resize))
+    pre = Preprocess.parse(scale if scale is not None else 1.0, mean, std, resize or "crop") if explicit else None
+    with progress(sys.stderr.isatty() and not as_json)("validating", 0) as bar:
+        result = run_validate(model, data, reference=reference, preprocess=pre, threads=threads, delegate=delegate,
+                              val_size=val_size, seed=seed, on_error=on_bad_image, progress=bar.update)
+    if as_json:
+        echo_json(result)
+        return
+    keys = [("top1", "top-1 %", ".2f"), ("top5", "top-5 %", ".2f"), ("agreement", "agreement %", ".2f"),
+            ("sqnr_db", "SQNR dB", ".1f"), ("max_abs_diff", "max abs diff", ".4g"), ("top1_drop", "drop pp", "+.2f")]
+    click.echo(f"{Path(model).name}: {result['count']} images from {result['data']['source']} "
+               f"({result['runtime']} {result['runtime_version']}, {result['threads']} threads)")
+    for key, label, spec in keys:
+        if result.get(key) is not None:
+            click.echo(f"  {label:<14} {result[key]:{spec}}")
+    if "reference" in result and result["reference"].get("top1") is not None:
+        click.echo(f"  reference      {Path(reference).name}: top-1 {result['reference']['top1']:.2f}%")
+
+
+@cli.command()
+@click.argument("model", type=click.Path())
+@click.option("--target", default="coral-edgetpu", show_default=True, metavar="NAME|FILE",
+              help="Device profile whose rules to check (today: the Edge TPU's).")
+@json_option
+def check(model, target, as_json):
+    """Statically check an int8 .tflite MODEL against a target's requirements.
+
+    For the Coral Edge TPU: full int8 quantization, the supported ops and
+    their constraints, static shapes, batch 1, and the on-chip parameter
+    cache.  Lists each op that would run on the CPU and the first one, which
+    splits the graph.  Exit code 0 when compatible, 6 when not.
+    """
+    from edgeres.devices.edgetpu import check_model, format_check
+    from edgeres.core.errors import ConversionError
+    from edgeres.devices.targets import resolve_target
+
+    t = resolve_target(target)
+    if t.tflite.delegate != "edgetpu":
+        raise UsageError(f"'edgeres check' knows the Edge TPU's rules; target '{t.name}' uses "
+                         f"{t.tflite.delegate}, which runs every TFLite op")
+    result = check_model(model, max_tensor_bytes=t.constraints.max_tensor_bytes or 8 * 2**20)
+    if as_json:
+        echo_json(result)
+    else:
+        click.echo(format_check(result))
+    if not result["compatible"]:
+        reason = result["errors"][0] if result["errors"] else (
+            f"op #{result['first_unsupported']['index']} {result['first_unsupported']['op']} "
+            f"is not supported: {result['first_unsupported']['reason']}")
+        raise ConversionError(f"{Path(model).name} is not Edge TPU compatible: {reason}")

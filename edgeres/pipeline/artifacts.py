@@ -1,0 +1,99 @@
+"""The convert stage: every registered format's float32 and int8 artifacts.  HEAVY (through the back ends).
+
+Int8 models follow the recipe; with ``--max-drop`` each back end's
+configuration is chosen by :func:`edgeres.quant.search.search` on the
+selection images instead.  Every back end comes from the one factory,
+:func:`edgeres.backends.base.create_backend`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgeres.backends.base import Format, Settings, create_backend, formats
+from edgeres.core.fs import write_bytes_atomic
+from edgeres.core.quiet import quiet
+from edgeres.quant.backend import Backend
+from edgeres.quant.search import Trial
+from edgeres.report.model import ArtifactReport
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SearchResult:
+    trials: list[Trial]
+    winner: Trial
+    met: bool
+
+
+@dataclass
+class Built:
+    """What the convert stage made: the artifacts (filled in by later stages), and how."""
+
+    artifacts: list[ArtifactReport] = field(default_factory=list)
+    backends: dict[str, Backend] = field(default_factory=dict)        # format -> the back end of its int8 model
+    searches: dict[str, SearchResult] = field(default_factory=dict)   # format -> its --max-drop search
+
+
+def build_artifacts(cfg, settings: Settings, inputs, stage: Path, stages) -> Built:
+    built = Built()
+    for fmt in formats():
+        with stages(f"{fmt.name}_fp32"), quiet():
+            float_model, details = fmt.export_float(inputs.model, inputs.hwc, settings)
+        _emit(built, stage, fmt, "float32", float_model, details)
+        if not cfg.int8:
+            continue
+        with stages(f"{fmt.name}_int8"):
+            backend = create_backend(fmt, inputs.model, inputs.hwc, inputs.calib, settings, float_model=float_model)
+            data, details, searched = _int8(cfg, backend, inputs)
+        if searched is not None:
+            built.searches[fmt.name] = searched
+        recipe = cfg.recipe.for_backend(fmt.name)
+        details = {**fmt.int8_details(settings, cfg.recipe), **details, "recipe": cfg.recipe.name,
+                   "recipe_summary": recipe.summary(), "activations": recipe.activations}
+        _emit(built, stage, fmt, "int8", data, details)
+        built.backends[fmt.name] = backend
+    return built
+
+
+def _emit(built: Built, stage: Path, fmt: Format, precision: str, data: bytes, details: dict) -> None:
+    tag = "fp32" if precision == "float32" else "int8"
+    filename = f"model_{tag}{fmt.suffix}"
+    write_bytes_atomic(stage / filename, data)
+    built.artifacts.append(ArtifactReport(f"{fmt.name}_{tag}", fmt.name, precision, filename,
+                                          details={**details, "format": fmt.name}))
+
+
+def _int8(cfg, backend: Backend, inputs) -> tuple[bytes, dict, SearchResult | None]:
+    """The recipe's model, or with a budget the configuration the search chose (and the search)."""
+    if inputs.select is None:
+        return (*backend.build(cfg.recipe), None)
+    from edgeres.quant.search import search
+
+    def report_trial(t: Trial) -> None:  # progress: one line per configuration tried
+        r = t.result
+        log.info(f"{backend.name} search: {t.step}: loss {r.loss(cfg.metric):+.2f} ({cfg.metric}), "
+                 f"agreement {r.agreement:.2f}%" + (f", p50 {r.p50_ms:.3f} ms" if r.p50_ms else "")
+                 + (" - meets the budget" if t.meets else ""))
+
+    trials, winner, met = search(backend, cfg.recipe, cfg.max_drop, cfg.metric, inputs.select,
+                                 ranking=lambda recipe: _ranking(backend, recipe, inputs.select),
+                                 plan=cfg.plan, on_trial=report_trial)
+    return winner.data, winner.details, SearchResult(trials, winner, met)
+
+
+def _ranking(backend: Backend, recipe, split) -> list[str]:
+    from edgeres.quant.diagnosis import diagnose, rank_layers
+
+    total, done = len(backend.layers), [0]
+    log.info(f"{backend.name} search: ranking {total} layers by sensitivity (one conversion each)")
+
+    def tick(n: int) -> None:  # one conversion per layer: say where we are every 10
+        done[0] += n
+        if done[0] % 10 == 0 or done[0] == total:
+            log.info(f"{backend.name} search: ranked {done[0]}/{total} layers")
+
+    return rank_layers(diagnose(backend, recipe, split, progress=tick, only_quantized=False))

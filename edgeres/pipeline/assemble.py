@@ -1,0 +1,108 @@
+"""The report stage: one typed :class:`~edgeres.report.Report` from everything the run measured."""
+
+from __future__ import annotations
+
+import platform
+import time
+from pathlib import Path
+
+from edgeres import __version__
+from edgeres.backends.base import Settings
+from edgeres.core.fs import sha256_file
+from edgeres.core.machine import machine_info, tool_versions
+from edgeres.core.metrics import COLLAPSE_AGREEMENT
+from edgeres.report.model import BackendSearch, Report, SearchReport
+
+#: the quantization details report.json keeps for each artifact
+DETAIL_KEYS = ("io_dtype", "full_integer", "scheme", "format", "per_channel", "calibration", "opset", "float_nodes",
+               "static_batch", "recipe", "recipe_summary", "engine", "output_range", "float_layers",
+               "bias_corrected_layers", "activations")
+MODEL_KEYS = ("name", "source", "kind", "params", "trainable_params", "macs", "input_shape", "output_shape", "layers")
+
+
+def assemble(cfg, settings: Settings, inputs, built, stages, ref: dict | None, collapsed: set[str], stage: Path,
+             device: dict | None) -> Report:
+    artifacts = built.artifacts
+    p50 = {a.name: a.latency_ms.get("p50") for a in artifacts}
+    for a in artifacts:
+        a.size_bytes, a.sha256 = (stage / a.path).stat().st_size, sha256_file(stage / a.path)
+        fp32 = f"{a.format}_fp32"
+        a.speedup_vs_fp32 = (p50[fp32] / p50[a.name]) if p50.get(fp32) and p50.get(a.name) else None
+        a.details = {k: v for k, v in a.details.items() if k in DETAIL_KEYS}
+    t = settings.target
+    report = Report(
+        edgeres_version=__version__, created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        model={k: inputs.model_info[k] for k in MODEL_KEYS}, preprocess=cfg.preprocess.to_dict(),
+        target={"name": t.name, "arch": t.arch, "threads": settings.threads, "tflite_delegate": t.tflite.delegate,
+                "tflite_io_dtype": settings.io_dtype, "onnx_scheme": t.onnx_scheme},
+        calibration={**inputs.calib_ds.describe(), "seed": cfg.seed},
+        validation=inputs.val_ds.describe() if inputs.val_ds is not None else None,
+        reference={"name": "keras_fp32", **(ref or {})}, artifacts=artifacts,
+        stages_seconds=stages.seconds,
+        conversion_seconds=sum(v for k, v in stages.seconds.items() if k not in ("validate", "bench")),
+        max_drop=cfg.max_drop, passed=True, failures=[], notes=_notes(cfg, settings, inputs, artifacts),
+        machine=machine_info(), tools=tool_versions())
+    for a in artifacts:
+        if a.precision != "int8" or a.agreement is None:
+            continue
+        if a.name in collapsed or a.agreement < COLLAPSE_AGREEMENT:
+            report.fail(f"{a.name} collapsed: agreement with float32 is {a.agreement:.1f}%")
+        if cfg.max_drop is not None and a.top1_drop > cfg.max_drop:
+            report.fail(f"{a.name} drops {a.top1_drop:.2f} points of top-1 (budget {cfg.max_drop:g})")
+    _attach_search(report, cfg, built, inputs)
+    _attach_collapse_diagnosis(report, built, inputs, collapsed, cfg.recipe)
+    if device is not None:
+        report.edgetpu = device
+        report.notes.extend(device["notes"])
+    return report
+
+
+def _notes(cfg, settings: Settings, inputs, artifacts) -> list[str]:
+    notes = [cfg.default_note] if cfg.default_note else []
+    if inputs.val_ds is None:
+        notes.append("no --data given: accuracy was not measured")
+    host = platform.machine()
+    if settings.target.arch != host:
+        notes.append(f"accuracy and latency were measured on {host}; the target is {settings.target.arch}. "
+                     "With XNNPACK (ai-edge-litert) int8 results were bit-identical on x86 and aarch64, but "
+                     "tflite-runtime 2.14's built-in kernels round differently per architecture (docs/arm.md): "
+                     "run 'edgeres validate' on the device")
+    unstable = [a.name for a in artifacts if a.latency_ms.get("unstable")]
+    if unstable:
+        notes.append(f"latency unstable (stdev > 10% of mean) for: {', '.join(unstable)}")
+    return notes
+
+
+def _attach_search(report: Report, cfg, built, inputs) -> None:
+    if inputs.select_ds is None:
+        return
+    report.search = SearchReport(
+        budget=cfg.max_drop, metric=cfg.metric,
+        selection={**inputs.select_ds.describe(), "note": "images used only to choose each configuration; the "
+                   "figures above are measured on the other, disjoint validation images"})
+    for name, s in built.searches.items():
+        report.search.backends[name] = BackendSearch(s.met, s.winner.to_dict(), [t.to_dict() for t in s.trials])
+        if not s.met:
+            report.fail(f"{name}: no configuration met --max-drop {cfg.max_drop:g} ({cfg.metric}) on the selection "
+                        f"images; wrote the best found ({s.winner.step}), which FAILS the budget")
+    report.notes.append(f"--max-drop search chose each int8 configuration on {len(inputs.select_ds)} selection "
+                        f"images; accuracy above is measured on {report.validation['count']} other images")
+
+
+def _attach_collapse_diagnosis(report: Report, built, inputs, collapsed: set[str], recipe) -> None:
+    """A collapsed int8 model fails with the diagnosis attached (per-layer error and causes)."""
+    from edgeres.backends.keras_io import predict
+    from edgeres.quant.diagnosis import diagnose
+    from edgeres.quant.evaluate import Split
+
+    for a in report.artifacts:
+        backend = built.backends.get(a.format)
+        if a.precision != "int8" or backend is None or a.agreement is None:
+            continue
+        if a.name not in collapsed and a.agreement >= COLLAPSE_AGREEMENT:
+            continue
+        x = inputs.calib[:200]
+        d = diagnose(backend, recipe, Split(x, None, predict(inputs.model, x)), sensitivity=False)
+        report.diagnosis = {**(report.diagnosis or {}), a.format: d}
+        causes = "; ".join(f"{c['kind']} in {c['layer']}" for c in d["causes"][:3]) or "no single cause found"
+        report.failures.append(f"{a.name} diagnosis: {causes} (see report.json 'diagnosis')")

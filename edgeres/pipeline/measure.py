@@ -1,0 +1,65 @@
+"""The validate and bench stages of ``convert``: every artifact against Keras float32, then timed.  LIGHT."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgeres.backends.base import Settings, get_format
+from edgeres.core.metrics import collapsed, default_topk, tally_batches
+from edgeres.core.quiet import quiet
+from edgeres.core.runtime import Runner, open_runner
+from edgeres.report.model import ArtifactReport
+
+
+def open_runners(settings: Settings, artifacts: list[ArtifactReport], stage: Path) -> dict[str, Runner]:
+    runners = {}
+    for a in artifacts:
+        with quiet():
+            r = open_runner(stage / a.path, threads=settings.threads,
+                            delegate=get_format(a.format).run_delegate(settings))
+        d = r.describe()
+        a.runtime, a.runtime_version, a.delegate, a.threads = (d["runtime"], d["runtime_version"], d["delegate"],
+                                                               d["threads"])
+        a.input_dtype, a.output_dtype = d["input_dtype"], d["output_dtype"]
+        a.input_quant, a.output_quant = r.input_quant, r.output_quant
+        runners[a.name] = r
+    return runners
+
+
+def validate(cfg, inputs, artifacts: list[ArtifactReport], runners: dict[str, Runner],
+             progress) -> tuple[dict, set[str]]:
+    """Accuracy of every artifact on the validation images.
+
+    Returns the Keras reference's figures, and the artifacts that give one
+    class for (nearly) every image where the reference does not.
+    """
+    import numpy as np
+
+    model = inputs.model
+    with progress("validating", len(inputs.val_ds)) as bar:
+        ref_tally, tallies = tally_batches(
+            inputs.val_ds.batches(inputs.hwc, cfg.batch_size, cfg.preprocess, cfg.on_error),
+            {a.name: runners[a.name].predict for a in artifacts},
+            reference=lambda x: np.asarray(model(x, training=False)), topk=default_topk(inputs.n_out),
+            progress=bar.update)
+    ref = ref_tally.result()
+    for a in artifacts:
+        m = tallies[a.name].result()
+        a.top1, a.top5, a.agreement = m.get("top1"), m.get("top5"), m.get("agreement")
+        a.sqnr_db, a.max_abs_diff = m.get("sqnr_db"), m.get("max_abs_diff")
+        a.top1_drop = ref["top1"] - m["top1"]
+    ref_collapsed = collapsed(ref_tally.predictions)
+    return ref, {a.name for a in artifacts if collapsed(tallies[a.name].predictions) and not ref_collapsed}
+
+
+def bench(cfg, artifacts: list[ArtifactReport], runners: dict[str, Runner], sample, progress) -> None:
+    from edgeres.core.timing import measure_interleaved
+
+    fns = {a.name: runners[a.name].timed_invoke(runners[a.name].quantize_input(sample)) for a in artifacts}
+    with progress("benchmarking", cfg.runs * len(fns)) as bar:
+        results = measure_interleaved(fns, runs=cfg.runs, warmup=cfg.warmup, progress=bar.update)
+    for a in artifacts:
+        stats, samples = results[a.name]
+        lat = stats.to_dict(samples)
+        a.latency_samples_ms = lat.pop("samples_ms")
+        a.latency_ms = lat
