@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
 from _common import table
 
 REPO = Path(__file__).resolve().parents[1]
@@ -303,11 +302,11 @@ def run_dumps(run_, cpus, helper, model, npz, preprocess, timing_runs, cache, y)
 
 
 def compare_all(logits, cpus) -> list[dict]:
-    a0, t, l = f"arm64 {cpus[0]}", "tflite-runtime", "ai-edge-litert"
+    a0, t, lt = f"arm64 {cpus[0]}", "tflite-runtime", "ai-edge-litert"
     pairs = [(f"{a0} {t} [default]", f"x86 {t} [default]"), (f"{a0} {t} [reference]", f"x86 {t} [reference]"),
-             (f"{a0} {l} [default]", f"x86 {l} [default]"), (f"x86 {t} [default]", f"x86 {t} [reference]"),
-             (f"{a0} {t} [default]", f"{a0} {t} [reference]"), (f"x86 {l} [default]", f"x86 {t} [reference]")]
-    pairs += [(f"arm64 {c} {r} [default]", f"{a0} {r} [default]") for c in cpus[1:] for r in (t, l)]
+             (f"{a0} {lt} [default]", f"x86 {lt} [default]"), (f"x86 {t} [default]", f"x86 {t} [reference]"),
+             (f"{a0} {t} [default]", f"{a0} {t} [reference]"), (f"x86 {lt} [default]", f"x86 {t} [reference]")]
+    pairs += [(f"arm64 {c} {r} [default]", f"{a0} {r} [default]") for c in cpus[1:] for r in (t, lt)]
     return [{"a": a, "b": b, **compare(logits[a], logits[b])} for a, b in pairs]
 
 

@@ -81,11 +81,11 @@ def main() -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import keras  # noqa: F401  (import cost is paid once, before any timing)
 
-    from edgeres.pipeline import convert as pipeline
     from edgeres.backends.keras_io import load_model
     from edgeres.core.data import Preprocess, open_dataset
     from edgeres.core.quiet import quiet
     from edgeres.devices.targets import resolve_target
+    from edgeres.pipeline import convert as pipeline
 
     hwc = load_model(str(model)).hwc
     calib = open_dataset(calib_src).sample(args.calib_size, 0).load(hwc, Preprocess())[0]

@@ -27,9 +27,9 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=200)
     ap.add_argument("--rounds", type=int, default=10)
     args = ap.parse_args()
-    from edgeres.core.timing import measure
     from edgeres.core.quiet import quiet
     from edgeres.core.runtime import open_runner
+    from edgeres.core.timing import measure
 
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model

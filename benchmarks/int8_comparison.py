@@ -29,11 +29,11 @@ from pathlib import Path
 import numpy as np
 from _common import shared, table
 
-from edgeres.core.timing import measure_interleaved
 from edgeres.core.data import Preprocess, open_dataset
 from edgeres.core.metrics import Tally
 from edgeres.core.quiet import quiet
 from edgeres.core.runtime import open_runner
+from edgeres.core.timing import measure_interleaved
 
 
 def stock_tflite(model, calib: np.ndarray) -> bytes:
@@ -94,7 +94,8 @@ def evaluate(runner, x, y, ref) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--runs", type=int, default=1000, help="timed runs per model (interleaved; ResNet-20 runs in ~0.3 ms)")
+    ap.add_argument("--runs", type=int, default=1000,
+                    help="timed runs per model (interleaved; ResNet-20 runs in ~0.3 ms)")
     args = ap.parse_args()
     import keras
 
@@ -131,7 +132,7 @@ def main() -> int:
 
         budget_report = json.loads((budget / "report.json").read_text())
         runners, results = {}, {}
-        for i, (label, kind, path) in enumerate(rows_in):
+        for i, (_label, kind, path) in enumerate(rows_in):
             with quiet():
                 r = open_runner(path, threads=2, delegate="xnnpack" if path.suffix == ".tflite" else None)
             runners[i] = r

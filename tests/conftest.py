@@ -32,6 +32,17 @@ def invoke(*args):
     return CliRunner().invoke(cli, [str(a) for a in args])
 
 
+def assert_one_line_error(result, code: int, *needles: str) -> None:
+    """The CLI's error contract: the exit code, exactly one 'edgeres: error:' line naming ``needles``, no traceback."""
+    assert result.exit_code == code, (result.exit_code, result.output)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("edgeres: error: ")
+    assert "Traceback" not in result.output
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
 @pytest.fixture(scope="session")
 def digits_folder(tmp_path_factory) -> Path:
     """The embedded held-out digits written as PNGs in class subfolders (a real image folder)."""

@@ -9,16 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from edgeres.cli import cli
-from tests.conftest import CALIBRATION, shared
+from tests.conftest import CALIBRATION, assert_one_line_error, invoke, shared
 
 ARTIFACTS = ("model_fp32.tflite", "model_int8.tflite", "model_fp32.onnx", "model_int8.onnx")
 
 
-def invoke(*args: str):
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 # ------------------------------------------------------------------ the embedded default
@@ -186,16 +182,6 @@ def _bad_model_files(tmp: Path) -> dict[str, Path]:
             "missing": tmp / "nope.keras"}
 
 
-def assert_one_line_error(result, code: int, *needles: str) -> None:
-    assert result.exit_code == code, (result.exit_code, result.output)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("edgeres: error: ")
-    assert "Traceback" not in result.output
-    for n in needles:
-        assert n in lines[0], lines[0]
-
-
 @pytest.mark.parametrize("kind", ["corrupt", "zip", "truncated", "text", "missing"])
 def test_bad_model_files(tmp_path: Path, kind: str):
     model = _bad_model_files(tmp_path)[kind]
@@ -325,8 +311,8 @@ def test_h5_and_savedmodel_inputs(tmp_path: Path):
     import keras
     import tensorflow as tf
 
-    from edgeres.core import defaults
     from edgeres.backends.keras_io import load_model
+    from edgeres.core import defaults
 
     model = keras.saving.load_model(defaults.default_model(), safe_mode=True)
     x = np.load(CALIBRATION / "digits-test.npz")["x"][:16].astype("float32")

@@ -36,8 +36,9 @@ def _edgeres_logs_reach_caplog(monkeypatch):
 
 
 def test_light_modules_do_not_import_tensorflow_or_keras():
-    code = ("import edgeres.core.data, edgeres.devices.targets, edgeres.core.metrics, edgeres.core.timing, edgeres.core.runtime, sys; "
-            "import edgeres.quant.recipes, edgeres.quant.stats, edgeres.quant.diagnosis, edgeres.core.layers, edgeres.quant.search; "
+    code = ("import edgeres.core.data, edgeres.devices.targets, edgeres.core.metrics, edgeres.core.timing, sys; "
+            "import edgeres.core.runtime, edgeres.core.layers, edgeres.report, edgeres.measure.bench; "
+            "import edgeres.quant.recipes, edgeres.quant.stats, edgeres.quant.diagnosis, edgeres.quant.search; "
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras')); "
             "assert not bad, bad")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

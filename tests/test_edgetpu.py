@@ -17,9 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeres.devices.edgetpu import (SUPPORTED_OPS, check_model, compile_model, format_check,
-                             parse_compiler_log)
 from edgeres.core.errors import ConversionError, ModelError, RuntimeUnavailableError
+from edgeres.devices.edgetpu import SUPPORTED_OPS, check_model, compile_model, format_check, parse_compiler_log
 from tests.conftest import ROOT
 
 keras = pytest.importorskip("keras")
@@ -70,7 +69,7 @@ def models(tmp_path_factory) -> dict[str, Path]:
     }
 
 
-def small_cnn(middle) -> "keras.Model":
+def small_cnn(middle) -> keras.Model:
     x = keras.Input(shape=(16, 16, 3), batch_size=1)
     y = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(x)
     y = middle(y)

@@ -11,17 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from edgeres.cli import cli
-from tests.conftest import CALIBRATION, ROOT
-from tests.test_convert import assert_one_line_error
+from tests.conftest import CALIBRATION, ROOT, assert_one_line_error, invoke
 
 DIGITS_TEST = CALIBRATION / "digits-test.npz"
 
 
-def invoke(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 def test_light_commands_never_import_tensorflow(default_run: Path):

@@ -9,6 +9,7 @@ import statistics
 import numpy as np
 import pytest
 
+from edgeres.core.metrics import Tally, collapsed, sqnr_db
 from edgeres.core.timing import (
     UNSTABLE_CV,
     LatencyStats,
@@ -17,7 +18,6 @@ from edgeres.core.timing import (
     summarize,
     time_callable,
 )
-from edgeres.core.metrics import Tally, collapsed, sqnr_db
 
 # --------------------------------------------------------------------------- metrics
 
@@ -171,7 +171,7 @@ def test_summarize_hand_computed_percentiles():
 
 
 def test_unstable_flag_threshold():
-    assert UNSTABLE_CV == pytest.approx(0.10)
+    assert pytest.approx(0.10) == UNSTABLE_CV
     steady = [10.0, 10.1, 9.9, 10.05, 9.95, 10.0]
     assert not summarize(steady, 10.0, 1).unstable
     noisy = [10.0, 13.0, 7.0, 12.0, 8.0]

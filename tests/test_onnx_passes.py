@@ -16,7 +16,7 @@ from edgeres.backends import onnx_graph
 from edgeres.zoo import create_model
 
 
-@functools.lru_cache(maxsize=None)  # resnet50 is converted once for both tests
+@functools.cache  # resnet50 is converted once for both tests
 def _raw_and_edgeres(name: str, size: int):
     import keras
 

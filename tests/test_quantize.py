@@ -9,13 +9,8 @@ import json
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from edgeres.cli import cli
-
-
-def invoke(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
+from tests.conftest import invoke
 
 
 def write_recipe(tmp_path: Path, text: str, name: str = "r.toml") -> Path:

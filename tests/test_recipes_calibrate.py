@@ -7,10 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeres.quant.stats import BINS, ActivationStats, choose_range
-from edgeres.quant.diagnosis import HEADER, find_causes, table_rows
 from edgeres.core.errors import UsageError
 from edgeres.core.layers import resolve_layer
+from edgeres.quant.diagnosis import HEADER, find_causes, table_rows
 from edgeres.quant.recipes import (
     ACTIVATIONS,
     CALIBRATION,
@@ -23,6 +22,7 @@ from edgeres.quant.recipes import (
     recipes_dir,
     resolve_recipe,
 )
+from edgeres.quant.stats import BINS, ActivationStats, choose_range
 
 BUNDLED = sorted(p.stem for p in recipes_dir().glob("*.toml"))
 

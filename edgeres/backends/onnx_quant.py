@@ -14,6 +14,7 @@ import numpy as np
 from edgeres.backends.onnx_graph import check, dequantize_output, input_normalization_nodes
 from edgeres.core.errors import ConversionError, first_line
 
+
 class _Reader:
     """The one-method data reader ONNX Runtime's calibrators expect."""
 

@@ -12,7 +12,14 @@ from typing import Any
 
 import numpy as np
 
-from edgeres.backends.tflite import _explain, _io_type, _quantizing_converter, _refuse_float_ops, _run, float_compute_ops
+from edgeres.backends.tflite_convert import (
+    _explain,
+    _io_type,
+    _quantizing_converter,
+    _refuse_float_ops,
+    _run,
+    float_compute_ops,
+)
 from edgeres.core import tflite_schema
 from edgeres.core.errors import ConversionError
 

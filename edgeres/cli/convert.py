@@ -9,16 +9,27 @@ from pathlib import Path
 import click
 
 from edgeres.cli.app import cli
-from edgeres.cli.options import (calib_size_option, json_option, non_negative, on_bad_image_option,
-                                 preprocess_options, progress,
-                                 seed_option, target_option, threads_option, val_size_option, zoo_options)
+from edgeres.cli.options import (
+    calib_size_option,
+    json_option,
+    non_negative,
+    on_bad_image_option,
+    preprocess_options,
+    progress,
+    seed_option,
+    target_option,
+    threads_option,
+    val_size_option,
+    zoo_options,
+)
 from edgeres.core.errors import BudgetExceededError, UsageError
 
 
 @cli.command()
 @click.argument("model", required=False)
 @click.option("--calib", type=click.Path(), help="Calibration images: folder (class subfolders or flat) or .npz.")
-@click.option("--data", type=click.Path(), help="Held-out labelled validation set: class-subfolder folder or .npz with y.")
+@click.option("--data", type=click.Path(),
+              help="Held-out labelled validation set: class-subfolder folder or .npz with y.")
 @click.option("--int8/--no-int8", default=False, help="Also produce full-integer int8 TFLite and int8 ONNX.")
 @click.option("-o", "--output-dir", type=click.Path(path_type=Path), default=Path("edgeres-out"),
               show_default=True, help="Run folder for artifacts and reports.")

@@ -10,8 +10,18 @@ from pathlib import Path
 import click
 
 from edgeres.cli.app import cli
-from edgeres.cli.options import (echo_json, echo_table, json_option, on_bad_image_option, preprocess_options,
-                                 progress, seed_option, target_option, threads_option, val_size_option)
+from edgeres.cli.options import (
+    echo_json,
+    echo_table,
+    json_option,
+    on_bad_image_option,
+    preprocess_options,
+    progress,
+    seed_option,
+    target_option,
+    threads_option,
+    val_size_option,
+)
 from edgeres.core.errors import UsageError
 
 
@@ -40,14 +50,16 @@ def targets(as_json):
 @click.argument("models", nargs=-1, required=True)
 @click.option("--threads", default=None, metavar="N[,N...]", help="Thread counts to sweep, e.g. 1,2,4 "
               "(default: the target's).")
-@click.option("--runs", type=click.IntRange(min=1), default=100, show_default=True, help="Timed runs per configuration.")
+@click.option("--runs", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Timed runs per configuration.")
 @click.option("--min-time", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="Keep timing until this many seconds have passed.")
 @click.option("--warmup", type=click.IntRange(min=0), default=10, show_default=True, help="Untimed runs first.")
 @click.option("--delegate", default=None, help="TFLite: xnnpack, none (built-in kernels), reference, edgetpu. "
               "ONNX: execution providers, e.g. CPUExecutionProvider (default: the target's).")
 @target_option
-@click.option("--data", type=click.Path(), default=None, help="Feed a real image (folder or .npz) instead of random data.")
+@click.option("--data", type=click.Path(), default=None,
+              help="Feed a real image (folder or .npz) instead of random data.")
 @click.option("--shape", default=None, metavar="N,H,W,C", help="Input shape for ONNX models with dynamic dims.")
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path), default=None,
               help="Write a PNG of the latency distributions (needs matplotlib).")
@@ -64,8 +76,8 @@ def bench(models, threads, runs, min_time, warmup, delegate, target, data, shape
     Example:
       edgeres bench edgeres-out/model_int8.tflite edgeres-out/model_int8.onnx --threads 1,2,4
     """
-    from edgeres.measure.bench import BenchConfig, coverage_text, parse_shape, parse_threads, plot, run_bench
     from edgeres.devices.targets import resolve_target
+    from edgeres.measure.bench import BenchConfig, coverage_text, parse_shape, parse_threads, plot, run_bench
 
     t = resolve_target(target)
     cfg = BenchConfig(models=tuple(models), threads=parse_threads(threads) if threads else (t.threads,),
@@ -104,7 +116,8 @@ def bench(models, threads, runs, min_time, warmup, delegate, target, data, shape
 
 @cli.command()
 @click.argument("model")
-@click.option("--data", type=click.Path(), required=True, help="Labelled images: class-subfolder folder or .npz with y.")
+@click.option("--data", type=click.Path(), required=True,
+              help="Labelled images: class-subfolder folder or .npz with y.")
 @click.option("--reference", default=None, help="Another .tflite/.onnx to compare outputs with "
               "(agreement, SQNR, max abs diff).")
 @threads_option(default=2, help="Inference threads.")
@@ -159,8 +172,8 @@ def check(model, target, as_json):
     cache.  Lists each op that would run on the CPU and the first one, which
     splits the graph.  Exit code 0 when compatible, 6 when not.
     """
-    from edgeres.devices.edgetpu import check_model, format_check
     from edgeres.core.errors import ConversionError
+    from edgeres.devices.edgetpu import check_model, format_check
     from edgeres.devices.targets import resolve_target
 
     t = resolve_target(target)

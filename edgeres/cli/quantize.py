@@ -10,8 +10,17 @@ from pathlib import Path
 import click
 
 from edgeres.cli.app import cli
-from edgeres.cli.options import (calib_size_option, echo_json, echo_table, json_option, preprocess_options, progress,
-                                 seed_option, target_option, zoo_options)
+from edgeres.cli.options import (
+    calib_size_option,
+    echo_json,
+    echo_table,
+    json_option,
+    preprocess_options,
+    progress,
+    seed_option,
+    target_option,
+    zoo_options,
+)
 from edgeres.core.errors import DataError, UsageError
 
 

@@ -19,9 +19,9 @@ from __future__ import annotations
 import logging
 import os
 import zipfile
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -58,12 +58,12 @@ class Preprocess:
 
     @classmethod
     def parse(cls, scale: float = 1.0, mean: str | None = None, std: str | None = None,
-              resize: str = "crop") -> "Preprocess":
+              resize: str = "crop") -> Preprocess:
         return cls(scale=float(scale), mean=_floats(mean, "--mean", (0.0,)),
                    std=_floats(std, "--std", (1.0,)), resize=resize)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Preprocess":
+    def from_dict(cls, d: dict) -> Preprocess:
         return cls(scale=float(d.get("scale", 1.0)), mean=tuple(d.get("mean", (0.0,))),
                    std=tuple(d.get("std", (1.0,))), resize=d.get("resize", "crop"))
 
@@ -127,7 +127,7 @@ class Dataset:
             return int(self.labels.max()) + 1
         return None
 
-    def sample(self, n: int | None, seed: int = 0) -> "Dataset":
+    def sample(self, n: int | None, seed: int = 0) -> Dataset:
         """A deterministic sample of ``n`` items (all of them, shuffled, when n is None)."""
         if n is not None and n <= 0:
             raise UsageError(f"sample size must be positive, got {n}")
@@ -137,12 +137,12 @@ class Dataset:
             order = np.sort(order[:n])
         return self._subset(order)
 
-    def split(self, n_first: int, seed: int = 0) -> tuple["Dataset", "Dataset"]:
+    def split(self, n_first: int, seed: int = 0) -> tuple[Dataset, Dataset]:
         """Two disjoint deterministic parts: ``n_first`` items and the rest."""
         order = np.random.default_rng(seed).permutation(len(self.items))
         return self._subset(np.sort(order[:n_first])), self._subset(np.sort(order[n_first:]))
 
-    def _subset(self, idx: np.ndarray) -> "Dataset":
+    def _subset(self, idx: np.ndarray) -> Dataset:
         items = tuple(self.items[i] for i in idx)
         labels = None if self.labels is None else self.labels[idx]
         return replace(self, items=items, labels=labels)

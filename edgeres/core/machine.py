@@ -43,7 +43,8 @@ def _cpuinfo() -> dict[str, str]:
 # int8 multiply-accumulates per cycle per core, by the best dot-product ISA found:
 # (flag, vendor or None, MACs/cycle, explanation).  First match wins.
 _INT8_RATES = (
-    ("avx512_vnni", "AuthenticAMD", 64, "AVX-512 VNNI on AMD Zen 4: VPDPBUSD zmm at 1/cycle (two 256-bit halves), 64 MACs"),
+    ("avx512_vnni", "AuthenticAMD", 64,
+     "AVX-512 VNNI on AMD Zen 4: VPDPBUSD zmm at 1/cycle (two 256-bit halves), 64 MACs"),
     ("avx512_vnni", None, 128, "AVX-512 VNNI: 2 x VPDPBUSD zmm per cycle, 64 MACs each"),
     ("avx_vnni", None, 64, "AVX-VNNI: 2 x VPDPBUSD ymm per cycle, 32 MACs each"),
     ("avx2", None, 32, "AVX2: VPMADDUBSW+VPMADDWD, about 32 MACs per cycle"),
@@ -74,12 +75,12 @@ def int8_peak() -> dict:
         except (KeyError, ValueError):
             clock_source = "unknown"
     cores = os.cpu_count() or 1
-    for flag, want_vendor, rate, why in _INT8_RATES:
-        if flag in flags and (want_vendor is None or want_vendor == vendor):
-            break
-    else:
+    match = next(((f, rate, why) for f, want_vendor, rate, why in _INT8_RATES
+                  if f in flags and (want_vendor is None or want_vendor == vendor)), None)
+    if match is None:
         return {"cores": cores, "ghz": mhz and mhz / 1000, "gops": None, "isa": None,
                 "note": "no known int8 dot-product ISA detected"}
+    flag, rate, why = match
     gops = cores * (mhz or 0) / 1000.0 * rate * 2 if mhz else None
     return {"cores": cores, "ghz": mhz and mhz / 1000.0, "clock_source": clock_source, "isa": flag,
             "int8_macs_per_cycle_per_core": rate, "gops": gops, "note": why}

@@ -7,7 +7,7 @@ the CLI passes click progress bars on a terminal, and everything else gets
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 
 class ProgressBar:

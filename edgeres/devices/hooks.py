@@ -8,8 +8,8 @@ the report records under the step's name; its ``notes`` also reach the report.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from edgeres.core.errors import RuntimeUnavailableError
 from edgeres.core.quiet import quiet

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeres.core.timing import UNSTABLE_CV, measure
 from edgeres.core.data import Preprocess, open_dataset
 from edgeres.core.errors import ShapeError, UsageError
 from edgeres.core.limits import check_threads
 from edgeres.core.machine import machine_info
 from edgeres.core.quiet import quiet
 from edgeres.core.runtime import Runner, TFLiteRunner, open_runner
+from edgeres.core.timing import UNSTABLE_CV, measure
 
 FREQ_PATH = Path("/sys/devices/system/cpu/cpu0/cpufreq/scaling_cur_freq")
 THERMAL_PATH = Path("/sys/class/thermal/thermal_zone0/temp")
@@ -190,8 +190,9 @@ def plot(report: dict, path: Path) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         raise RuntimeUnavailableError("--plot needs matplotlib: pip install 'edgeres[plot]'") from None
-    from edgeres.core.fs import write_bytes_atomic
     import io
+
+    from edgeres.core.fs import write_bytes_atomic
 
     res = report["results"]
     labels = [f"{Path(r['model']).name}\n{r['delegate'].replace('ExecutionProvider', '')}, {r['threads']} thr"

@@ -6,8 +6,8 @@ LIGHT layer: numpy, a runtime, and the back end it is handed.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
@@ -106,8 +106,8 @@ def layer_errors(backend: Backend, data: bytes, split: Split, limit: int = 64) -
     return out
 
 
-def diagnose(backend: Backend, recipe: Recipe, split: Split, sensitivity: bool = True, progress: Callable[[int], None] | None = None,
-             only_quantized: bool = True) -> dict:
+def diagnose(backend: Backend, recipe: Recipe, split: Split, sensitivity: bool = True,
+             progress: Callable[[int], None] | None = None, only_quantized: bool = True) -> dict:
     """Per-layer error and sensitivity of ``recipe`` on ``backend``, and the failure causes found.
 
     Sensitivity needs two conversions per layer: all other layers float

@@ -64,7 +64,7 @@ class Recipe:
     onnx: BackendOverride = field(default_factory=BackendOverride)
     path: str = ""
 
-    def for_backend(self, backend: str) -> "Recipe":
+    def for_backend(self, backend: str) -> Recipe:
         """This recipe with the [tflite] or [onnx] table applied."""
         o: BackendOverride = getattr(self, backend)
         changes: dict = {}
@@ -89,7 +89,7 @@ class Recipe:
         d["keep_float"] = list(self.keep_float)
         return d
 
-    def replace(self, **changes) -> "Recipe":
+    def replace(self, **changes) -> Recipe:
         return dataclasses.replace(self, **changes)
 
     def summary(self) -> str:

@@ -9,8 +9,8 @@ target that needs a full-integer model, or a test, can narrow it.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from edgeres.core.errors import ConversionError, DataError, UsageError
 from edgeres.core.metrics import COLLAPSE_AGREEMENT
