@@ -8,6 +8,7 @@ layer, a pickled object) is refused, never executed.
 from __future__ import annotations
 
 import os
+import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,8 +44,8 @@ class LoadedModel:
 
     @property
     def num_outputs(self) -> int:
-        shape = self.model.outputs[0].shape
-        return int(shape[-1])
+        """Classes: the output's size per image (checked to be a class vector when the model loaded)."""
+        return int(np.prod([int(d) for d in self.model.outputs[0].shape[1:]]))
 
 
 def load_model(spec: str, *, input_size: int | None = None, num_classes: int | None = None,
@@ -80,6 +81,7 @@ def load_model(spec: str, *, input_size: int | None = None, num_classes: int | N
     if not isinstance(model, keras.Model):
         raise ModelError(f"{path} does not hold a Keras model")
     _check_single_io(model, str(path))
+    _check_classifier(model, str(path))
     return LoadedModel(model, path.stem, str(path), suffix.lstrip(".").replace("hdf5", "h5"))
 
 
@@ -113,6 +115,7 @@ def _from_savedmodel(path: Path) -> LoadedModel:
             raise ModelError(f"SavedModel {path} has {len(out)} outputs; edgeres handles one")
         out = next(iter(out.values()))
     model = keras.Model(inp, out, name=path.name)
+    _check_classifier(model, f"SavedModel {path}")
     return LoadedModel(model, path.name, str(path), "savedmodel")
 
 
@@ -140,8 +143,35 @@ def _check_single_io(model, where: str) -> None:
                          "edgeres handles single-input, single-output image classifiers")
 
 
-def count_macs(model) -> int:
-    """Multiply-accumulates for one image: convolutions and dense layers."""
+# What TensorFlow accepts as an op name scope; the TFLite and ONNX converters trace layers under their names.
+_TF_NAME = re.compile(r"^[A-Za-z0-9.][A-Za-z0-9_.\-/>]*$")
+
+
+def _check_classifier(model, where: str) -> None:
+    """Refuse, in the model's own terms, what edgeres cannot convert and validate as an image classifier."""
+    shape = tuple(model.outputs[0].shape)
+    per_image = shape[1:]
+    if not per_image:
+        raise ShapeError(f"{where} outputs one value per image (shape {shape}), not a vector of class scores: "
+                         "edgeres measures classifiers by their top class; give the model a (N, classes) output")
+    if any(d is None for d in per_image):
+        raise ShapeError(f"{where} output shape {shape} has unknown dimensions; edgeres needs (N, classes)")
+    if sum(1 for d in per_image if d != 1) > 1:
+        raise ShapeError(f"{where} output shape {shape} is not a class vector (a feature map or a "
+                         "segmentation?): edgeres converts image classifiers, whose output is (N, classes)")
+    if int(np.prod(per_image)) < 2:
+        raise ShapeError(f"{where} has a single output score per image (shape {shape}): top-1 needs at least "
+                         "2 classes (a sigmoid binary classifier can output 2 softmax scores instead)")
+    bad = [layer.name for layer in _flat_layers(model) if not _TF_NAME.match(layer.name)]
+    if bad:
+        shown = ", ".join(repr(n) for n in bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise ModelError(f"{where}: layer name(s) {shown} are not valid TensorFlow op names (letters, digits, "
+                         "'_', '.', '-' only), so the TFLite and ONNX converters cannot trace the model: "
+                         "rename the layers")
+
+
+def count_macs(model) -> int | None:
+    """Multiply-accumulates for one image: convolutions and dense layers (None with a dynamic input size)."""
     import keras
 
     macs = 0
@@ -150,6 +180,8 @@ def count_macs(model) -> int:
             out = layer.output.shape
         except (AttributeError, ValueError):
             continue
+        if any(d is None for d in tuple(out)[1:]):
+            return None  # the spatial size is only known when the model is fed
         if isinstance(layer, keras.layers.DepthwiseConv2D):
             kh, kw, cin, mult = layer.depthwise_kernel.shape
             macs += int(out[1]) * int(out[2]) * kh * kw * cin * mult

@@ -6,8 +6,9 @@ on ``.tflite``/``.onnx`` files run with only numpy and a runtime installed.
 
 Exit codes: 0 success; 1 other user error; 2 bad usage; 3 model problem;
 4 data problem; 5 shape/class mismatch; 6 conversion failed; 7 runtime or
-delegate missing; 8 output exists; 10 accuracy budget not met (artifacts and
-report are still written); 130 interrupted.
+delegate missing; 8 output exists, is locked by another run, or cannot be
+written; 10 accuracy budget not met (artifacts and report are still written);
+130 interrupted; 143 terminated (SIGTERM).
 """
 
 from __future__ import annotations
@@ -28,11 +29,18 @@ _HEAVY = ("tensorflow", "keras", "tf2onnx", "onnx", "matplotlib")
 EXIT_CODES = """\b
 Exit codes: 0 ok, 1 other error, 2 bad usage, 3 model, 4 data, 5 shape/classes,
 6 conversion/unsupported op, 7 runtime or delegate missing, 8 output exists,
-10 accuracy budget not met (run folder still written), 130 interrupted."""
+locked or unwritable, 10 accuracy budget not met (run folder still written),
+130 interrupted, 143 terminated."""
 
 
 class _Group(click.Group):
     """Turns every EdgeresError into one line on stderr and its exit code."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.UsageError as exc:  # the group's own options
+            _usage_error(exc)
 
     def invoke(self, ctx: click.Context):
         try:
@@ -40,6 +48,8 @@ class _Group(click.Group):
         except EdgeresError as exc:
             click.echo(f"edgeres: error: {exc}", err=True)
             ctx.exit(exc.exit_code)
+        except click.UsageError as exc:  # click's own checks of a command's options and arguments
+            _usage_error(exc)
         except ModuleNotFoundError as exc:
             if exc.name and exc.name.split(".")[0] in _HEAVY:
                 click.echo(f"edgeres: error: this command needs {exc.name.split('.')[0]}, which is not installed: "
@@ -49,6 +59,13 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             click.echo("edgeres: interrupted", err=True)
             ctx.exit(130)
+
+
+def _usage_error(exc: click.UsageError) -> None:
+    """Click's usage errors follow the same contract: one line, exit code 2."""
+    hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+    click.echo(f"edgeres: error: {' '.join(exc.format_message().split())}{hint}", err=True)
+    raise click.exceptions.Exit(2)
 
 
 class _WarningsToStderr(logging.Handler):

@@ -10,6 +10,7 @@ import click
 
 from edgeres.cli.app import cli
 from edgeres.cli.options import (
+    FiniteFloat,
     calib_size_option,
     json_option,
     non_negative,
@@ -23,6 +24,7 @@ from edgeres.cli.options import (
     zoo_options,
 )
 from edgeres.core.errors import BudgetExceededError, UsageError
+from edgeres.core.limits import MAX_RUNS, MAX_WARMUP
 
 
 @cli.command()
@@ -41,15 +43,16 @@ from edgeres.core.errors import BudgetExceededError, UsageError
 @val_size_option
 @seed_option
 @threads_option()
-@click.option("--runs", type=click.IntRange(min=50), default=50, show_default=True,
+@click.option("--runs", type=click.IntRange(50, MAX_RUNS), default=50, show_default=True,
               help="Timed runs per artifact after warm-up.")
-@click.option("--warmup", type=click.IntRange(min=1), default=10, show_default=True)
-@click.option("--max-drop", type=float, default=None, metavar="PP", callback=non_negative,
+@click.option("--warmup", type=click.IntRange(1, MAX_WARMUP), default=10, show_default=True,
+              help="Untimed runs per artifact first.")
+@click.option("--max-drop", type=FiniteFloat(), default=None, metavar="PP", callback=non_negative,
               help="Accuracy budget: search, on part of --data, for the fastest int8 configuration losing at most "
                    "PP points (see --metric); exit 10 when none does (the best one is still written).")
 @click.option("--metric", type=click.Choice(["top1", "agreement"]), default="top1", show_default=True,
               help="What --max-drop budgets: top-1 points lost, or points of top-1 agreement with float32 lost.")
-@click.option("--select-fraction", type=click.FloatRange(0.05, 0.95), default=0.5, show_default=True,
+@click.option("--select-fraction", type=FiniteFloat(0.05, 0.95), default=0.5, show_default=True,
               help="Share of --data the --max-drop search chooses on; figures use the rest.")
 @click.option("--recipe", default=None, metavar="NAME|FILE",
               help="Quantization recipe (see 'edgeres recipes'); default: 'default'.")

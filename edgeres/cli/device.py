@@ -11,6 +11,7 @@ import click
 
 from edgeres.cli.app import cli
 from edgeres.cli.options import (
+    FiniteFloat,
     echo_json,
     echo_table,
     json_option,
@@ -23,6 +24,7 @@ from edgeres.cli.options import (
     val_size_option,
 )
 from edgeres.core.errors import UsageError
+from edgeres.core.limits import MAX_RUNS, MAX_SECONDS, MAX_WARMUP
 
 
 @cli.command()
@@ -50,11 +52,12 @@ def targets(as_json):
 @click.argument("models", nargs=-1, required=True)
 @click.option("--threads", default=None, metavar="N[,N...]", help="Thread counts to sweep, e.g. 1,2,4 "
               "(default: the target's).")
-@click.option("--runs", type=click.IntRange(min=1), default=100, show_default=True,
+@click.option("--runs", type=click.IntRange(1, MAX_RUNS), default=100, show_default=True,
               help="Timed runs per configuration.")
-@click.option("--min-time", type=click.FloatRange(min=0), default=0.0, show_default=True,
+@click.option("--min-time", type=FiniteFloat(0, MAX_SECONDS), default=0.0, show_default=True,
               help="Keep timing until this many seconds have passed.")
-@click.option("--warmup", type=click.IntRange(min=0), default=10, show_default=True, help="Untimed runs first.")
+@click.option("--warmup", type=click.IntRange(0, MAX_WARMUP), default=10, show_default=True,
+              help="Untimed runs first.")
 @click.option("--delegate", default=None, help="TFLite: xnnpack, none (built-in kernels), reference, edgetpu. "
               "ONNX: execution providers, e.g. CPUExecutionProvider (default: the target's).")
 @target_option
@@ -125,7 +128,8 @@ def bench(models, threads, runs, min_time, warmup, delegate, target, data, shape
 @val_size_option
 @seed_option
 @on_bad_image_option
-@click.option("--scale", type=float, default=None, help="As for convert; default: the run folder's report.json.")
+@click.option("--scale", type=FiniteFloat(), default=None,
+              help="As for convert; default: the run folder's report.json.")
 @click.option("--mean", default=None, metavar="R,G,B")
 @click.option("--std", default=None, metavar="R,G,B")
 @click.option("--resize", type=click.Choice(["crop", "stretch"]), default=None)

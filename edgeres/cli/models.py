@@ -8,17 +8,20 @@ from pathlib import Path
 import click
 
 from edgeres.cli.app import cli
-from edgeres.cli.options import echo_json, json_option, seed_option
+from edgeres.cli.options import FiniteFloat, echo_json, json_option, seed_option
 from edgeres.core.errors import UsageError
+from edgeres.core.limits import MAX_CHANNELS, MAX_CLASSES, MAX_INPUT_SIZE, MAX_WIDTH
 
 
 @cli.command()
 @click.argument("arch")
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Where to write the .keras file.")
-@click.option("--input-size", type=click.IntRange(min=1), default=None, help="Square input size (default: the arch's).")
-@click.option("--num-classes", type=click.IntRange(min=1), default=None)
-@click.option("--channels", type=click.IntRange(min=1), default=3, show_default=True)
-@click.option("--width", type=float, default=1.0, show_default=True, help="Width multiplier for all filters.")
+@click.option("--input-size", type=click.IntRange(1, MAX_INPUT_SIZE), default=None,
+              help="Square input size (default: the arch's).")
+@click.option("--num-classes", type=click.IntRange(1, MAX_CLASSES), default=None)
+@click.option("--channels", type=click.IntRange(1, MAX_CHANNELS), default=3, show_default=True)
+@click.option("--width", type=FiniteFloat(0, MAX_WIDTH, min_open=True), default=1.0, show_default=True,
+              help="Width multiplier for all filters.")
 @click.option("--shortcut", type=click.Choice(["A", "B"], case_sensitive=False), default=None,
               help="CIFAR ResNets: A zero-pad (parameter-free) or B projection shortcuts.")
 @click.option("--weights", default=None, help="'imagenet' to load keras.applications weights (downloads).")
@@ -81,7 +84,9 @@ def info(model, as_json):
         echo_json(d)
         return
     for k, v in d.items():
-        if isinstance(v, int) and not isinstance(v, bool) and k.endswith(("params", "macs", "bytes")):
+        if v is None and k == "macs":
+            v = "unknown (dynamic input size)"
+        elif isinstance(v, int) and not isinstance(v, bool) and k.endswith(("params", "macs", "bytes")):
             v = f"{v:,}"
         elif isinstance(v, dict):
             v = ", ".join(f"{a} x{b}" if isinstance(b, int) else f"{a}={b}" for a, b in v.items())

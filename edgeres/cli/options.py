@@ -8,7 +8,29 @@ import sys
 import click
 
 from edgeres.core.errors import UsageError
-from edgeres.core.limits import MAX_THREADS, check_threads
+from edgeres.core.limits import (
+    MAX_CALIB_IMAGES,
+    MAX_CLASSES,
+    MAX_IMAGES,
+    MAX_INPUT_SIZE,
+    MAX_SEED,
+    MAX_THREADS,
+    check_threads,
+)
+
+
+class FiniteFloat(click.FloatRange):
+    """A float option that must be finite (click's FloatRange lets NaN through every bound)."""
+
+    name = "finite float"
+
+    def convert(self, value, param, ctx):
+        import math
+
+        rv = super().convert(value, param, ctx)
+        if not math.isfinite(rv):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return rv
 
 
 def non_negative(ctx, param, value):
@@ -26,11 +48,12 @@ def _threads(ctx, param, value):
 
 target_option = click.option("--target", default=None, metavar="NAME|FILE",
                              help="Device profile (see 'edgeres targets'); default: this machine's.")
-seed_option = click.option("--seed", type=int, default=0, show_default=True, help="Seed for sampling images.")
+seed_option = click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True,
+                           help="Seed for sampling images.")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON to stdout.")
 on_bad_image_option = click.option("--on-bad-image", type=click.Choice(["warn", "error"]), default="warn",
                                    show_default=True, help="Skip unreadable images with a warning, or stop.")
-val_size_option = click.option("--val-size", type=click.IntRange(min=1), default=None,
+val_size_option = click.option("--val-size", type=click.IntRange(1, MAX_IMAGES), default=None,
                                help="Validate on a sample of N images (deterministic, --seed).")
 
 
@@ -40,20 +63,22 @@ def threads_option(default: int | None = None, help: str = "Inference threads (d
 
 
 def calib_size_option(fn):
-    return click.option("--calib-size", type=click.IntRange(min=1), default=300, show_default=True,
+    return click.option("--calib-size", type=click.IntRange(1, MAX_CALIB_IMAGES), default=300, show_default=True,
                         help="Calibration images to sample (deterministic, --seed); a recipe's "
                              "calib_size takes precedence.")(fn)
 
 
 def zoo_options(fn):
     """--input-size/--num-classes, for zoo model names."""
-    fn = click.option("--num-classes", type=click.IntRange(min=1), default=None, help="Classes for zoo models.")(fn)
-    return click.option("--input-size", type=click.IntRange(min=1), default=None, help="Input size for zoo models.")(fn)
+    fn = click.option("--num-classes", type=click.IntRange(1, MAX_CLASSES), default=None,
+                      help="Classes for zoo models.")(fn)
+    return click.option("--input-size", type=click.IntRange(1, MAX_INPUT_SIZE), default=None,
+                        help="Input size for zoo models.")(fn)
 
 
 def preprocess_options(fn):
     """--scale/--mean/--std/--resize, turned into one ``preprocess`` argument."""
-    @click.option("--scale", type=float, default=1.0, show_default=True,
+    @click.option("--scale", type=FiniteFloat(), default=1.0, show_default=True,
                   help="Multiply pixels (0..255) by S before normalising.")
     @click.option("--mean", default=None, metavar="R,G,B", help="Subtract per-channel mean (after --scale).")
     @click.option("--std", default=None, metavar="R,G,B", help="Divide by per-channel std.")

@@ -22,6 +22,7 @@ from edgeres.cli.options import (
     zoo_options,
 )
 from edgeres.core.errors import DataError, UsageError
+from edgeres.core.limits import MAX_IMAGES
 
 
 @cli.command()
@@ -45,7 +46,7 @@ def recipes(as_json):
 @click.option("--backend", type=click.Choice(["tflite", "onnx"]), default="tflite", show_default=True)
 @target_option
 @calib_size_option
-@click.option("--val-size", type=click.IntRange(min=1), default=500, show_default=True,
+@click.option("--val-size", type=click.IntRange(1, MAX_IMAGES), default=500, show_default=True,
               help="Validation images to measure on (sampled with --seed).")
 @seed_option
 @click.option("--sensitivity/--no-sensitivity", default=True, show_default=True,

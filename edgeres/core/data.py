@@ -7,7 +7,7 @@ Two folder layouts are understood:
 * class subfolders (``DIR/<class>/<image>``): sorted folder names give labels;
 * a flat folder of images: no labels, enough for calibration.
 
-An ``.npz`` file holds ``x`` (N,H,W[,C] pixels) and optionally ``y`` (N,).
+An ``.npz`` file holds ``x`` (N,H,W[,C] pixels) and optionally ``y`` (N,): see :mod:`edgeres.core.npz`.
 
 Images are decoded lazily and streamed in batches, so a 50,000-image validation
 set is never held in memory at once.  Decoding handles grayscale, palette,
@@ -18,85 +18,25 @@ from __future__ import annotations
 
 import logging
 import os
-import zipfile
+import struct
+import warnings
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from edgeres.core.errors import DataError, ShapeError, UsageError
+from edgeres.core.errors import DataError, ShapeError, UsageError, first_line
+from edgeres.core.npz import MAX_IMAGE_ELEMENTS, load_npz
+from edgeres.core.preprocess import Preprocess
 
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = frozenset(
     {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 )
-RESIZE_MODES = ("crop", "stretch")
-
-
-@dataclass(frozen=True)
-class Preprocess:
-    """``x = (pixels * scale - mean) / std`` per channel, after resizing.
-
-    The default (scale 1, mean 0, std 1) feeds raw 0..255 pixels, for models
-    that normalise inside, like the edgeres zoo's.
-    """
-
-    scale: float = 1.0
-    mean: tuple[float, ...] = (0.0,)
-    std: tuple[float, ...] = (1.0,)
-    resize: str = "crop"
-
-    def __post_init__(self) -> None:
-        if self.resize not in RESIZE_MODES:
-            raise UsageError(f"--resize must be one of {', '.join(RESIZE_MODES)}, not {self.resize!r}")
-        if any(s == 0 for s in self.std):
-            raise UsageError("--std values must be non-zero")
-        if len(self.mean) not in (1, 3) or len(self.std) not in (1, 3):
-            raise UsageError("--mean and --std take 1 or 3 comma-separated values")
-
-    @classmethod
-    def parse(cls, scale: float = 1.0, mean: str | None = None, std: str | None = None,
-              resize: str = "crop") -> Preprocess:
-        return cls(scale=float(scale), mean=_floats(mean, "--mean", (0.0,)),
-                   std=_floats(std, "--std", (1.0,)), resize=resize)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> Preprocess:
-        return cls(scale=float(d.get("scale", 1.0)), mean=tuple(d.get("mean", (0.0,))),
-                   std=tuple(d.get("std", (1.0,))), resize=d.get("resize", "crop"))
-
-    @property
-    def is_identity(self) -> bool:
-        return self.scale == 1.0 and set(self.mean) == {0.0} and set(self.std) == {1.0}
-
-    def apply(self, pixels: np.ndarray) -> np.ndarray:
-        x = pixels.astype(np.float32)
-        if self.is_identity:
-            return x
-        channels = x.shape[-1]
-        mean = np.asarray(self.mean, np.float32)
-        std = np.asarray(self.std, np.float32)
-        if mean.size not in (1, channels) or std.size not in (1, channels):
-            raise ShapeError(f"--mean/--std have {max(mean.size, std.size)} values but the model "
-                             f"input has {channels} channels")
-        return (x * np.float32(self.scale) - mean) / std
-
-    def to_dict(self) -> dict:
-        return {"scale": self.scale, "mean": list(self.mean), "std": list(self.std),
-                "resize": self.resize, "formula": "x = (pixels * scale - mean) / std"}
-
-
-def _floats(text: str | None, option: str, default: tuple[float, ...]) -> tuple[float, ...]:
-    if text is None or str(text).strip() == "":
-        return default
-    try:
-        return tuple(float(v) for v in str(text).split(","))
-    except ValueError:
-        raise UsageError(f"{option} takes comma-separated numbers, got {text!r}") from None
-
-
+MAX_BATCH_ELEMENTS = MAX_IMAGE_ELEMENTS  # float32 values per batch (1 GiB): big inputs get smaller batches
 @dataclass(frozen=True)
 class Dataset:
     """A lazily decoded, optionally labelled list of images.
@@ -129,8 +69,8 @@ class Dataset:
 
     def sample(self, n: int | None, seed: int = 0) -> Dataset:
         """A deterministic sample of ``n`` items (all of them, shuffled, when n is None)."""
-        if n is not None and n <= 0:
-            raise UsageError(f"sample size must be positive, got {n}")
+        if n is not None and (isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n <= 0):
+            raise UsageError(f"sample size must be a positive whole number, got {n!r}")
         rng = np.random.default_rng(seed)
         order = rng.permutation(len(self.items))
         if n is not None:
@@ -172,7 +112,10 @@ class Dataset:
         raise DataError (``'error'``).  A dataset in which no image could be
         read raises DataError.
         """
-        h, w, c = (int(v) for v in hwc)
+        h, w, c = _check_hwc(hwc)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise UsageError(f"batch size must be a whole number of at least 1, got {batch_size!r}")
+        batch_size = max(1, min(int(batch_size), MAX_BATCH_ELEMENTS // (h * w * c)))
         xs: list[np.ndarray] = []
         ys: list[int] = []
         yielded = 0
@@ -203,7 +146,12 @@ class Dataset:
                         skipped[0], f" (and {len(skipped) - 1} more)" if len(skipped) > 1 else "")
 
     def _emit(self, xs, ys, preprocess):
-        x = preprocess.apply(np.stack(xs))
+        raw = np.stack(xs)
+        with np.errstate(over="ignore", invalid="ignore"):
+            x = preprocess.apply(raw)
+        if not np.isfinite(x).all():  # only pixels far outside 0..255 (a float .npz) can get here
+            raise DataError(f"{self.source}: pixels {float(raw.min()):g}..{float(raw.max()):g} are not finite in "
+                            "float32 after (pixels * scale - mean) / std; check the data and --scale/--mean/--std")
         y = np.asarray(ys, np.int64) if self.labels is not None else None
         return x, y
 
@@ -221,31 +169,47 @@ class Dataset:
         return x, y
 
 
+def _check_hwc(hwc) -> tuple[int, int, int]:
+    """The model input's (h, w, c) as positive ints, within MAX_IMAGE_ELEMENTS, else ShapeError."""
+    try:
+        h, w, c = (int(v) for v in hwc)
+        if min(h, w, c) >= 1 and h * w * c <= MAX_IMAGE_ELEMENTS:
+            return h, w, c
+    except (TypeError, ValueError):
+        pass
+    raise ShapeError(f"the model input must have a fixed HxWxC size of at most {MAX_IMAGE_ELEMENTS:,} values, "
+                     f"got {hwc!r}")
+
+
 def decode_image(path: str, h: int, w: int, c: int, resize: str = "crop") -> np.ndarray:
     """Decode one image file to an (h, w, c) uint8 array."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
+    h, w, c = _check_hwc((h, w, c))
     try:
-        with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im)
-            if im.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N"):
-                # 16-bit grayscale: scale to 8 bits (Pillow's convert() clips at 255).
-                wide = np.asarray(im, dtype=np.float64) / 257.0
-                im = Image.fromarray(np.clip(np.rint(wide), 0, 255).astype(np.uint8))
-            if im.mode in ("RGBA", "LA", "P", "PA") and c != 4:
-                # Composite transparency on black, as most training pipelines do.
-                im = im.convert("RGBA")
-                bg = Image.new("RGBA", im.size, (0, 0, 0, 255))
-                im = Image.alpha_composite(bg, im)
-            im = im.convert({1: "L", 3: "RGB", 4: "RGBA"}.get(c, "RGB"))
-            if im.size != (w, h):
-                if resize == "crop":
-                    im = ImageOps.fit(im, (w, h), method=Image.Resampling.BILINEAR)
-                else:
-                    im = im.resize((w, h), Image.Resampling.BILINEAR)
-            arr = np.asarray(im, dtype=np.uint8)
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as exc:
-        raise DataError(f"unreadable image {path}: {exc}") from None
+        with warnings.catch_warnings():  # Pillow warns above ~89 Mpixel (and refuses above twice that)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                im = ImageOps.exif_transpose(im)
+                if im.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N"):
+                    # 16-bit grayscale: scale to 8 bits (Pillow's convert() clips at 255).
+                    wide = np.asarray(im, dtype=np.float64) / 257.0
+                    im = Image.fromarray(np.clip(np.rint(wide), 0, 255).astype(np.uint8))
+                if im.mode in ("RGBA", "LA", "P", "PA") and c != 4:
+                    # Composite transparency on black, as most training pipelines do.
+                    im = im.convert("RGBA")
+                    bg = Image.new("RGBA", im.size, (0, 0, 0, 255))
+                    im = Image.alpha_composite(bg, im)
+                im = im.convert({1: "L", 3: "RGB", 4: "RGBA"}.get(c, "RGB"))
+                if im.size != (w, h):
+                    if resize == "crop":
+                        im = ImageOps.fit(im, (w, h), method=Image.Resampling.BILINEAR)
+                    else:
+                        im = im.resize((w, h), Image.Resampling.BILINEAR)
+                arr = np.asarray(im, dtype=np.uint8)
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError, EOFError,
+            struct.error, zlib.error, IndexError, KeyError, TypeError, ZeroDivisionError, MemoryError) as exc:
+        raise DataError(f"unreadable image {path}: {first_line(exc)}") from None  # all seen from Pillow
     if arr.ndim == 2:
         arr = arr[..., None]
     if arr.shape[-1] != c:
@@ -264,10 +228,9 @@ def _fit_array(img: np.ndarray, h: int, w: int, c: int, source: str) -> np.ndarr
         if img.dtype == np.uint8 and img.shape[-1] == c:
             from PIL import Image
 
-            mode = "L" if c == 1 else "RGB"
-            pil = Image.fromarray(img[..., 0] if c == 1 else img, mode)
-            arr = np.asarray(pil.resize((w, h), Image.Resampling.BILINEAR), np.uint8)
-            return arr[..., None] if c == 1 else arr
+            # One channel at a time: any channel count, and a 4th channel is not premultiplied as alpha.
+            return np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(img[..., k])).resize(
+                (w, h), Image.Resampling.BILINEAR), np.uint8) for k in range(c)], axis=-1)
         raise ShapeError(f"{source}: images are {'x'.join(map(str, img.shape))} but the model "
                          f"takes {h}x{w}x{c}")
     return img
@@ -280,12 +243,23 @@ def _is_image(p: Path) -> bool:
 def open_dataset(source: str | os.PathLike, role: str = "data") -> Dataset:
     """Open an image folder (class subfolders or flat) or an ``.npz`` file."""
     path = Path(source)
-    if not path.exists():
-        raise DataError(f"{role} path {path} does not exist")
-    if path.is_file():
-        if path.suffix.lower() != ".npz":
-            raise DataError(f"{role} path {path} is a file but not an .npz; pass an image folder or .npz")
-        return _open_npz(path, role)
+    try:
+        if not str(source).strip() or not path.exists():
+            raise DataError(f"{role} path {str(source)!r} is empty" if not str(source).strip() else
+                            f"{role} path {path} does not exist")
+        if path.is_file():
+            if path.suffix.lower() != ".npz":
+                raise DataError(f"{role} path {path} is a file but not an .npz; pass an image folder or .npz")
+            x, y = load_npz(path, role)
+            return Dataset(str(path), "npz", tuple(range(len(x))), y, None, _npz_x=x)
+        if not path.is_dir():
+            raise DataError(f"{role} path {path} is neither a file nor a folder (pass an image folder or .npz)")
+        return _open_folder(path, role)
+    except (OSError, ValueError) as exc:  # a name too long, a folder that cannot be listed
+        raise DataError(f"{role} path {path} cannot be read: {getattr(exc, 'strerror', None) or exc}") from None
+
+
+def _open_folder(path: Path, role: str) -> Dataset:
     subdirs = sorted(d for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
     if subdirs:
         items: list[str] = []
@@ -296,7 +270,7 @@ def open_dataset(source: str | os.PathLike, role: str = "data") -> Dataset:
             names.append(d.name)
             items.extend(files)
             labels.extend([len(names) - 1] * len(files))
-        empty = [d.name for d in subdirs if not any(_is_image(f) for f in d.rglob("*"))]
+        empty = [name for i, name in enumerate(names) if i not in set(labels)]
         if not items:
             raise DataError(f"{role} folder {path} holds no image files")
         if empty:
@@ -306,30 +280,3 @@ def open_dataset(source: str | os.PathLike, role: str = "data") -> Dataset:
     if not files:
         raise DataError(f"{role} folder {path} is empty or holds no image files")
     return Dataset(str(path), "flat", tuple(files))
-
-
-def _open_npz(path: Path, role: str) -> Dataset:
-    try:
-        loaded = np.load(path, allow_pickle=False)
-        if not isinstance(loaded, np.lib.npyio.NpzFile):  # a bare .npy renamed to .npz
-            raise DataError(f"{role} file {path} is a single .npy array, not an .npz archive; "
-                            f"save it with numpy.savez(path, x=..., y=...)")
-        with loaded as z:
-            if "x" not in z.files:
-                raise DataError(f"{role} file {path} has no 'x' array (found: {', '.join(z.files)})")
-            x = z["x"]
-            y = z["y"] if "y" in z.files else None
-    except DataError:
-        raise
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
-        raise DataError(f"{role} file {path} is not a readable .npz: {exc}") from None
-    if x.ndim not in (3, 4) or len(x) == 0:
-        raise DataError(f"{role} file {path}: 'x' must be a non-empty (N,H,W[,C]) array, got {x.shape}")
-    if y is not None:
-        y = np.asarray(y).reshape(-1)
-        if len(y) != len(x):
-            raise DataError(f"{role} file {path}: 'y' has {len(y)} labels for {len(x)} images")
-        if not np.issubdtype(y.dtype, np.integer) or (len(y) and y.min() < 0):
-            raise DataError(f"{role} file {path}: 'y' must hold non-negative integer labels")
-        y = y.astype(np.int64)
-    return Dataset(str(path), "npz", tuple(range(len(x))), y, None, _npz_x=x)

@@ -62,6 +62,12 @@ class OutputExistsError(EdgeresError):
     exit_code = 8
 
 
+class OutputWriteError(EdgeresError):
+    """The run folder could not be written (an unwritable folder, a full disk): exit 8, as OutputExistsError."""
+
+    exit_code = 8
+
+
 class BudgetExceededError(EdgeresError):
     """An accuracy budget (--max-drop) was not met, or an int8 model collapsed.
 

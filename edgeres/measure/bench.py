@@ -18,7 +18,7 @@ import numpy as np
 
 from edgeres.core.data import Preprocess, open_dataset
 from edgeres.core.errors import ShapeError, UsageError
-from edgeres.core.limits import check_threads
+from edgeres.core.limits import MAX_CHANNELS, MAX_INPUT_SIZE, check_threads
 from edgeres.core.machine import machine_info
 from edgeres.core.quiet import quiet
 from edgeres.core.runtime import Runner, TFLiteRunner, open_runner
@@ -61,6 +61,9 @@ def parse_shape(text: str | None) -> tuple[int, ...] | None:
         raise UsageError(f"--shape takes N,H,W,C, got {text!r}") from None
     if any(d < 1 for d in dims):
         raise UsageError(f"--shape dims must be positive, got {text!r}")
+    if len(dims) != 4 or dims[0] != 1 or max(dims[1:3]) > MAX_INPUT_SIZE or dims[3] > MAX_CHANNELS:
+        raise UsageError(f"--shape takes 1,H,W,C (batch 1, H and W at most {MAX_INPUT_SIZE}, C at most "
+                         f"{MAX_CHANNELS}), got {text!r}")
     return dims
 
 

@@ -9,21 +9,34 @@ import json
 from pathlib import Path
 
 from edgeres.core.data import Preprocess, open_dataset
-from edgeres.core.errors import ShapeError
+from edgeres.core.errors import DataError, ShapeError, first_line
 from edgeres.core.metrics import tally_batches
 from edgeres.core.quiet import quiet
 from edgeres.core.runtime import open_runner
 
 
 def recorded_preprocess(model: str) -> Preprocess | None:
-    """The preprocessing recorded in the run folder's report.json next to ``model``, if any."""
+    """The preprocessing recorded in the report.json of the run folder ``model`` sits in, if there is one.
+
+    A report.json that is there but unreadable or malformed is an error naming
+    that file (not the options, which the user did not give): guessing the
+    preprocessing would measure the wrong thing.
+    """
     report = Path(model).resolve().parent / "report.json"
     if not report.is_file():
         return None
+    where = f"report.json in {report.parent}"
+    hint = "; pass --scale/--mean/--std to set the preprocessing yourself"
     try:
-        return Preprocess.from_dict(json.loads(report.read_text())["preprocess"])
-    except (ValueError, KeyError, TypeError):
-        return None
+        d = json.loads(report.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise DataError(f"cannot read {where}: {first_line(exc)}{hint}") from None
+    if not isinstance(d, dict) or not isinstance(d.get("preprocess"), dict):
+        raise DataError(f"{where} has no 'preprocess' table{hint}")
+    try:
+        return Preprocess.from_dict(d["preprocess"], source=where)
+    except DataError as exc:
+        raise DataError(f"{exc}{hint}") from None
 
 
 def run_validate(model: str, data: str, *, reference: str | None = None, preprocess: Preprocess | None = None,
@@ -40,6 +53,9 @@ def run_validate(model: str, data: str, *, reference: str | None = None, preproc
     if ref_runner is not None and ref_runner.hwc != runner.hwc:
         raise ShapeError(f"--reference takes input {ref_runner.hwc} but {Path(model).name} takes {runner.hwc}")
     ds = open_dataset(data, "validation")
+    if not ds.labelled and ref_runner is None:
+        raise DataError(f"validation data {data} has no labels, so there is no accuracy to measure: use class "
+                        "subfolders or an .npz with 'y', or pass --reference to measure agreement only")
     if val_size:
         ds = ds.sample(val_size, seed)
     ref_fn = ref_runner.predict if ref_runner is not None else None

@@ -52,8 +52,10 @@ def build_artifacts(cfg, settings: Settings, inputs, stage: Path, stages) -> Bui
         if searched is not None:
             built.searches[fmt.name] = searched
         recipe = cfg.recipe.for_backend(fmt.name)
+        n_float, n_layers = len(details.get("float_layers") or []), len(backend.layers)
         details = {**fmt.int8_details(settings, cfg.recipe), **details, "recipe": cfg.recipe.name,
-                   "recipe_summary": recipe.summary(), "activations": recipe.activations}
+                   "recipe_summary": recipe.summary(), "activations": recipe.activations,
+                   "float_share": round(n_float / n_layers, 4) if n_layers else 0.0}
         _emit(built, stage, fmt, "int8", data, details)
         built.backends[fmt.name] = backend
     return built

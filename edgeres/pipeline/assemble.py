@@ -16,7 +16,7 @@ from edgeres.report.model import BackendSearch, Report, SearchReport
 #: the quantization details report.json keeps for each artifact
 DETAIL_KEYS = ("io_dtype", "full_integer", "scheme", "format", "per_channel", "calibration", "opset", "float_nodes",
                "static_batch", "recipe", "recipe_summary", "engine", "output_range", "float_layers",
-               "bias_corrected_layers", "activations")
+               "bias_corrected_layers", "activations", "float_share")
 MODEL_KEYS = ("name", "source", "kind", "params", "trainable_params", "macs", "input_shape", "output_shape", "layers")
 
 
@@ -35,8 +35,8 @@ def assemble(cfg, settings: Settings, inputs, built, stages, ref: dict | None, c
         model={k: inputs.model_info[k] for k in MODEL_KEYS}, preprocess=cfg.preprocess.to_dict(),
         target={"name": t.name, "arch": t.arch, "threads": settings.threads, "tflite_delegate": t.tflite.delegate,
                 "tflite_io_dtype": settings.io_dtype, "onnx_scheme": t.onnx_scheme},
-        calibration={**inputs.calib_ds.describe(), "seed": cfg.seed},
-        validation=inputs.val_ds.describe() if inputs.val_ds is not None else None,
+        calibration={**inputs.calib_ds.describe(), "seed": cfg.seed, "used": len(inputs.calib)},
+        validation=_validation(inputs, ref),
         reference={"name": "keras_fp32", **(ref or {})}, artifacts=artifacts,
         stages_seconds=stages.seconds,
         conversion_seconds=sum(v for k, v in stages.seconds.items() if k not in ("validate", "bench")),
@@ -57,6 +57,17 @@ def assemble(cfg, settings: Settings, inputs, built, stages, ref: dict | None, c
     return report
 
 
+def _validation(inputs, ref: dict | None) -> dict | None:
+    """The validation set, with how many images were measured and how many were skipped as unreadable."""
+    if inputs.val_ds is None:
+        return None
+    d = inputs.val_ds.describe()
+    if ref is not None:
+        d["measured"] = ref.get("count", 0)
+        d["skipped"] = d["count"] - d["measured"]
+    return d
+
+
 def _notes(cfg, settings: Settings, inputs, artifacts) -> list[str]:
     notes = [cfg.default_note] if cfg.default_note else []
     if inputs.val_ds is None:
@@ -67,6 +78,12 @@ def _notes(cfg, settings: Settings, inputs, artifacts) -> list[str]:
                      "With XNNPACK (ai-edge-litert) int8 results were bit-identical on x86 and aarch64, but "
                      "tflite-runtime 2.14's built-in kernels round differently per architecture (docs/arm.md): "
                      "run 'edgeres validate' on the device")
+    if inputs.val_ds is not None and len(inputs.calib) < len(inputs.calib_ds):
+        notes.append(f"calibration used {len(inputs.calib)} of {len(inputs.calib_ds)} images (the rest were "
+                     "unreadable)")
+    floaty = [f"{a.name} {100 * a.details['float_share']:.0f}%" for a in artifacts if a.details.get("float_share")]
+    if floaty:
+        notes.append("layers kept in float (share of quantizable layers): " + ", ".join(floaty))
     unstable = [a.name for a in artifacts if a.latency_ms.get("unstable")]
     if unstable:
         notes.append(f"latency unstable (stdev > 10% of mean) for: {', '.join(unstable)}")

@@ -7,6 +7,7 @@ the stages that need it (load and convert, through :mod:`edgeres.backends`).
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,13 +21,16 @@ from edgeres.backends.base import Settings, resolve_settings
 from edgeres.core.data import Dataset, Preprocess, open_dataset
 from edgeres.core.errors import BudgetExceededError, DataError
 from edgeres.core.fs import check_output_dir, staged_dir, write_text_atomic
+from edgeres.core.machine import available_memory
 from edgeres.core.progress import Progress, no_progress
 from edgeres.core.quiet import quiet
 from edgeres.devices.targets import Target
 from edgeres.quant.evaluate import Split
 from edgeres.quant.recipes import Recipe, resolve_recipe
-from edgeres.quant.search import SearchPlan, check_sizes
+from edgeres.quant.search import MIN_CALIBRATION, SearchPlan, check_sizes
 from edgeres.report import Report, render_markdown, to_json
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -135,14 +139,14 @@ def prepare(cfg: ConvertConfig, stages: Stages, progress: Progress) -> Inputs:
     val_ds = open_dataset(cfg.data, "validation") if cfg.data else None
     if val_ds is not None and not val_ds.labelled:
         raise DataError(f"validation data {cfg.data} has no labels: use class subfolders or an .npz with 'y'")
-    check_output_dir(cfg.output_dir, cfg.force)
+    check_output_dir(cfg.output_dir, cfg.force, inputs=[cfg.model, cfg.calib, cfg.data, cfg.weights])
     with stages("load"), quiet():
         loaded = keras_io.load_model(cfg.model, input_size=cfg.input_size, num_classes=cfg.num_classes,
                                      weights=cfg.weights)
         model_info = keras_io.describe(loaded)
     hwc, n_out = loaded.hwc, loaded.num_outputs
     calib_ds.check_classes(n_out, "calibration")
-    calib_size = cfg.recipe.calib_images(cfg.calib_size)
+    n_calib = min(cfg.recipe.calib_images(cfg.calib_size), len(calib_ds))
     select_ds = select = None
     if val_ds is not None:
         val_ds.check_classes(n_out, "validation")
@@ -150,13 +154,18 @@ def prepare(cfg: ConvertConfig, stages: Stages, progress: Progress) -> Inputs:
             val_ds = val_ds.sample(cfg.val_size, cfg.seed)
         if cfg.searching:
             n_select = int(round(len(val_ds) * cfg.select_fraction))
-            check_sizes(min(calib_size, len(calib_ds)), n_select, len(val_ds) - n_select)
+            check_sizes(n_calib, n_select, len(val_ds) - n_select)
             select_ds, val_ds = val_ds.split(n_select, cfg.seed + 1)
-            with stages("selection_data"):
-                sx, sy = select_ds.load(hwc, cfg.preprocess, cfg.on_error)
-                select = Split(sx, sy, keras_io.predict(loaded.model, sx))
+    _check_memory(n_calib + (len(select_ds) if select_ds is not None else 0), hwc, cfg)
+    if n_calib < MIN_CALIBRATION:
+        log.warning(f"only {n_calib} calibration images: ranges from fewer than {MIN_CALIBRATION} are unreliable "
+                    "(most histogram bins stay empty), and diagnose and --max-drop need at least that many")
+    if select_ds is not None:
+        with stages("selection_data"):
+            sx, sy = select_ds.load(hwc, cfg.preprocess, cfg.on_error)
+            select = Split(sx, sy, keras_io.predict(loaded.model, sx))
     with stages("calibration_data"):
-        calib_sample = calib_ds.sample(min(calib_size, len(calib_ds)), cfg.seed)
+        calib_sample = calib_ds.sample(n_calib, cfg.seed)
         with progress("calibration images", len(calib_sample)) as bar:
             parts = []
             for x, _ in calib_sample.batches(hwc, cfg.batch_size, cfg.preprocess, cfg.on_error):
@@ -164,6 +173,19 @@ def prepare(cfg: ConvertConfig, stages: Stages, progress: Progress) -> Inputs:
                 bar.update(len(x))
         calib = np.concatenate(parts).astype(np.float32)
     return Inputs(loaded.model, hwc, n_out, model_info, calib_sample, calib, val_ds, select_ds, select)
+
+
+MEMORY_SHARE = 0.5  # of the memory available now, for the decoded images (the converters need the rest)
+
+
+def _check_memory(n_images: int, hwc: tuple[int, int, int], cfg: ConvertConfig) -> None:
+    """Refuse, before decoding anything, images in memory that would not fit (the run would be killed)."""
+    need = n_images * int(np.prod(hwc)) * 4 * 2  # float32, and one preprocessing copy
+    have = available_memory()
+    if have is not None and need > MEMORY_SHARE * have:
+        raise DataError(f"{n_images} images of {hwc[0]}x{hwc[1]}x{hwc[2]} need about {need / 2**30:.1f} GiB in "
+                        f"memory, more than half of the {have / 2**30:.1f} GiB available: lower --calib-size "
+                        "(or the recipe's calib_size)" + (" or --val-size" if cfg.searching else ""))
 
 
 def _after_convert(settings: Settings, artifacts, stage: Path, stages: Stages) -> dict | None:

@@ -50,8 +50,15 @@ class ArtifactReport:
 
     @property
     def display_precision(self) -> str:
-        """int16x8 for 16-bit activations (not full int8), else the precision."""
-        return "int16x8" if self.details.get("activations") == "int16" else self.precision
+        """int16x8 for 16-bit activations; the float share when layers stayed float; else the precision."""
+        if self.details.get("activations") == "int16":
+            return "int16x8"
+        share = self.details.get("float_share") or 0.0
+        if self.precision == "int8" and share >= 1.0:
+            return "float32 (every layer kept float)"
+        if self.precision == "int8" and share > 0:
+            return f"int8+{100 * share:.0f}% float"
+        return self.precision
 
 
 @dataclass

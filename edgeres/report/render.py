@@ -38,7 +38,7 @@ def table_rows(report: Report) -> list[tuple[str, ...]]:
              "-", "-", "-", "-")]
     for a in report.artifacts:
         precision = a.display_precision
-        scheme = a.details.get("scheme") if precision == "int8" else None
+        scheme = a.details.get("scheme") if precision.startswith("int8") else None
         rows.append((a.name, a.format, precision + (f" ({scheme})" if scheme else ""), human_size(a.size_bytes),
                      dash(a.top1, ".2f"), dash(a.top1_drop, "+.2f"), dash(a.agreement, ".2f"),
                      dash(a.latency_ms.get("p50"), ".3f"), dash(a.speedup_vs_fp32, ".2f", "x")))
@@ -69,12 +69,13 @@ def render_terminal(report: Report, out_dir) -> str:
 def render_markdown(report: Report) -> str:
     m = report.model
     lines = [f"# edgeres report: {m['name']}", "",
-             f"Model: `{m['source']}`, {m['params']:,} parameters, {m['macs']:,} MACs, input "
+             f"Model: `{m['source']}`, {m['params']:,} parameters, {dash(m['macs'], ',')} MACs, input "
              f"{m['input_shape']}.  Target: `{report.target['name']}` ({report.target['threads']} threads).", ""]
     cal, val = report.calibration, report.validation
-    lines.append(f"Calibration: {cal['count']} images from `{cal['source']}`.  "
-                 + (f"Validation: {val['count']} held-out images from `{val['source']}`." if val else
-                    "No validation data."))
+    lines.append(f"Calibration: {cal.get('used', cal['count'])} images from `{cal['source']}`.  "
+                 + (f"Validation: {val.get('measured', val['count'])} held-out images from `{val['source']}`"
+                    + (f" ({val['skipped']} unreadable, skipped)" if val.get("skipped") else "") + "."
+                    if val else "No validation data."))
     recipes = [f"{a.name}: recipe `{a.details['recipe']}` ({a.details.get('recipe_summary', '')}"
                + (f"; float layers: {', '.join(a.details['float_layers'])}" if a.details.get("float_layers")
                   else "; full-integer" if a.details.get("full_integer") else "") + ")"

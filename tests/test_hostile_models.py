@@ -1,0 +1,166 @@
+"""Models that are not class-vector classifiers, reports that must not overstate, and the remaining bounds.
+
+Real Keras models, tiny (8x8 inputs), real converters where a run is needed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import CALIBRATION, assert_one_line_error, invoke
+
+CALIB, DATA = CALIBRATION / "digits-train.npz", CALIBRATION / "digits-test.npz"
+
+
+@pytest.fixture(scope="module")
+def odd_models(tmp_path_factory) -> dict[str, Path]:
+    """Small real models whose output or layer names edgeres must refuse, in the model's own terms."""
+    import keras
+    from keras import layers
+
+    root = tmp_path_factory.mktemp("odd-models")
+
+    def save(name: str, inputs, outputs) -> None:
+        keras.Model(inputs, outputs).save(root / f"{name}.keras")
+
+    i = keras.Input((8, 8, 1))
+    fmap = layers.Conv2D(4, 3, padding="same")(i)
+    save("feature_map", i, fmap)
+    save("one_value", i, layers.Reshape(())(layers.Dense(1)(layers.Flatten()(fmap))))
+    save("one_score", i, layers.Dense(1)(layers.Flatten()(fmap)))
+    save("spatial_1x1", i, layers.Conv2D(10, 8)(fmap))  # (N, 1, 1, 10): a class vector in disguise
+    dyn = keras.Input((None, None, 1))
+    save("dynamic", dyn, layers.Dense(10)(layers.GlobalAveragePooling2D()(layers.Conv2D(4, 3)(dyn))))
+    j = keras.Input((8, 8, 1))
+    bad = layers.Conv2D(4, 3, padding="same", name='conv"q\\x')(j)
+    save("bad_names", j, layers.Dense(10)(layers.GlobalAveragePooling2D()(bad)))
+    return {p.stem: p for p in root.glob("*.keras")}
+
+
+@pytest.mark.parametrize("name, code, needle", [
+    ("feature_map", 5, "is not a class vector"),
+    ("one_value", 5, "one value per image"),
+    ("one_score", 5, "single output score"),
+    ("bad_names", 3, "not valid TensorFlow op names"),
+    ("dynamic", 5, "fixed H, W and C"),
+])
+def test_models_that_are_not_classifiers_are_refused_in_their_own_terms(odd_models, tmp_path, name, code, needle):
+    out = tmp_path / "run"
+    result = invoke("convert", odd_models[name], "--int8", "--calib", CALIB, "--data", DATA, "-o", out)
+    assert_one_line_error(result, code, needle)
+    assert not out.exists() and not list(tmp_path.glob(".run*"))
+
+
+def test_a_1x1_spatial_class_vector_converts(odd_models, tmp_path):
+    out = tmp_path / "run"
+    result = invoke("convert", odd_models["spatial_1x1"], "--calib", CALIB, "--data", DATA, "--val-size", "50",
+                    "-o", out)
+    assert result.exit_code == 0, result.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["artifacts"][0]["agreement"] == 100.0  # ten classes, compared as a vector
+
+
+def test_info_on_a_model_with_a_dynamic_input_size(odd_models):
+    result = invoke("info", odd_models["dynamic"], "--json")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["macs"] is None
+    table = invoke("info", odd_models["dynamic"])
+    assert table.exit_code == 0 and "unknown (dynamic input size)" in table.stdout
+
+
+def test_validate_refuses_unlabelled_data_without_a_reference(default_run: Path, tmp_path: Path):
+    unlabelled = tmp_path / "x.npz"
+    np.savez(unlabelled, x=np.load(DATA)["x"][:20])
+    assert_one_line_error(invoke("validate", default_run / "model_int8.tflite", "--data", unlabelled), 4,
+                          "no labels", "--reference")
+    ok = invoke("validate", default_run / "model_int8.tflite", "--data", unlabelled,
+                "--reference", default_run / "model_fp32.tflite", "--json")
+    assert ok.exit_code == 0, ok.stderr
+    assert json.loads(ok.stdout)["agreement"] > 90  # agreement needs no labels
+
+
+@pytest.mark.parametrize("preprocess, needle", [
+    ({"scale": 1.0, "mean": "abc", "std": [1.0]}, "mean"),
+    ({"scale": 1.0, "mean": [0.0], "std": [0]}, "std"),
+    (None, "no 'preprocess' table"),
+    ("not json", "cannot read"),
+])
+def test_validate_blames_a_malformed_report_json_not_the_options(default_run: Path, tmp_path: Path,
+                                                                 preprocess, needle):
+    run = tmp_path / "copy"
+    run.mkdir()
+    (run / "model_int8.tflite").write_bytes((default_run / "model_int8.tflite").read_bytes())
+    report = json.loads((default_run / "report.json").read_text())
+    if preprocess == "not json":
+        (run / "report.json").write_text("{ not json")
+    else:
+        report["preprocess"] = preprocess
+        (run / "report.json").write_text(json.dumps(report))
+    result = invoke("validate", run / "model_int8.tflite", "--data", DATA)
+    assert_one_line_error(result, 4, "report.json", needle)
+    assert "--std values" not in result.stderr.split("report.json")[0]  # not blamed on an option never given
+    # the user's own options still win over the broken file
+    ok = invoke("validate", run / "model_int8.tflite", "--data", DATA, "--scale", "1", "--val-size", "20")
+    assert ok.exit_code == 0, ok.stderr
+
+
+def test_report_counts_what_was_measured_and_the_float_share(tmp_path: Path, digits_folder: Path):
+    """Unreadable validation images are counted as skipped; an all-float 'int8' model says so."""
+    data = tmp_path / "data"
+    for cls in sorted(digits_folder.iterdir())[:10]:
+        (data / cls.name).mkdir(parents=True)
+        for png in sorted(cls.iterdir())[:12]:
+            (data / cls.name / png.name).write_bytes(png.read_bytes())
+    (data / "3" / "broken.png").write_bytes(b"not a png")
+    (data / "7" / "empty.png").write_bytes(b"")
+    recipe = tmp_path / "all-float.toml"
+    recipe.write_text('keep_float = ["*"]\n')
+    out = tmp_path / "run"
+    result = invoke("convert", "--int8", "--data", data, "--recipe", recipe, "--on-bad-image", "warn", "-o", out)
+    assert result.exit_code == 0, result.stderr
+    report = json.loads((out / "report.json").read_text())
+    v = report["validation"]
+    assert (v["count"], v["measured"], v["skipped"]) == (122, 120, 2)
+    assert all(a["top1"] is not None for a in report["artifacts"])
+    int8 = [a for a in report["artifacts"] if a["precision"] == "int8"]
+    assert int8 and all(a["details"]["float_share"] == 1.0 for a in int8)
+    assert "every layer kept float" in result.stdout
+    assert "(2 unreadable, skipped)" in (out / "report.md").read_text()
+
+
+def test_few_calibration_images_warn(tmp_path: Path):
+    result = invoke("convert", "--calib-size", "4", "-o", tmp_path / "run")
+    assert result.exit_code == 0, result.stderr
+    assert "only 4 calibration images" in result.stderr
+
+
+def test_images_that_would_not_fit_in_memory_are_refused_before_decoding(tmp_path: Path, monkeypatch):
+    import edgeres.pipeline.convert as pipeline
+
+    monkeypatch.setattr(pipeline, "available_memory", lambda: 1000)  # bytes: nothing fits
+    out = tmp_path / "run"
+    assert_one_line_error(invoke("convert", "-o", out), 4, "GiB in memory", "--calib-size")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("args, needle", [
+    (("convert", "--threads", "100000"), "at most 256"),
+    (("convert", "--runs", "10000000"), "--runs"),
+    (("convert", "--calib-size", "1000000000"), "--calib-size"),
+    (("convert", "--seed", "-1"), "--seed"),
+    (("convert", "--max-drop", "nan"), "--max-drop"),
+    (("convert", "--select-fraction", "nan"), "--select-fraction"),
+    (("convert", "--scale", "inf"), "--scale"),
+    (("convert", "--std", "1e-45"), "--std"),
+    (("bench", "x.tflite", "--min-time", "nan"), "--min-time"),
+    (("bench", "x.tflite", "--shape", "1,100000,100000,3"), "--shape"),
+    (("build", "resnet8", "-o", "m.keras", "--width", "inf"), "--width"),
+    (("build", "resnet8", "-o", "m.keras", "--input-size", "100000"), "--input-size"),
+])
+def test_counts_and_floats_are_bounded(tmp_path: Path, args, needle):
+    result = invoke(*args)
+    assert_one_line_error(result, 2, needle)
