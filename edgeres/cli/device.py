@@ -23,6 +23,16 @@ from edgeres.cli.options import (
     threads_option,
     val_size_option,
 )
+from edgeres.cli.remote import (
+    devices,
+    finish,
+    preprocess_args,
+    print_bench,
+    print_validate,
+    remote_options,
+    run_on_devices,
+    ship,
+)
 from edgeres.core.errors import UsageError
 from edgeres.core.limits import MAX_RUNS, MAX_SECONDS, MAX_WARMUP
 
@@ -67,8 +77,10 @@ def targets(as_json):
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path), default=None,
               help="Write a PNG of the latency distributions (needs matplotlib).")
 @preprocess_options
+@remote_options
 @json_option
-def bench(models, threads, runs, min_time, warmup, delegate, target, data, shape, plot_path, preprocess, as_json):
+def bench(models, threads, runs, min_time, warmup, delegate, target, data, shape, plot_path, preprocess, remote,
+          as_json):
     """Benchmark one or more .tflite / .onnx MODELS (batch 1).
 
     Reports min, p50, p90, p99, mean and stdev, first-inference and load
@@ -86,6 +98,17 @@ def bench(models, threads, runs, min_time, warmup, delegate, target, data, shape
     cfg = BenchConfig(models=tuple(models), threads=parse_threads(threads) if threads else (t.threads,),
                       delegate=delegate or (t.tflite.delegate if target else None), runs=runs, warmup=warmup,
                       min_time=min_time, data=data, preprocess=preprocess, shape=parse_shape(shape))
+    remotes = devices(remote, t)
+    if remotes:
+        files, names = ship([*models, data])
+        argv = ["bench", *names[:len(models)], "--threads", ",".join(map(str, cfg.threads)), "--runs", str(runs),
+                "--warmup", str(warmup), "--min-time", repr(min_time)]
+        argv += (["--delegate", cfg.delegate] if cfg.delegate else []) + (["--shape", shape] if shape else [])
+        argv += ["--data", names[-1], *preprocess_args(preprocess)] if data else []
+        results = run_on_devices(remotes, argv, files)
+        print_bench(results, run_bench(cfg) if remote["compare_local"] else None, as_json)
+        finish(results)
+        return
     with progress(sys.stderr.isatty() and not as_json)("benchmarking", len(models) * len(cfg.threads)) as bar:
         report = run_bench(cfg, progress=bar.update)
     if plot_path:
@@ -133,19 +156,40 @@ def bench(models, threads, runs, min_time, warmup, delegate, target, data, shape
 @click.option("--mean", default=None, metavar="R,G,B")
 @click.option("--std", default=None, metavar="R,G,B")
 @click.option("--resize", type=click.Choice(["crop", "stretch"]), default=None)
+@target_option
+@remote_options
 @json_option
 def validate(model, data, reference, threads, delegate, val_size, seed, on_bad_image, scale, mean, std, resize,
-             as_json):
+             target, remote, as_json):
     """Accuracy of one .tflite/.onnx MODEL on labelled --data, on this device.
 
     Preprocessing comes from the options, else from the report.json of the
     run folder the model sits in.  With --reference, also compares outputs.
     """
     from edgeres.core.data import Preprocess
+    from edgeres.devices.targets import resolve_target
     from edgeres.measure.validate import run_validate
 
     explicit = any(v is not None for v in (scale, mean, std, resize))
     pre = Preprocess.parse(scale if scale is not None else 1.0, mean, std, resize or "crop") if explicit else None
+    remotes = devices(remote, resolve_target(target) if target else None)
+    if remotes:
+        recorded = Path(model).resolve().parent / "report.json"
+        files, names = ship([model, data, reference, str(recorded) if pre is None and recorded.is_file() else None])
+        argv = ["validate", names[0], "--data", names[1], "--threads", str(threads), "--seed", str(seed),
+                "--on-bad-image", on_bad_image, *preprocess_args(pre)]
+        argv += (["--reference", names[2]] if reference else []) + (["--delegate", delegate] if delegate else [])
+        argv += ["--val-size", str(val_size)] if val_size else []
+        if names[3] is not None and names[3] != "report.json":
+            files["report.json"] = files.pop(names[3])
+        results = run_on_devices(remotes, argv, files)
+        local = None
+        if remote["compare_local"]:
+            local = run_validate(model, data, reference=reference, preprocess=pre, threads=threads,
+                                 delegate=delegate, val_size=val_size, seed=seed, on_error=on_bad_image)
+        print_validate(results, local, as_json)
+        finish(results)
+        return
     with progress(sys.stderr.isatty() and not as_json)("validating", 0) as bar:
         result = run_validate(model, data, reference=reference, preprocess=pre, threads=threads, delegate=delegate,
                               val_size=val_size, seed=seed, on_error=on_bad_image, progress=bar.update)

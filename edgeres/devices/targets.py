@@ -46,6 +46,8 @@ class Target:
     description: str = ""
     arch: str = "x86_64"
     threads: int = 2
+    ssh_host: str = ""    # a device to run 'bench' and 'validate' on over SSH by default (user@host or an alias)
+    ssh_python: str = ""  # its interpreter with edgeres[runtime]; "" means python3
     tflite: TFLiteSettings = field(default_factory=TFLiteSettings)
     onnx: OnnxSettings = field(default_factory=OnnxSettings)
     constraints: Constraints = field(default_factory=Constraints)
@@ -100,4 +102,15 @@ def _check_threads(value, key: str, path: Path, kind: str) -> None:
     check_threads(value, f"{kind} {path}: '{key}'")
 
 
-_CHECKS = {"threads": _check_threads}
+def _check_ssh_host(value, key: str, path: Path, kind: str) -> None:
+    from edgeres.core.errors import UsageError
+    from edgeres.devices.remote import check_host
+
+    if value:
+        try:
+            check_host(value)
+        except UsageError as exc:
+            raise UsageError(f"{kind} {path}: '{key}': {exc}") from None
+
+
+_CHECKS = {"threads": _check_threads, "ssh_host": _check_ssh_host}

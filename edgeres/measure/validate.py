@@ -10,6 +10,7 @@ from pathlib import Path
 
 from edgeres.core.data import Preprocess, open_dataset
 from edgeres.core.errors import DataError, ShapeError, first_line
+from edgeres.core.machine import machine_info
 from edgeres.core.metrics import tally_batches
 from edgeres.core.quiet import quiet
 from edgeres.core.runtime import open_runner
@@ -63,7 +64,7 @@ def run_validate(model: str, data: str, *, reference: str | None = None, preproc
                                        {"model": runner.predict}, reference=ref_fn,
                                        first_output=lambda n: ds.check_classes(n, "validation"), progress=progress)
     tally = tallies["model"]
-    result = {"model": str(model), **runner.describe(), "data": ds.describe(),
+    result = {"model": str(model), **runner.describe(), "machine": machine_info(), "data": ds.describe(),
               "preprocess": {**preprocess.to_dict(), "from": source}, **tally.result()}
     if ref_runner is not None:
         result["reference"] = {"model": str(reference), **ref_tally.result()}

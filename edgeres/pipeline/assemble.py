@@ -11,6 +11,7 @@ from edgeres.backends.base import Settings
 from edgeres.core.fs import sha256_file
 from edgeres.core.machine import machine_info, tool_versions
 from edgeres.core.metrics import COLLAPSE_AGREEMENT
+from edgeres.quant.search import MIN_CALIBRATION
 from edgeres.report.model import BackendSearch, Report, SearchReport
 
 #: the quantization details report.json keeps for each artifact
@@ -78,6 +79,9 @@ def _notes(cfg, settings: Settings, inputs, artifacts) -> list[str]:
                      "With XNNPACK (ai-edge-litert) int8 results were bit-identical on x86 and aarch64, but "
                      "tflite-runtime 2.14's built-in kernels round differently per architecture (docs/arm.md): "
                      "run 'edgeres validate' on the device")
+    if len(inputs.calib) < MIN_CALIBRATION:
+        notes.append(f"only {len(inputs.calib)} calibration images: ranges from fewer than {MIN_CALIBRATION} are "
+                     "unreliable (most histogram bins stay empty); diagnose and --max-drop need at least that many")
     if inputs.val_ds is not None and len(inputs.calib) < len(inputs.calib_ds):
         notes.append(f"calibration used {len(inputs.calib)} of {len(inputs.calib_ds)} images (the rest were "
                      "unreadable)")

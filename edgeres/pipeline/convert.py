@@ -27,7 +27,7 @@ from edgeres.core.quiet import quiet
 from edgeres.devices.targets import Target
 from edgeres.quant.evaluate import Split
 from edgeres.quant.recipes import Recipe, resolve_recipe
-from edgeres.quant.search import MIN_CALIBRATION, SearchPlan, check_sizes
+from edgeres.quant.search import SearchPlan, check_sizes
 from edgeres.report import Report, render_markdown, to_json
 
 log = logging.getLogger(__name__)
@@ -157,9 +157,6 @@ def prepare(cfg: ConvertConfig, stages: Stages, progress: Progress) -> Inputs:
             check_sizes(n_calib, n_select, len(val_ds) - n_select)
             select_ds, val_ds = val_ds.split(n_select, cfg.seed + 1)
     _check_memory(n_calib + (len(select_ds) if select_ds is not None else 0), hwc, cfg)
-    if n_calib < MIN_CALIBRATION:
-        log.warning(f"only {n_calib} calibration images: ranges from fewer than {MIN_CALIBRATION} are unreliable "
-                    "(most histogram bins stay empty), and diagnose and --max-drop need at least that many")
     if select_ds is not None:
         with stages("selection_data"):
             sx, sy = select_ds.load(hwc, cfg.preprocess, cfg.on_error)
