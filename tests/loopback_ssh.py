@@ -29,14 +29,14 @@ def _keygen(path: Path) -> None:
 
 
 class Server:
-    def __init__(self, root: Path, user_key: Path, host_key: Path, authorized: Path):
+    def __init__(self, root: Path, user_key: Path, host_key: Path, authorized: Path, extra: tuple[str, ...] = ()):
         self.root, self.port = root, _free_port()
         self.config = root / f"sshd_config_{self.port}"
         self.config.write_text("\n".join([
             f"Port {self.port}", "ListenAddress 127.0.0.1", f"HostKey {host_key}",
             f"AuthorizedKeysFile {authorized}", "PasswordAuthentication no", "KbdInteractiveAuthentication no",
             "UsePAM no", "StrictModes no", "PermitRootLogin prohibit-password", f"PidFile {root}/sshd{self.port}.pid",
-            "LogLevel ERROR", "MaxStartups 50"]) + "\n")
+            "LogLevel ERROR", "MaxStartups 50", *extra]) + "\n")
         self.proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(self.config)], stderr=subprocess.DEVNULL)
         for _ in range(100):
             with socket.socket() as s:

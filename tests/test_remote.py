@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import CALIBRATION, assert_one_line_error, invoke
-from tests.loopback_ssh import SSHD, start_devices
+from tests.loopback_ssh import SSHD, Server, start_devices
 
 DATA = CALIBRATION / "digits-test.npz"
 
@@ -171,3 +171,29 @@ def test_a_targets_ssh_host_is_the_default_device(ssh, default_run: Path, tmp_pa
     bad = tmp_path / "bad.toml"
     bad.write_text('ssh_host = "-oProxyCommand=x"\n')
     assert_one_line_error(invoke("bench", default_run / "model_int8.tflite", "--target", bad), 2, "ssh_host")
+
+
+def test_a_full_disk_on_the_device_is_one_line_and_leaves_nothing(ssh, default_run: Path, tmp_path: Path):
+    """The device's temporary folder on a 64 KiB tmpfs: the model does not fit."""
+    small = tmp_path / "small"
+    small.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(small)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    root = ssh["root"]
+    server = Server(root, root / "user", root / "host", root / "authorized_keys", (f"SetEnv TMPDIR={small}",))
+    try:
+        pub = (root / "host.pub").read_text().split()
+        known = tmp_path / "known_hosts"
+        known.write_text(f"[127.0.0.1]:{server.port} {pub[0]} {pub[1]}\n")
+        config = tmp_path / "ssh_config"
+        config.write_text(f"Host full\n  HostName 127.0.0.1\n  Port {server.port}\n  User root\n"
+                          f"  IdentityFile {root / 'user'}\n  IdentitiesOnly yes\n  UserKnownHostsFile {known}\n"
+                          "  StrictHostKeyChecking yes\n  LogLevel ERROR\n")
+        result = invoke("bench", default_run / "model_fp32.tflite", "--runs", "3", "--remote", "full",
+                        "--remote-python", sys.executable, "--ssh-config", config)
+        assert_one_line_error(result, 1, "full", "No space left")
+        assert list(small.iterdir()) == []
+    finally:
+        server.stop()
+        subprocess.run(["umount", str(small)], capture_output=True)

@@ -103,10 +103,10 @@ def remote_script(python: str, edgeres_argv: list[str]) -> str:
         'cd "$d" || exit 1; '
         f"command -v {py} >/dev/null 2>&1 || {{ cat >/dev/null; echo \"no interpreter {python} on this host\" >&2; "
         f"exit {NO_PYTHON}; }}; "
-        f"{py} -c 'import edgeres' >/dev/null 2>&1 || {{ cat >/dev/null; "
-        f"echo \"edgeres is not installed for {python}\" >&2; exit {NO_EDGERES}; }}; "
         "tar -xf - || exit 1; "
-        f"{run}"
+        # stderr passes through a file, so a missing edgeres is told apart without a second interpreter start
+        f"{run} 2> .edgeres-stderr; rc=$?; cat .edgeres-stderr >&2; "
+        f"[ $rc = 1 ] && grep -q 'No module named edgeres' .edgeres-stderr && exit {NO_EDGERES}; exit $rc"
     )
 
 
@@ -196,8 +196,9 @@ def explain(remote: Remote, code: int, stderr: str) -> str:
         return f"{remote.host}: ssh failed: {first_line(Exception(lines[-1] if lines else 'connection failed'))}"
     if code < 0 or "closed by remote host" in text or "Broken pipe" in text:
         return f"{remote.host}: the connection dropped during the run"
-    if "No space left" in text:
-        return f"{remote.host}: the device's temporary folder is full (No space left on device)"
+    if any(k in text for k in ("No space left", "Wrote only", "Disk quota exceeded", "File too large")):
+        return (f"{remote.host}: the device's temporary folder is full (No space left on device); free space in "
+                "its TMPDIR (or /tmp)")
     return f"{remote.host}: the remote run failed (exit {code}): {lines[-1] if lines else 'no message'}"
 
 
