@@ -29,7 +29,7 @@ from _common import table
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
-WHEELS = ["tflite-runtime==2.14.0", "numpy==1.26.4", "click", "pillow"]
+WHEELS = ["tflite-runtime==2.14.0", "numpy==1.26.4", "click", "pillow", "filelock"]
 LITERT = ["ai-edge-litert==2.3.0"]
 ROOT_PKGS = ["python3.11-minimal:arm64", "libpython3.11-stdlib:arm64", "libstdc++6:arm64"]
 NOT_NEEDED = ("dpkg:", "tar:", "install-info:", "perl")  # pre-depends of the closure that python never loads
