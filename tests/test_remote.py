@@ -197,3 +197,15 @@ def test_a_full_disk_on_the_device_is_one_line_and_leaves_nothing(ssh, default_r
     finally:
         server.stop()
         subprocess.run(["umount", str(small)], capture_output=True)
+
+
+def test_check_asks_the_device_which_runtime_it_has(ssh, default_run: Path):
+    result = invoke("check", default_run / "model_int8.tflite", "--remote", "dev", "--remote-python", sys.executable,
+                    "--ssh-config", ssh["config"], "--json")
+    assert result.exit_code == 0, result.stderr
+    from importlib.metadata import version
+
+    rt = json.loads(result.stdout)["runtime"]
+    assert (rt["name"], rt["version"]) == ("ai-edge-litert", version("ai-edge-litert"))  # what the device has
+    assert_one_line_error(invoke("check", default_run / "model_int8.tflite", "--remote", "-oProxyCommand=x"), 2,
+                          "refusing remote host")

@@ -209,32 +209,69 @@ def validate(model, data, reference, threads, delegate, val_size, seed, on_bad_i
 
 @cli.command()
 @click.argument("model", type=click.Path())
-@click.option("--target", default="coral-edgetpu", show_default=True, metavar="NAME|FILE",
-              help="Device profile whose rules to check (today: the Edge TPU's).")
+@click.option("--target", default=None, metavar="NAME|FILE",
+              help="Device profile whose rules to check (today: the Edge TPU's). Default: coral-edgetpu, "
+                   "unless --runtime is given.")
+@click.option("--runtime", "runtime_spec", default=None, metavar="SPEC",
+              help="Check that this runtime can load MODEL (.tflite or .onnx): e.g. tflite-runtime==2.14, "
+                   "ai-edge-litert==1.2, tensorflow==2.21, onnxruntime==1.16, or 'installed'.")
+@click.option("--remote", "remote_host", default=None, metavar="HOST",
+              help="Ask this device over SSH which runtime it has, and check against that (as --runtime).")
+@click.option("--remote-python", default="python3", show_default=True, metavar="PATH",
+              help="The device's interpreter.")
+@click.option("--ssh-config", type=click.Path(dir_okay=False), default=None, help="ssh -F FILE.")
 @json_option
-def check(model, target, as_json):
-    """Statically check an int8 .tflite MODEL against a target's requirements.
+def check(model, target, runtime_spec, remote_host, remote_python, ssh_config, as_json):
+    """Statically check a MODEL against a target's requirements or a runtime's op versions.
 
-    For the Coral Edge TPU: full int8 quantization, the supported ops and
-    their constraints, static shapes, batch 1, and the on-chip parameter
-    cache.  Lists each op that would run on the CPU and the first one, which
-    splits the graph.  Exit code 0 when compatible, 6 when not.
+    For the Coral Edge TPU (--target, the default): full int8 quantization,
+    the supported ops and their constraints, static shapes, batch 1, and the
+    on-chip parameter cache.  Lists each op that would run on the CPU and the
+    first one, which splits the graph.
+
+    With --runtime: whether that runtime release can load the .tflite or
+    .onnx MODEL, naming each op (or opset) that is too new for it.  With both
+    options, both checks run.  Exit code 0 when compatible, 6 when not.
     """
     from edgeres.core.errors import ConversionError
     from edgeres.devices.edgetpu import check_model, format_check
     from edgeres.devices.targets import resolve_target
 
-    t = resolve_target(target)
-    if t.tflite.delegate != "edgetpu":
-        raise UsageError(f"'edgeres check' knows the Edge TPU's rules; target '{t.name}' uses "
-                         f"{t.tflite.delegate}, which runs every TFLite op")
-    result = check_model(model, max_tensor_bytes=t.constraints.max_tensor_bytes or 8 * 2**20)
+    failures, texts, results = [], [], {}
+    if remote_host is not None:
+        from edgeres.devices.remote import Remote, device_runtimes, runtime_for
+
+        if runtime_spec is not None:
+            raise UsageError("give --runtime or --remote, not both: --remote asks the device which runtime it has")
+        device = Remote(remote_host, remote_python, ssh_config)
+        runtime_spec = runtime_for(model, device_runtimes(device))
+        if runtime_spec is None:
+            raise UsageError(f"{remote_host} has no runtime for {Path(model).name} installed for {remote_python}: "
+                             f"on the device run: {remote_python} -m pip install 'edgeres[runtime]'")
+    if runtime_spec is not None:
+        from edgeres.devices.compat import check_runtime, format_runtime_check
+
+        r = results["runtime"] = check_runtime(model, runtime_spec)
+        texts.append(format_runtime_check(r))
+        if not r["compatible"]:
+            rt = r["runtime"]
+            failures.append(f"{Path(model).name} cannot be loaded by {rt['name']} {rt['version']}: "
+                            f"{r['problems'][0]['reason']}")
+    if runtime_spec is None or target is not None:
+        t = resolve_target(target or "coral-edgetpu")
+        if t.tflite.delegate != "edgetpu":
+            raise UsageError(f"'edgeres check' knows the Edge TPU's rules; target '{t.name}' uses "
+                             f"{t.tflite.delegate}, which runs every TFLite op")
+        result = results["edgetpu"] = check_model(model, max_tensor_bytes=t.constraints.max_tensor_bytes or 8 * 2**20)
+        texts.append(format_check(result))
+        if not result["compatible"]:
+            reason = result["errors"][0] if result["errors"] else (
+                f"op #{result['first_unsupported']['index']} {result['first_unsupported']['op']} "
+                f"is not supported: {result['first_unsupported']['reason']}")
+            failures.append(f"{Path(model).name} is not Edge TPU compatible: {reason}")
     if as_json:
-        echo_json(result)
+        echo_json(results[next(iter(results))] if len(results) == 1 else results)
     else:
-        click.echo(format_check(result))
-    if not result["compatible"]:
-        reason = result["errors"][0] if result["errors"] else (
-            f"op #{result['first_unsupported']['index']} {result['first_unsupported']['op']} "
-            f"is not supported: {result['first_unsupported']['reason']}")
-        raise ConversionError(f"{Path(model).name} is not Edge TPU compatible: {reason}")
+        click.echo("\n\n".join(texts))
+    if failures:
+        raise ConversionError("; and ".join(failures))

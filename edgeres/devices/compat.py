@@ -1,9 +1,7 @@
-"""Can a given runtime load this model?  ``edgeres check MODEL --runtime SPEC``, before deployment.
+"""Can a given runtime release load this model?  ``edgeres check MODEL --runtime SPEC``, before deployment.
 
-LIGHT layer: the TFLite flatbuffer schema bindings for ``.tflite`` files and a small protobuf wire-format
-reader for ``.onnx`` files; no interpreter, no ``onnx`` package.  The decisions come from published tables
-(:mod:`edgeres.devices.compat_tables`, data with its provenance): TFLite's own op-version -> minimum-runtime
-table, corrected and extended by measurements of each runtime release, and ONNX Runtime's opset/IR matrix.
+LIGHT: the TFLite schema bindings read ``.tflite`` files, a small protobuf wire-format reader ``.onnx`` files (no
+interpreter, no ``onnx`` package).  The verdicts come from :mod:`edgeres.devices.compat_tables` (data, sourced).
 """
 
 from __future__ import annotations
@@ -18,20 +16,19 @@ from pathlib import Path
 from edgeres.core.errors import ModelError, RuntimeUnavailableError, UsageError
 from edgeres.core.tflite_schema import schema
 from edgeres.devices.compat_tables import (
+    INSTALLED_DISTRIBUTIONS,
+    INT16_UNDER_DECLARED,
     ORT_DOMAINS,
     ORT_LIMITS,
     TFLITE_ERRATA,
     TFLITE_OP_VERSIONS,
+    TFLITE_RUNTIME_SLOW_INT8,
     TFLITE_RUNTIMES,
     TFLITE_STOCK_CUSTOM_OPS,
 )
 from edgeres.devices.edgetpu.graph import read_tflite
 
 _PACKAGES = {"tflite-runtime": "tflite", "ai-edge-litert": "tflite", "tensorflow": "tflite", "onnxruntime": "onnx"}
-_INSTALLED = {"tflite": ("ai-edge-litert", "tflite-runtime", "tensorflow", "tensorflow-cpu"),
-              "onnx": ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino", "onnxruntime-directml")}
-SLOW_INT8 = ("tflite-runtime has no XNNPACK int8 path, so int8 ops run on its built-in kernels (on edgeres' "
-             "development machine tflite-runtime 2.14 ran ResNet-50 int8 about 9x slower than ai-edge-litert 2.3)")
 
 
 def _vkey(version: str) -> tuple[int, ...]:
@@ -75,7 +72,7 @@ def parse_runtime_spec(spec: str) -> Runtime | None:
 
 def installed_runtime(fmt: str) -> Runtime:
     """The runtime this machine would run a ``fmt`` model with, read from the installed distributions."""
-    for dist in _INSTALLED[fmt]:
+    for dist in INSTALLED_DISTRIBUTIONS[fmt]:
         try:
             version = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
@@ -83,10 +80,8 @@ def installed_runtime(fmt: str) -> Runtime:
         package = "onnxruntime" if fmt == "onnx" else "tensorflow" if dist.startswith("tensorflow") else dist
         return Runtime(package, version, fmt)
     raise RuntimeUnavailableError(f"--runtime installed: no {fmt.upper()} runtime is installed here "
-                                  f"(looked for {', '.join(_INSTALLED[fmt])})")
+                                  f"(looked for {', '.join(INSTALLED_DISTRIBUTIONS[fmt])})")
 
-
-# ------------------------------------------------------------------ TFLite
 
 @functools.lru_cache(maxsize=1)
 def _table() -> dict[str, dict[int, str | None]]:
@@ -140,7 +135,7 @@ def _judge_builtin(op: str, v: int, rt: Runtime, lim: _TfliteLimits) -> tuple[st
     if low <= v <= top:
         return "ok", ""
     need = row.get(v, "beyond")
-    if need == "beyond" and lim.open_ended and op not in lim.overrides:
+    if need == "beyond" and lim.open_ended:
         return "unknown", f"op {op} version {v} is not in TensorFlow's op-version table; {rt} may load it"
     if not row:
         return "too_new", f"op {op} is in no TFLite runtime edgeres knows (TensorFlow's table has no entry for it)"
@@ -170,7 +165,7 @@ def read_tflite_ops(path: str | Path) -> dict:
     p, data = read_tflite(path)
     s = schema()
     names = {v: k for k, v in vars(s.BuiltinOperator).items() if k.isupper() and isinstance(v, int)}
-    int8 = {s.TensorType.INT8, s.TensorType.UINT8}
+    int8, int16 = {s.TensorType.INT8, s.TensorType.UINT8}, s.TensorType.INT16
     try:
         model = s.Model.GetRootAs(data, 0)
         codes = []
@@ -180,10 +175,10 @@ def read_tflite_ops(path: str | Path) -> dict:
             custom = name == "CUSTOM" and oc.CustomCode() and oc.CustomCode().decode("utf-8", "replace")
             codes.append({"op": custom or name or f"BUILTIN_{code}", "version": int(oc.Version()),
                           "custom": name == "CUSTOM", "uses": 0, "first_use": None})
-        has_int8 = False
+        types = set()
         for g in range(model.SubgraphsLength()):
             sg = model.Subgraphs(g)
-            has_int8 = has_int8 or any(sg.Tensors(t).Type() in int8 for t in range(sg.TensorsLength()))
+            types.update(sg.Tensors(t).Type() for t in range(sg.TensorsLength()))
             for i in range(sg.OperatorsLength()):
                 c = codes[sg.Operators(i).OpcodeIndex()]
                 c["uses"] += 1
@@ -196,7 +191,8 @@ def read_tflite_ops(path: str | Path) -> dict:
                 stamped = bytes(buf.DataAsNumpy()).split(b"\0")[0].decode("ascii", "replace")
     except Exception as exc:  # noqa: BLE001 - flatbuffers raises IndexError/struct.error/TypeError on garbage
         raise ModelError(f"{p} is a corrupt TFLite flatbuffer ({type(exc).__name__}: {exc})") from None
-    return {"model": str(p), "codes": codes, "int8": has_int8, "min_runtime_version": stamped}
+    return {"model": str(p), "codes": codes, "int8": bool(types & int8), "int16": int16 in types,
+            "min_runtime_version": stamped}
 
 
 def check_tflite(path: str | Path, rt: Runtime) -> dict:
@@ -216,7 +212,9 @@ def check_tflite(path: str | Path, rt: Runtime) -> dict:
         elif status == "unknown":
             warnings.append(reason + where)
     if rt.package == "tflite-runtime" and info["int8"]:
-        warnings.append(SLOW_INT8)
+        warnings.append(TFLITE_RUNTIME_SLOW_INT8)
+    if info["int16"]:
+        warnings.append(INT16_UNDER_DECLARED)
     needs = [o["needs"] for o in ops if o["needs"]]
     return {"model": info["model"], "format": "tflite",
             "runtime": {"name": rt.package, "version": rt.version, "loads_table_level": lim.level,
@@ -225,8 +223,6 @@ def check_tflite(path: str | Path, rt: Runtime) -> dict:
             "needs_runtime": max(needs, key=_vkey) if needs else None,
             "min_runtime_version": info["min_runtime_version"]}
 
-
-# ------------------------------------------------------------------ ONNX (protobuf wire format, no onnx package)
 
 def _varint(buf, i: int, end: int) -> tuple[int, int]:
     value = shift = 0
@@ -358,8 +354,6 @@ def check_onnx(path: str | Path, rt: Runtime) -> dict:
             "ir_version": info["ir_version"], "opsets": info["opsets"], "nodes": info["nodes"]}
 
 
-# ------------------------------------------------------------------ entry points
-
 def model_format(path: str | Path) -> str:
     """'tflite' or 'onnx': by suffix, else by the TFLite file identifier."""
     p = Path(path)
@@ -391,11 +385,13 @@ def format_runtime_check(r: dict) -> str:
             stamp = f"; the converter stamped {r['min_runtime_version']}" if r["min_runtime_version"] else ""
             lines.append(f"  TensorFlow's table: the model needs TFLite runtime >= {r['needs_runtime']}{stamp}")
     else:
-        opsets = ", ".join(f"{d} {v}" for d, v in r["opsets"].items())
+        shown = {d: v for d, v in r["opsets"].items() if d in ("ai.onnx", "ai.onnx.ml") or d in r["nodes"]}
+        opsets = ", ".join(f"{d} {v}" for d, v in shown.items()) + (
+            f" (+{len(r['opsets']) - len(shown)} imported, unused)" if len(shown) < len(r["opsets"]) else "")
         lines.append(f"  IR {r['ir_version']}; opsets: {opsets}; {rt['name']} {rt['version']} supports opset "
                      f"{rt['max_opset']}, ai.onnx.ml {rt['max_ml_opset']}, IR {rt['max_ir_version']}")
-    lines += [f"  too new: {p['reason']}" for p in r["problems"]]
-    lines += [f"  note: {n}" for n in r.get("notes", [])]
-    lines += [f"  warning: {w}" for w in r["warnings"]]
+    for label, items in (("too new", [p["reason"] for p in r["problems"]]), ("note", r.get("notes", [])),
+                         ("warning", r["warnings"])):
+        lines += [f"  {label}: {item}" for item in items]
     lines.append(f"compatible: {'yes' if r['compatible'] else 'no'}")
     return "\n".join(lines)

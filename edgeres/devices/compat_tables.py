@@ -6,9 +6,10 @@ TFLITE_OP_VERSIONS -- TFLite's own table of the minimum TF Lite runtime for each
   Repository tensorflow/tensorflow, path tensorflow/compiler/mlir/lite/tools/versioning/runtime_version.cc
   (the copy that replaced tensorflow/lite/tools/versioning/runtime_version.cc; the google-ai-edge/LiteRT copy,
   tflite/tools/versioning/runtime_version.cc at 05215c29, is older), commit 03f49db5a23ec2b22a59f3f3d72e5744469ea30b.
-  The stored copy carries no date; its newest entries name 2.23.0, so it is TF master after the 2.22 branch cut.
-  Extracted from the ``op_version_map`` of FindMinimumRuntimeVersionForOp(): each
-  ``{{BuiltinOperator_OP, N}, "X.Y.Z"}`` line became version N of OP, in the file's order.  A string lists the
+  The stored copy carries no date; its newest entries name 2.23.0, so it is TF master after the 2.22 branch cut
+  (the other stored version of that path, 6ee57630, is older).  Extracted from the ``op_version_map`` of
+  FindMinimumRuntimeVersionForOp(): each ``{{BuiltinOperator_OP, N}, "X.Y.Z"}`` entry (420 of them) was copied
+  in the file's order to a list, which a script wrote here one op per line.  A string lists the
   minimum runtime of versions 1, 2, 3, ... of the op; "-" marks a version the table leaves out (BROADCAST_TO 1
   was rolled back).  An op or version not listed is unknown to TFLite's table.
   Checked by loading: every (op, version) of this table, plus the next 6 versions of each op and versions 1-2
@@ -237,10 +238,31 @@ TFLITE_RUNTIMES: dict[tuple[str, str], tuple[str, dict[str, int], str]] = {
                                 "measured: ai-edge-litert 2.3.0"),
 }
 
-# Custom ops every stock TFLite op resolver registers (measured: tflite-runtime 2.14.0, tensorflow 2.21.0 and
-# ai-edge-litert 2.3.0 resolve them; an unknown name fails with "Encountered unresolved custom op").  Flex ops
-# ("Flex..." custom codes) need the Flex delegate, which only the tensorflow package links.
+# Custom ops every stock TFLite op resolver registers.  Measured with one node of each in a real model, in
+# tflite-runtime 2.14.0, tensorflow 2.21.0 and ai-edge-litert 2.3.0: an unknown name fails with "Encountered
+# unresolved custom op"; these three resolve (their kernels then reject the probe's dummy inputs).  Flex ops
+# ("Flex..." custom codes) need the Flex delegate: tflite-runtime and ai-edge-litert refuse them ("Select
+# TensorFlow op(s) ... not supported by this interpreter"), tf.lite resolves them.
 TFLITE_STOCK_CUSTOM_OPS = frozenset({"TFLite_Detection_PostProcess", "Mfcc", "AudioSpectrogram"})
+
+# The warning for tflite-runtime and int8 models.  Measured on edgeres' development machine (AMD EPYC, 2 cores,
+# AVX-512 VNNI): a random-weight int8 ResNet-50 at 224x224 (edgeres.backends.tflite.to_int8), p50 of 15 runs,
+# two alternating rounds: tflite-runtime 2.14.0 100-101 ms at 1 thread and 76-82 ms at 2 threads; ai-edge-litert
+# 2.3.0 (XNNPACK) 13.7-14.1 ms and 6.7-7.1 ms.
+TFLITE_RUNTIME_SLOW_INT8 = ("tflite-runtime has no XNNPACK int8 path, so int8 ops run on its built-in kernels: "
+                            "ResNet-50 int8 ran 7x (1 thread) to 11x (2 threads) slower than on ai-edge-litert 2.3 "
+                            "on edgeres' development machine")
+
+# The warning for models with int16 tensors (16x8 quantization).  Measured: tensorflow 2.21's converter writes
+# RSQRT version 2 for an int16 RSQRT (int16 is version 3, from 2.15.0, per the table above); tflite-runtime 2.14.0
+# resolves version 2 and then fails in allocate_tensors ("Type INT16 is unsupported by op Rsqrt").
+INT16_UNDER_DECLARED = ("the model has int16 tensors (16x8 quantization): converters have written op versions too "
+                        "low for int16 kernels (TensorFlow 2.21 writes RSQRT version 2 for int16, which needs "
+                        "version 3), so an older runtime may still refuse an op in allocate_tensors")
+
+# Distributions `--runtime installed` looks for, in the order edgeres' own runners prefer them.
+INSTALLED_DISTRIBUTIONS = {"tflite": ("ai-edge-litert", "tflite-runtime", "tensorflow", "tensorflow-cpu"),
+                           "onnx": ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino", "onnxruntime-directml")}
 
 # onnxruntime "MAJOR.MINOR" -> (highest ai.onnx opset, highest ai.onnx.ml opset, highest IR version, source).
 # "docs": the version matrix of https://onnxruntime.ai/docs/reference/compatibility.html (repository

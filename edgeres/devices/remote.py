@@ -202,6 +202,36 @@ def explain(remote: Remote, code: int, stderr: str) -> str:
     return f"{remote.host}: the remote run failed (exit {code}): {lines[-1] if lines else 'no message'}"
 
 
+RUNTIMES = ("ai-edge-litert", "tflite-runtime", "tensorflow", "onnxruntime")
+_VERSIONS = ("import json\nfrom importlib import metadata as m\nout = {}\nfor d in %r:\n    try:\n"
+             "        out[d] = m.version(d)\n    except m.PackageNotFoundError:\n        pass\nprint(json.dumps(out))")
+
+
+def device_runtimes(remote: Remote, timeout: float = 60) -> dict[str, str]:
+    """The inference runtimes installed for the device's interpreter, by distribution name."""
+    cmd = " ".join(shlex.quote(a) for a in [remote.python, "-c", _VERSIONS % (RUNTIMES,)])
+    try:
+        proc = subprocess.run(ssh_argv(remote, cmd), capture_output=True, timeout=timeout, check=False,
+                              stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise RemoteError(f"{remote.host}: cannot ask the device for its runtimes: {first_line(exc)}") from None
+    if proc.returncode != 0:
+        code = NO_PYTHON if proc.returncode == 127 else proc.returncode
+        raise RemoteError(explain(remote, code, proc.stderr.decode("utf-8", "replace")))
+    try:
+        return dict(json.loads(proc.stdout.decode("utf-8", "replace")))
+    except ValueError:
+        raise RemoteError(f"{remote.host}: the device's interpreter printed no runtime list") from None
+
+
+def runtime_for(model: str, runtimes: dict[str, str]) -> str | None:
+    """The spec of the runtime that would load ``model`` on a device with these runtimes (edgeres' own order)."""
+    order = ("onnxruntime",) if str(model).lower().endswith(".onnx") else ("ai-edge-litert", "tflite-runtime",
+                                                                           "tensorflow")
+    name = next((n for n in order if n in runtimes), None)
+    return f"{name}=={runtimes[name]}" if name else None
+
+
 def run_fleet(remotes: list[Remote], edgeres_argv: list[str], files: dict[str, Path],
               timeout: float = RUN_TIMEOUT_S) -> list[RemoteResult]:
     """The same run on every device at once; one unreachable board does not stop the others."""
