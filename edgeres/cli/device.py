@@ -130,10 +130,14 @@ def bench(models, threads, runs, min_time, warmup, delegate, target, data, shape
                  "load", "rss MB", "ops"), rows)
     for r in report["results"]:
         tp = r.get("throughput") or {}
-        if tp.get("fraction_of_peak"):
-            click.echo(f"{Path(r['model']).name} ({r['threads']} threads): {tp['gops']:.1f} GOP/s, "
-                       f"{100 * tp['fraction_of_peak']:.0f}% of the int8 peak of {tp['int8_peak_gops']:.0f} GOP/s "
-                       f"[{tp['peak_basis']}]" + (f"; {tp['note']}" if tp.get("note") else ""))
+        if tp.get("fraction_of_ceiling"):
+            text = (f"{Path(r['model']).name} ({r['threads']} threads): {tp['gops']:.1f} GOP/s, "
+                    f"{100 * tp['fraction_of_ceiling']:.0f}% of the {tp['precision']} ceiling measured here "
+                    f"({tp['ceiling_gops']:.0f} GOP/s: {tp['ceiling']['method']}, same runtime and threads)")
+            if tp.get("fraction_of_peak"):
+                text += (f"; {100 * tp['fraction_of_peak']:.0f}% of the theoretical peak of "
+                         f"{tp['int8_peak_gops']:.0f} GOP/s [{tp['peak_basis']}]")
+            click.echo(text)
     m = report["machine"]
     r0 = report["results"][0]
     click.echo(f"\nms per inference, batch 1, {r0['input']} input; {m['cpu']}, {m['cores']} cores, {m['arch']}; "

@@ -43,8 +43,11 @@ def _cpuinfo() -> dict[str, str]:
 # int8 multiply-accumulates per cycle per core, by the best dot-product ISA found:
 # (flag, vendor or None, MACs/cycle, explanation).  First match wins.
 _INT8_RATES = (
-    ("avx512_vnni", "AuthenticAMD", 64,
-     "AVX-512 VNNI on AMD Zen 4: VPDPBUSD zmm at 1/cycle (two 256-bit halves), 64 MACs"),
+    ("avx512_vnni", "AuthenticAMD/25", 64,
+     "AVX-512 VNNI on AMD Zen 4 (family 25): VPDPBUSD zmm at 1/cycle (two 256-bit halves), 64 MACs"),
+    ("avx512_vnni", "AuthenticAMD/26", 128,
+     "AVX-512 VNNI on AMD Zen 5 (family 26): a full 512-bit datapath, 2 x VPDPBUSD zmm per cycle, 128 MACs"),
+    ("avx512_vnni", "AuthenticAMD", None, "an AMD CPU generation this table does not know"),
     ("avx512_vnni", None, 128, "AVX-512 VNNI: 2 x VPDPBUSD zmm per cycle, 64 MACs each"),
     ("avx_vnni", None, 64, "AVX-VNNI: 2 x VPDPBUSD ymm per cycle, 32 MACs each"),
     ("avx2", None, 32, "AVX2: VPMADDUBSW+VPMADDWD, about 32 MACs per cycle"),
@@ -75,9 +78,10 @@ def int8_peak() -> dict:
         except (KeyError, ValueError):
             clock_source = "unknown"
     cores = os.cpu_count() or 1
+    family = f"{vendor}/{info.get('cpu family', '')}"
     match = next(((f, rate, why) for f, want_vendor, rate, why in _INT8_RATES
-                  if f in flags and (want_vendor is None or want_vendor == vendor)), None)
-    if match is None:
+                  if f in flags and want_vendor in (None, vendor, family)), None)
+    if match is None or match[1] is None:
         return {"cores": cores, "ghz": mhz and mhz / 1000, "gops": None, "isa": None,
                 "note": "no known int8 dot-product ISA detected"}
     flag, rate, why = match

@@ -241,6 +241,16 @@ class TFLiteRunner(Runner):
                 total += int(np.prod(x[1:3])) * int(np.prod(w))
         return total
 
+    def compute_precision(self) -> str:
+        """int8 when the convolutions' and fully connected layers' weights are 8-bit, else float32."""
+        tensors = {t["index"]: t for t in self.interp.get_tensor_details()}
+        for op in self.interp._get_ops_details():
+            if op["op_name"] in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"):
+                ins = [i for i in op["inputs"] if i >= 0]
+                if len(ins) > 1 and np.dtype(tensors[ins[1]]["dtype"]) in (np.int8, np.uint8):
+                    return "int8"
+        return "float32"
+
     def op_counts(self) -> dict[str, int]:
         """Ops in the graph by name (needs the runtime's analyzer-free op details)."""
         counts: dict[str, int] = {}

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeres.core.data import Preprocess, open_dataset
-from edgeres.core.errors import ShapeError, UsageError
+from edgeres.core.errors import EdgeresError, ShapeError, UsageError
 from edgeres.core.limits import MAX_CHANNELS, MAX_INPUT_SIZE, check_threads
 from edgeres.core.machine import machine_info
 from edgeres.core.quiet import quiet
@@ -132,19 +132,30 @@ def bench_one(path: str, threads: int, cfg: BenchConfig) -> dict:
     }
     if isinstance(runner, TFLiteRunner):
         result["ops"] = runner.delegate_coverage()
-        result["throughput"] = throughput(runner.macs(), stats.p50, threads, runner.input_dtype)
+        result["throughput"] = throughput(runner.macs(), stats.p50, threads, runner.compute_precision(),
+                                          runner.delegate)
     else:
         result["ops"] = {"delegate": runner.delegate, "providers": runner.sess.get_providers()}
     return result
 
 
-def throughput(macs: int, p50_ms: float, threads: int, input_dtype) -> dict:
-    """Achieved GOP/s at p50, and for int8 models the fraction of the CPU's int8 peak on ``threads`` cores."""
+def throughput(macs: int, p50_ms: float, threads: int, precision: str, delegate: str = "xnnpack") -> dict:
+    """Achieved GOP/s at p50, as a fraction of the ceiling measured here with the same runtime, delegate and
+    threads (:mod:`edgeres.measure.roofline`), and for int8 of the CPU's theoretical peak where it is known."""
     from edgeres.core.machine import int8_peak
+    from edgeres.measure.roofline import measured_ceiling
 
     gops = 2.0 * macs / (p50_ms / 1000.0) / 1e9 if p50_ms > 0 else None
-    out = {"macs": macs, "gops": gops}
-    if np.issubdtype(np.dtype(input_dtype), np.integer) or "int8" in str(input_dtype):
+    out = {"macs": macs, "gops": gops, "precision": precision}
+    if gops and macs and delegate in ("xnnpack", "none", "reference"):
+        try:
+            ceiling = measured_ceiling(threads, delegate, precision)
+        except (EdgeresError, ImportError) as exc:  # a runtime without the schema bindings: no ceiling, say why
+            out["ceiling_note"] = f"no measured ceiling: {exc}"
+        else:
+            out.update({"ceiling_gops": 2 * ceiling["gmacs"], "fraction_of_ceiling": gops / (2 * ceiling["gmacs"]),
+                        "ceiling": ceiling})
+    if precision == "int8":
         peak = int8_peak()
         if peak.get("gops") and gops:
             used = min(threads, peak["cores"])
