@@ -57,7 +57,10 @@ def start_devices(root: Path, n: int = 2) -> tuple[Path, list[Server]]:
     for name in ("host", "user", "stranger", "other_host"):
         _keygen(root / name)
     (root / "authorized_keys").write_text((root / "user.pub").read_text())
-    servers = [Server(root, root / "user", root / "host", root / "authorized_keys") for _ in range(n)]
+    tmp = root / "device-tmp"  # the devices' own TMPDIR, so a test sees only its own sessions' folders
+    tmp.mkdir(exist_ok=True)
+    servers = [Server(root, root / "user", root / "host", root / "authorized_keys", (f"SetEnv TMPDIR={tmp}",))
+               for _ in range(n)]
     pub = (root / "host.pub").read_text().split()
     (root / "known_hosts").write_text("".join(f"[127.0.0.1]:{s.port} {pub[0]} {pub[1]}\n" for s in servers))
     wrong = (root / "other_host.pub").read_text().split()

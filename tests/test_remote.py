@@ -36,8 +36,9 @@ def ssh(tmp_path_factory):
         s.stop()
 
 
-def _leftovers() -> list[str]:
-    return sorted(str(p) for p in Path(os.environ.get("TMPDIR", "/tmp")).glob("edgeres.????????"))
+def _leftovers(ssh) -> list[str]:
+    """The devices' session folders that exist now (their TMPDIR is private to this fixture)."""
+    return sorted(p.name for p in (ssh["root"] / "device-tmp").glob("edgeres.????????"))
 
 
 def remote_args(ssh, *hosts: str) -> list[str]:
@@ -48,7 +49,7 @@ def remote_args(ssh, *hosts: str) -> list[str]:
 
 
 def test_bench_on_a_device_brings_back_its_json(ssh, default_run: Path):
-    before = _leftovers()
+    before = _leftovers(ssh)
     result = invoke("bench", default_run / "model_int8.tflite", default_run / "model_int8.onnx", "--runs", "5",
                     "--warmup", "1", *remote_args(ssh, "dev"), "--json")
     assert result.exit_code == 0, result.stderr
@@ -59,7 +60,7 @@ def test_bench_on_a_device_brings_back_its_json(ssh, default_run: Path):
     assert [Path(r["model"]).name for r in report["results"]] == ["model_int8.tflite", "model_int8.onnx"]
     assert report["machine"]["arch"] and report["machine"]["cpu"]  # the device's own metadata
     assert all(r["latency_ms"]["runs"] == 5 for r in report["results"])
-    assert _leftovers() == before  # the device's folder is gone
+    assert _leftovers(ssh) == before  # the device's folder is gone
 
 
 def test_validate_on_a_device_uses_the_run_folders_preprocessing(ssh, default_run: Path):
@@ -136,7 +137,7 @@ def test_hostile_remote_python_and_file_names_run_nothing(ssh, default_run: Path
 
 def test_a_dropped_connection_fails_cleanly_and_leaves_nothing_on_the_device(ssh, default_run: Path):
     """Kill the session's sshd child while the device is timing a long run."""
-    before = _leftovers()
+    before = _leftovers(ssh)
     proc = subprocess.Popen([sys.executable, "-m", "edgeres", "bench", str(default_run / "model_fp32.onnx"),
                              "--min-time", "30", "--runs", "5", *remote_args(ssh, "dev")],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -146,7 +147,7 @@ def test_a_dropped_connection_fails_cleanly_and_leaves_nothing_on_the_device(ssh
         time.sleep(0.5)
         out = subprocess.run(["pgrep", "-f", "-P", str(ssh["servers"][0].proc.pid)], capture_output=True, text=True)
         children = [int(p) for p in out.stdout.split()]
-        if children and len(_leftovers()) > len(before):
+        if children and len(_leftovers(ssh)) > len(before):
             victim = children[0]
     assert victim is not None, "the remote run never started"
     os.kill(victim, signal.SIGKILL)
@@ -155,10 +156,10 @@ def test_a_dropped_connection_fails_cleanly_and_leaves_nothing_on_the_device(ssh
     errors = [ln for ln in err.splitlines() if ln.startswith("edgeres: error:")]
     assert len(errors) == 1 and "dev" in errors[0], err
     for _ in range(40):  # the device's edgeres notices on its next write; the trap then removes the folder
-        if _leftovers() == before:
+        if _leftovers(ssh) == before:
             break
         time.sleep(1)
-    assert _leftovers() == before
+    assert _leftovers(ssh) == before
 
 
 def test_a_targets_ssh_host_is_the_default_device(ssh, default_run: Path, tmp_path: Path):
