@@ -211,3 +211,12 @@ def test_search_honours_the_recipes_own_float_layers(tmp_path: Path):
     for a in report["artifacts"]:
         if a["precision"] == "int8":
             assert a["details"]["float_layers"] == ["predictions"], a["name"]
+
+
+def test_diagnose_refuses_a_recipe_pattern_that_matches_no_layer(tmp_path: Path):
+    """diagnose builds its back end through the same factory as convert, and checks the recipe the same way."""
+    from tests.conftest import assert_one_line_error
+
+    recipe = write_recipe(tmp_path, 'keep_float = ["nope*"]\n')
+    assert_one_line_error(invoke("diagnose", "--recipe", recipe, "--no-sensitivity", "--val-size", "50"), 2,
+                          "layer pattern 'nope*' matches no quantized layer")

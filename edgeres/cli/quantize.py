@@ -119,6 +119,7 @@ def _diagnose(model, calib_ds, val_ds, recipe, backend, target, calib_size, val_
     from edgeres.core.quiet import quiet
     from edgeres.quant.diagnosis import diagnose as run_diagnosis
     from edgeres.quant.evaluate import Split
+    from edgeres.quant.recipes import match_layers
 
     settings = resolve_settings(target, recipe)
     with quiet():
@@ -131,6 +132,6 @@ def _diagnose(model, calib_ds, val_ds, recipe, backend, target, calib_size, val_
     with quiet():
         ref = keras_io.predict(loaded.model, vx)
     b = create_backend(backend, loaded.model, loaded.hwc, cx, settings)
-    b.build  # noqa: B018 - resolving the recipe's float layers happens on the first build
+    match_layers(recipe.for_backend(backend).keep_float, b.layers, f"recipe {recipe.name}")  # bad patterns: now
     with progress(sys.stderr.isatty())("layers", len(b.layers) if sensitivity else 0) as bar:
         return run_diagnosis(b, recipe, Split(vx, vy, ref), sensitivity, bar.update)

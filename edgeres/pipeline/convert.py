@@ -7,7 +7,6 @@ the stages that need it (load and convert, through :mod:`edgeres.backends`).
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,8 +28,6 @@ from edgeres.quant.evaluate import Split
 from edgeres.quant.recipes import Recipe, resolve_recipe
 from edgeres.quant.search import SearchPlan, check_sizes
 from edgeres.report import Report, render_markdown, to_json
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
