@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import weakref
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,9 +120,29 @@ def _from_savedmodel(path: Path) -> LoadedModel:
     return LoadedModel(model, path.name, str(path), "savedmodel")
 
 
+_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def reference(model):
+    """The model's inference as a compiled TensorFlow function (float32 in, numpy out).
+
+    Calling a Keras model eagerly costs about 3x its compiled time (ResNet-20 on 2,000 images: 4.9 s
+    against 1.4 s), which made the float reference the slowest part of validation.  The function is
+    traced once per batch shape (``reduce_retracing``) and kept for the model's lifetime.
+    """
+    fn = _COMPILED.get(model)
+    if fn is None:
+        import tensorflow as tf
+
+        compiled = tf.function(lambda v: model(v, training=False), reduce_retracing=True)
+        fn = _COMPILED[model] = lambda x: np.asarray(compiled(x))
+    return fn
+
+
 def predict(model, x: np.ndarray, batch: int = 64) -> np.ndarray:
     """Float32 outputs of a Keras model on an in-memory array, in batches (inference mode)."""
-    return np.concatenate([np.asarray(model(x[i:i + batch], training=False)) for i in range(0, len(x), batch)])
+    fn = reference(model)
+    return np.concatenate([fn(x[i:i + batch]) for i in range(0, len(x), batch)])
 
 
 def layer_types(model) -> dict[str, str]:

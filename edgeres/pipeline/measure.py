@@ -33,14 +33,13 @@ def validate(cfg, inputs, artifacts: list[ArtifactReport], runners: dict[str, Ru
     Returns the Keras reference's figures, and the artifacts that give one
     class for (nearly) every image where the reference does not.
     """
-    import numpy as np
+    from edgeres.backends.keras_io import reference
 
-    model = inputs.model
     with progress("validating", len(inputs.val_ds)) as bar:
         ref_tally, tallies = tally_batches(
             inputs.val_ds.batches(inputs.hwc, cfg.batch_size, cfg.preprocess, cfg.on_error),
             {a.name: runners[a.name].predict for a in artifacts},
-            reference=lambda x: np.asarray(model(x, training=False)), topk=default_topk(inputs.n_out),
+            reference=reference(inputs.model), topk=default_topk(inputs.n_out),
             progress=bar.update)
     ref = ref_tally.result()
     for a in artifacts:
