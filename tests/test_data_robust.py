@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import os
 import re
-import sys
 import tempfile
 import warnings
 import zipfile
@@ -266,8 +265,9 @@ def test_npz_header_that_lies_about_its_size(tmp_path, shape, data):
 
 def test_npz_larger_than_memory_is_refused(tmp_path, monkeypatch):
     p = _npz(tmp_path / "d.npz", x=np.zeros((4, 8, 8, 3), np.uint8))
-    home = next(m for m in (data_mod, sys.modules.get("edgeres.core.npz")) if hasattr(m, "_physical_memory"))
-    monkeypatch.setattr(home, "_physical_memory", lambda: 100)
+    import edgeres.core.npz as npz_mod
+
+    monkeypatch.setattr(npz_mod, "physical_memory", lambda: 100)
     with pytest.raises(DataError, match=r"more than this machine's .* memory"):
         open_dataset(p)
 

@@ -57,7 +57,6 @@ def targets(as_json):
 # ---------------------------------------------------------------- bench / validate (light: no TensorFlow)
 
 
-
 @cli.command()
 @click.argument("models", nargs=-1, required=True)
 @click.option("--threads", default=None, metavar="N[,N...]", help="Thread counts to sweep, e.g. 1,2,4 "
@@ -172,20 +171,19 @@ def validate(model, data, reference, threads, delegate, val_size, seed, on_bad_i
     """
     from edgeres.core.data import Preprocess
     from edgeres.devices.targets import resolve_target
-    from edgeres.measure.validate import run_validate
+    from edgeres.measure.validate import run_report, run_validate
 
     explicit = any(v is not None for v in (scale, mean, std, resize))
     pre = Preprocess.parse(scale if scale is not None else 1.0, mean, std, resize or "crop") if explicit else None
     remotes = devices(remote, resolve_target(target) if target else None)
     if remotes:
-        recorded = Path(model).resolve().parent / "report.json"
-        files, names = ship([model, data, reference, str(recorded) if pre is None and recorded.is_file() else None])
+        files, names = ship([model, data, reference])
+        if pre is None and run_report(model).is_file():  # the device reads the preprocessing from it, as here
+            files["report.json"] = run_report(model)
         argv = ["validate", names[0], "--data", names[1], "--threads", str(threads), "--seed", str(seed),
                 "--on-bad-image", on_bad_image, *preprocess_args(pre)]
         argv += (["--reference", names[2]] if reference else []) + (["--delegate", delegate] if delegate else [])
         argv += ["--val-size", str(val_size)] if val_size else []
-        if names[3] is not None and names[3] != "report.json":
-            files["report.json"] = files.pop(names[3])
         results = run_on_devices(remotes, argv, files)
         local = None
         if remote["compare_local"]:
@@ -238,7 +236,7 @@ def check(model, target, runtime_spec, remote_host, remote_python, ssh_config, a
     options, both checks run.  Exit code 0 when compatible, 6 when not.
     """
     from edgeres.core.errors import ConversionError
-    from edgeres.devices.edgetpu import check_model, format_check
+    from edgeres.devices.edgetpu import ON_CHIP_BYTES, check_model, format_check
     from edgeres.devices.targets import resolve_target
 
     failures, texts, results = [], [], {}
@@ -266,7 +264,8 @@ def check(model, target, runtime_spec, remote_host, remote_python, ssh_config, a
         if t.tflite.delegate != "edgetpu":
             raise UsageError(f"'edgeres check' knows the Edge TPU's rules; target '{t.name}' uses "
                              f"{t.tflite.delegate}, which runs every TFLite op")
-        result = results["edgetpu"] = check_model(model, max_tensor_bytes=t.constraints.max_tensor_bytes or 8 * 2**20)
+        limit = t.constraints.max_tensor_bytes or ON_CHIP_BYTES
+        result = results["edgetpu"] = check_model(model, max_tensor_bytes=limit)
         texts.append(format_check(result))
         if not result["compatible"]:
             reason = result["errors"][0] if result["errors"] else (

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from edgeres.cli.options import echo_json, echo_table
-from edgeres.core.errors import EdgeresError
+from edgeres.core.metrics import dash
 
 
 def remote_options(fn):
@@ -75,20 +75,24 @@ def run_on_devices(remotes: list, argv: list[str], files: dict[str, Path]) -> li
 
 def finish(results: list) -> None:
     """Exit non-zero when any device failed (with the first failure's code and reason as the one error line)."""
+    from edgeres.devices.remote import RemoteError
+
     failed = [r for r in results if not r.ok]
     for r in failed[1:]:
         click.echo(f"edgeres: warning: {r.error}", err=True)
     if failed:
-        err = EdgeresError(failed[0].error + (f" ({len(failed)} of {len(results)} devices failed)"
-                                              if len(results) > 1 else ""))
-        err.exit_code = failed[0].exit_code or 1
-        raise err
+        raise RemoteError(failed[0].error + (f" ({len(failed)} of {len(results)} devices failed)"
+                                             if len(results) > 1 else ""), failed[0].exit_code or 1)
+
+
+def _devices_json(results: list, key: str, local: dict | None) -> None:
+    echo_json({"devices": [{"host": r.host, "ok": r.ok, "error": r.error or None, "seconds": r.seconds,
+                            key: r.result} for r in results], "local": local})
 
 
 def print_bench(results: list, local: dict | None, as_json: bool) -> None:
     if as_json:
-        echo_json({"devices": [{"host": r.host, "ok": r.ok, "error": r.error or None, "seconds": r.seconds,
-                                "report": r.result} for r in results], "local": local})
+        _devices_json(results, "report", local)
         return
     local_p50 = {(Path(x["model"]).name, x["threads"]): x["latency_ms"]["p50"] for x in (local or {}).get(
         "results", [])}
@@ -110,8 +114,7 @@ def print_bench(results: list, local: dict | None, as_json: bool) -> None:
 
 def print_validate(results: list, local: dict | None, as_json: bool) -> None:
     if as_json:
-        echo_json({"devices": [{"host": r.host, "ok": r.ok, "error": r.error or None, "seconds": r.seconds,
-                                "result": r.result} for r in results], "local": local})
+        _devices_json(results, "result", local)
         return
     rows = []
     for r in results:
@@ -119,11 +122,8 @@ def print_validate(results: list, local: dict | None, as_json: bool) -> None:
             rows.append((r.host, "-", "-", "-", "-", f"FAILED: {r.error}"))
             continue
         x, m = r.result, r.result.get("machine", {})
-        rows.append((r.host, str(x["count"]), _f(x.get("top1")), _f(x.get("agreement")),
-                     _f((local or {}).get("top1")), f"{m.get('cpu', '?')}, {m.get('arch', '?')}; "
+        rows.append((r.host, str(x["count"]), dash(x.get("top1"), ".2f"), dash(x.get("agreement"), ".2f"),
+                     dash((local or {}).get("top1"), ".2f"), f"{m.get('cpu', '?')}, {m.get('arch', '?')}; "
                      f"{x['runtime']} {x['runtime_version']}"))
     echo_table(("device", "images", "top-1 %", "agree %", "here top-1 %", "machine, runtime"), rows)
 
-
-def _f(v) -> str:
-    return "-" if v is None else f"{v:.2f}"

@@ -356,10 +356,6 @@ def write_text_atomic(path: Path, text: str) -> None:
     write_bytes_atomic(path, text.encode("utf-8"))
 
 
-def write_json_atomic(path: Path, obj: object) -> None:
-    write_text_atomic(path, to_json(obj))
-
-
 def to_json(obj: object) -> str:
     """Strict JSON: non-finite floats (an SQNR of +inf) become null."""
     return json.dumps(_finite(obj), indent=2, default=_jsonable, allow_nan=False) + "\n"

@@ -90,6 +90,14 @@ def int8_peak() -> dict:
             "int8_macs_per_cycle_per_core": rate, "gops": gops, "note": why}
 
 
+def physical_memory() -> int | None:
+    """This machine's RAM in bytes, or None where the OS does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
 def available_memory() -> int | None:
     """Bytes of memory available to a new allocation (Linux MemAvailable), or None where unknown."""
     try:

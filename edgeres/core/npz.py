@@ -8,7 +8,6 @@ are checked for NaN/Inf.  Every problem is one DataError naming the file.
 from __future__ import annotations
 
 import math
-import os
 import struct
 import zipfile
 import zlib
@@ -17,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeres.core.errors import DataError, first_line
+from edgeres.core.machine import physical_memory
 
 MAX_IMAGE_ELEMENTS = 2**28  # values in one image; more is refused
 _KINDS = {"c": "complex numbers", "U": "strings", "S": "byte strings", "V": "structured records", "M": "dates",
@@ -95,7 +95,7 @@ def _check_npz(x: tuple, y: tuple | None, where: str) -> None:
         if stored != math.prod(shape) * dtype.itemsize:  # a header that lies: refused before numpy allocates
             raise DataError(f"{where} is not a readable .npz: '{key}' claims shape {shape} of {dtype} "
                             f"({math.prod(shape) * dtype.itemsize:,} bytes) but holds {stored:,} bytes")
-    if (memory := _physical_memory()) and math.prod(xs) * xt.itemsize > memory:
+    if (memory := physical_memory()) and math.prod(xs) * xt.itemsize > memory:
         raise DataError(f"{where}: 'x' is {math.prod(xs) * xt.itemsize / 2**30:.1f} GiB, more than this "
                         f"machine's {memory / 2**30:.1f} GiB of memory; split it, or use an image folder")
 
@@ -111,10 +111,3 @@ def _check_finite(x: np.ndarray, where: str, step: int = 2**24) -> None:
         raise DataError(f"{where}: 'x' has {bad:,} pixel values that are not finite in float32 ({nan:,} NaN, "
                         f"{bad - nan:,} Inf or beyond float32's range); fix or drop those images")
 
-
-def _physical_memory() -> int | None:
-    """This machine's RAM in bytes, or None where the OS does not say."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):
-        return None

@@ -16,6 +16,11 @@ from edgeres.core.quiet import quiet
 from edgeres.core.runtime import open_runner
 
 
+def run_report(model: str) -> Path:
+    """The report.json of the run folder ``model`` sits in (it may not exist)."""
+    return Path(model).resolve().parent / "report.json"
+
+
 def recorded_preprocess(model: str) -> Preprocess | None:
     """The preprocessing recorded in the report.json of the run folder ``model`` sits in, if there is one.
 
@@ -23,7 +28,7 @@ def recorded_preprocess(model: str) -> Preprocess | None:
     that file (not the options, which the user did not give): guessing the
     preprocessing would measure the wrong thing.
     """
-    report = Path(model).resolve().parent / "report.json"
+    report = run_report(model)
     if not report.is_file():
         return None
     where = f"report.json in {report.parent}"

@@ -10,7 +10,6 @@ from edgeres import __version__
 from edgeres.backends.base import Settings
 from edgeres.core.fs import sha256_file
 from edgeres.core.machine import machine_info, tool_versions
-from edgeres.core.metrics import COLLAPSE_AGREEMENT
 from edgeres.quant.search import MIN_CALIBRATION
 from edgeres.report.model import BackendSearch, Report, SearchReport
 
@@ -46,7 +45,7 @@ def assemble(cfg, settings: Settings, inputs, built, stages, ref: dict | None, c
     for a in artifacts:
         if a.precision != "int8" or a.agreement is None:
             continue
-        if a.name in collapsed or a.agreement < COLLAPSE_AGREEMENT:
+        if a.name in collapsed:
             report.fail(f"{a.name} collapsed: agreement with float32 is {a.agreement:.1f}%")
         if cfg.max_drop is not None and a.top1_drop > cfg.max_drop:
             report.fail(f"{a.name} drops {a.top1_drop:.2f} points of top-1 (budget {cfg.max_drop:g})")
@@ -118,9 +117,7 @@ def _attach_collapse_diagnosis(report: Report, built, inputs, collapsed: set[str
 
     for a in report.artifacts:
         backend = built.backends.get(a.format)
-        if a.precision != "int8" or backend is None or a.agreement is None:
-            continue
-        if a.name not in collapsed and a.agreement >= COLLAPSE_AGREEMENT:
+        if a.precision != "int8" or backend is None or a.name not in collapsed:
             continue
         x = inputs.calib[:200]
         d = diagnose(backend, recipe, Split(x, None, predict(inputs.model, x)), sensitivity=False)

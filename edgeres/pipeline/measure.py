@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeres.backends.base import Settings, get_format
-from edgeres.core.metrics import collapsed, default_topk, tally_batches
+from edgeres.core.metrics import COLLAPSE_AGREEMENT, collapsed, default_topk, tally_batches
 from edgeres.core.quiet import quiet
 from edgeres.core.runtime import Runner, open_runner
 from edgeres.report.model import ArtifactReport
@@ -32,8 +32,9 @@ def validate(cfg, inputs, artifacts: list[ArtifactReport], runners: dict[str, Ru
              progress) -> tuple[dict, set[str]]:
     """Accuracy of every artifact on the validation images.
 
-    Returns the Keras reference's figures, and the artifacts that give one
-    class for (nearly) every image where the reference does not.
+    Returns the Keras reference's figures, and the artifacts that collapsed:
+    one class for (nearly) every image where the reference does not, or
+    agreement with it below COLLAPSE_AGREEMENT.
     """
     with progress("validating", len(inputs.val_ds)) as bar:
         ref_tally, tallies = tally_batches(
@@ -48,7 +49,8 @@ def validate(cfg, inputs, artifacts: list[ArtifactReport], runners: dict[str, Ru
         a.sqnr_db, a.max_abs_diff = m.get("sqnr_db"), m.get("max_abs_diff")
         a.top1_drop = ref["top1"] - m["top1"]
     ref_collapsed = collapsed(ref_tally.predictions)
-    return ref, {a.name for a in artifacts if collapsed(tallies[a.name].predictions) and not ref_collapsed}
+    return ref, {a.name for a in artifacts if (collapsed(tallies[a.name].predictions) and not ref_collapsed)
+                 or a.agreement < COLLAPSE_AGREEMENT}
 
 
 REFERENCE_IMAGES = 256       # images per Keras reference call: its best batch throughput here
