@@ -36,8 +36,9 @@ def main() -> None:
         rng.choice(np.flatnonzero(labels == c), TEST_PER_CLASS, replace=False) for c in range(10)]))
     train_mask = np.ones(len(x), bool)
     train_mask[test_idx] = False
-    np.savez_compressed(HERE / "digits-train.npz", x=x[train_mask], y=labels[train_mask])
-    np.savez_compressed(HERE / "digits-test.npz", x=x[test_idx], y=labels[test_idx])
+    names = np.array([str(d) for d in range(10)])  # label i is the digit i: labels.txt of `edgeres bundle`
+    np.savez_compressed(HERE / "digits-train.npz", x=x[train_mask], y=labels[train_mask], class_names=names)
+    np.savez_compressed(HERE / "digits-test.npz", x=x[test_idx], y=labels[test_idx], class_names=names)
     print(f"train {int(train_mask.sum())}, test {len(test_idx)} from {src} (sklearn {sklearn.__version__})")
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import platform
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -24,10 +23,10 @@ from edgeres.core.tflite_schema import schema
 from edgeres.devices.compat import check_onnx, check_runtime, check_tflite, parse_runtime_spec, read_onnx_header
 from edgeres.devices.compat_tables import ORT_LIMITS, TFLITE_ERRATA, TFLITE_OP_VERSIONS, TFLITE_RUNTIMES
 from tests.conftest import ROOT, assert_one_line_error, invoke
+from tests.side_venv import side_venv
 
 flatbuffers = pytest.importorskip("flatbuffers")
 TFLITE_RUNTIME = "2.14.0"
-VENVS = Path("/tmp/edgeres-test-venvs")
 
 
 def tiny_tflite(codes, *, dtype="FLOAT32", used=True) -> bytes:
@@ -293,27 +292,10 @@ def test_runtime_check_is_light(tmp_path):
 @pytest.fixture(scope="session")
 def tflite_runtime_python() -> Path:
     """The python of a venv with tflite-runtime 2.14.0 (built once, kept in /tmp/edgeres-test-venvs)."""
-    from filelock import FileLock
-
     if sys.platform != "linux" or platform.machine() not in ("x86_64", "aarch64") or sys.version_info >= (3, 12):
         pytest.skip(f"tflite-runtime {TFLITE_RUNTIME} has wheels only for CPython 3.8-3.11 on Linux x86_64/aarch64 "
                     f"(this is Python {platform.python_version()} on {sys.platform} {platform.machine()})")
-    venv = VENVS / f"tflite-runtime-{TFLITE_RUNTIME}"
-    VENVS.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(VENVS / f"tflite-runtime-{TFLITE_RUNTIME}.lock")):
-        if not (venv / ".edgeres-ready").exists():
-            shutil.rmtree(venv, ignore_errors=True)
-            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True)
-            pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--retries", "1", "--timeout", "30",
-                   "--disable-pip-version-check", f"tflite-runtime=={TFLITE_RUNTIME}", "numpy<2"]
-            proc = subprocess.run(pip, capture_output=True, text=True, timeout=900)
-            if proc.returncode != 0:
-                shutil.rmtree(venv, ignore_errors=True)
-                tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
-                pytest.skip(f"pip could not install tflite-runtime=={TFLITE_RUNTIME} (no index reachable, or no "
-                            f"wheel for this platform): {tail}")
-            (venv / ".edgeres-ready").write_text(TFLITE_RUNTIME)
-    return venv / "bin" / "python"
+    return side_venv(f"tflite-runtime-{TFLITE_RUNTIME}", [f"tflite-runtime=={TFLITE_RUNTIME}", "numpy<2"])
 
 
 LOADER = """

@@ -80,7 +80,10 @@ def targets(as_json):
 @json_option
 def bench(models, threads, runs, min_time, warmup, delegate, target, data, shape, plot_path, preprocess, remote,
           as_json):
-    """Benchmark one or more .tflite / .onnx MODELS (batch 1).
+    """Benchmark one or more .tflite / .onnx MODELS (batch 1), or app bundles.
+
+    A bundle folder stands for all its models; a bundle is checked against
+    its manifest first and refused (exit 9) if any file changed.
 
     Reports min, p50, p90, p99, mean and stdev, first-inference and load
     time, peak RSS, which ops ran on the delegate, and the machine.  Runs
@@ -91,10 +94,19 @@ def bench(models, threads, runs, min_time, warmup, delegate, target, data, shape
       edgeres bench edgeres-out/model_int8.tflite edgeres-out/model_int8.onnx --threads 1,2,4
     """
     from edgeres.devices.targets import resolve_target
-    from edgeres.measure.bench import BenchConfig, coverage_text, parse_shape, parse_threads, plot, run_bench
+    from edgeres.measure.bench import (
+        BenchConfig,
+        coverage_text,
+        parse_shape,
+        parse_threads,
+        plot,
+        resolve_models,
+        run_bench,
+    )
 
     t = resolve_target(target)
-    cfg = BenchConfig(models=tuple(models), threads=parse_threads(threads) if threads else (t.threads,),
+    models = resolve_models(models)  # app bundles: every hash checks first; a bundle folder gives its models
+    cfg = BenchConfig(models=models, threads=parse_threads(threads) if threads else (t.threads,),
                       delegate=delegate or (t.tflite.delegate if target else None), runs=runs, warmup=warmup,
                       min_time=min_time, data=data, preprocess=preprocess, shape=parse_shape(shape))
     remotes = devices(remote, t)
@@ -166,17 +178,25 @@ def validate(model, data, reference, threads, delegate, val_size, seed, on_bad_i
              target, remote, as_json):
     """Accuracy of one .tflite/.onnx MODEL on labelled --data, on this device.
 
-    Preprocessing comes from the options, else from the report.json of the
-    run folder the model sits in.  With --reference, also compares outputs.
+    Preprocessing comes from the options, else from the manifest of the app
+    bundle or the report.json of the run folder the model sits in.  MODEL
+    may be a bundle folder (its TFLite model is validated); a bundle is
+    checked against its manifest first and refused (exit 9) if any file
+    changed.  With --reference, also compares outputs.
     """
     from edgeres.core.data import Preprocess
     from edgeres.devices.targets import resolve_target
-    from edgeres.measure.validate import run_report, run_validate
+    from edgeres.measure.validate import recorded_preprocess, run_report, run_validate
 
     explicit = any(v is not None for v in (scale, mean, std, resize))
     pre = Preprocess.parse(scale if scale is not None else 1.0, mean, std, resize or "crop") if explicit else None
     remotes = devices(remote, resolve_target(target) if target else None)
     if remotes:
+        from edgeres.bundle.manifest import resolve
+
+        (bundled, *_), m = resolve(model)  # checked here; the device gets the model and its preprocessing
+        if m is not None:
+            model, pre = str(bundled), pre or recorded_preprocess(str(bundled))
         files, names = ship([model, data, reference])
         if pre is None and run_report(model).is_file():  # the device reads the preprocessing from it, as here
             files["report.json"] = run_report(model)
@@ -200,8 +220,11 @@ def validate(model, data, reference, threads, delegate, val_size, seed, on_bad_i
         return
     keys = [("top1", "top-1 %", ".2f"), ("top5", "top-5 %", ".2f"), ("agreement", "agreement %", ".2f"),
             ("sqnr_db", "SQNR dB", ".1f"), ("max_abs_diff", "max abs diff", ".4g"), ("top1_drop", "drop pp", "+.2f")]
-    click.echo(f"{Path(model).name}: {result['count']} images from {result['data']['source']} "
-               f"({result['runtime']} {result['runtime_version']}, {result['threads']} threads)")
+    if "bundle" in result:
+        click.echo(f"bundle {model}: {result['bundle']['files']} files intact")
+    click.echo(f"{Path(result['model']).name}: {result['count']} images from {result['data']['source']} "
+               f"({result['runtime']} {result['runtime_version']}, {result['threads']} threads; preprocessing from "
+               f"{result['preprocess']['from']})")
     for key, label, spec in keys:
         if result.get(key) is not None:
             click.echo(f"  {label:<14} {result[key]:{spec}}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import sys
+from pathlib import Path
 
 import click
 
@@ -114,3 +115,10 @@ def echo_json(obj) -> None:
     from edgeres.core.fs import to_json
 
     click.echo(to_json(obj), nl=False)
+
+
+fold_option = click.option("--fold-preprocessing", "fold", is_flag=True,
+                           help="Fold --scale/--mean/--std into the bundled int8 TFLite model, exactly: it takes "
+                                "raw uint8 RGB pixels (scale 1, zero-point 0) and gives float32 scores.")
+labels_option = click.option("--labels", type=click.Path(path_type=Path), default=None, metavar="FILE",
+                             help="Class names, one per line (default: the class folders of the run's data).")

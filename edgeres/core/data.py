@@ -250,8 +250,8 @@ def open_dataset(source: str | os.PathLike, role: str = "data") -> Dataset:
         if path.is_file():
             if path.suffix.lower() != ".npz":
                 raise DataError(f"{role} path {path} is a file but not an .npz; pass an image folder or .npz")
-            x, y = load_npz(path, role)
-            return Dataset(str(path), "npz", tuple(range(len(x))), y, None, _npz_x=x)
+            x, y, names = load_npz(path, role)
+            return Dataset(str(path), "npz", tuple(range(len(x))), y, names, _npz_x=x)
         if not path.is_dir():
             raise DataError(f"{role} path {path} is neither a file nor a folder (pass an image folder or .npz)")
         return _open_folder(path, role)

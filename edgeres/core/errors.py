@@ -80,3 +80,10 @@ class BudgetExceededError(EdgeresError):
     def __init__(self, message: str, report: object = None):
         super().__init__(message)
         self.report = report
+
+
+class BundleError(EdgeresError):
+    """An app bundle that fails its check: a file changed or missing, a manifest that is not JSON, or a
+    bundle from a newer schema.  Nothing in it is run."""
+
+    exit_code = 9

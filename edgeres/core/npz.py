@@ -23,9 +23,15 @@ _KINDS = {"c": "complex numbers", "U": "strings", "S": "byte strings", "V": "str
           "m": "time spans"}
 
 
-def load_npz(path: Path, role: str) -> tuple[np.ndarray, np.ndarray | None]:
-    """``x`` and ``y`` (int64 labels, or None), after checking their headers: nothing huge, mislabelled or
-    pickled is ever loaded, and NaN/Inf pixels are refused."""
+MAX_CLASS_NAMES, MAX_NAME_CHARS = 100_000, 256
+
+
+def load_npz(path: Path, role: str) -> tuple[np.ndarray, np.ndarray | None, tuple[str, ...] | None]:
+    """``x``, ``y`` (int64 labels, or None) and ``class_names`` (or None), after checking their headers:
+    nothing huge, mislabelled or pickled is ever loaded, and NaN/Inf pixels are refused.
+
+    ``class_names``, optional, is a 1-D array of strings (``numpy.str_``, stored without pickling): label
+    ``i`` is ``class_names[i]``.  The bundle's labels.txt comes from it."""
     where = f"{role} file {path}"
     try:
         with open(path, "rb") as f:
@@ -37,6 +43,7 @@ def load_npz(path: Path, role: str) -> tuple[np.ndarray, np.ndarray | None]:
                 raise DataError(f"{where} has no 'x' array (found: {', '.join(z.files) or 'nothing'})")
             _check_npz(_npz_header(z, "x", where), _npz_header(z, "y", where) if "y" in z.files else None, where)
             x, y = z["x"], (z["y"] if "y" in z.files else None)
+            names = _class_names(z, where) if "class_names" in z.files else None
     except DataError:
         raise
     except (ValueError, OSError, zipfile.BadZipFile, EOFError, RuntimeError, NotImplementedError, zlib.error,
@@ -50,7 +57,24 @@ def load_npz(path: Path, role: str) -> tuple[np.ndarray, np.ndarray | None]:
             raise DataError(f"{where}: 'y' must hold non-negative integer labels, found {int(y.min())}.."
                             f"{int(y.max())}")
         y = y.astype(np.int64)
-    return x, y
+        if names is not None and len(y) and y.max() >= len(names):
+            raise DataError(f"{where}: 'y' has label {int(y.max())} but 'class_names' names only {len(names)} "
+                            "classes")
+    return x, y, names
+
+
+def _class_names(z, where: str) -> tuple[str, ...]:
+    shape, dtype, _ = _npz_header(z, "class_names", where)
+    if dtype.kind != "U" or len(shape) != 1 or not 0 < shape[0] <= MAX_CLASS_NAMES \
+            or dtype.itemsize // 4 > MAX_NAME_CHARS:
+        raise DataError(f"{where}: 'class_names' must be a 1-D array of 1 to {MAX_CLASS_NAMES:,} strings of at "
+                        f"most {MAX_NAME_CHARS} characters, got shape {shape} of {dtype}")
+    names = tuple(str(v) for v in z["class_names"])
+    bad = [n for n in names if not n.strip() or "\n" in n or "\r" in n]
+    if bad or len(set(names)) != len(names):
+        raise DataError(f"{where}: 'class_names' must be distinct, non-blank, one-line names"
+                        + (f" (found {bad[0]!r})" if bad else " (found a repeated name)"))
+    return names
 
 
 def _npz_header(z, key: str, where: str) -> tuple[tuple[int, ...], np.dtype, int]:

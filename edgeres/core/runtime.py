@@ -68,6 +68,17 @@ def _dist_version(dist: str) -> str:
         return "unknown"
 
 
+def quantize(x: np.ndarray, quant: tuple[float, int] | None, dtype: np.dtype) -> np.ndarray:
+    """``x`` as the runtime's input: ``round(x / scale) + zero_point``, clipped to an integer ``dtype``
+    (a float ``dtype``, or no ``quant``, only casts).  The one quantizer of model inputs: the runners use it,
+    and so does the bundle's folded preprocessing, which must match them bit for bit."""
+    if quant is None or not np.issubdtype(dtype, np.integer):
+        return x.astype(dtype, copy=False)
+    scale, zero = quant
+    info = np.iinfo(dtype)
+    return np.clip(np.round(x / scale) + zero, info.min, info.max).astype(dtype)
+
+
 class Runner:
     """Common interface of the TFLite and ONNX runners."""
 
@@ -88,12 +99,7 @@ class Runner:
         return tuple(int(v) for v in self.input_shape[1:])  # type: ignore[return-value]
 
     def quantize_input(self, x: np.ndarray) -> np.ndarray:
-        if self.input_quant is None or not np.issubdtype(self.input_dtype, np.integer):
-            return x.astype(self.input_dtype, copy=False)
-        scale, zero = self.input_quant
-        info = np.iinfo(self.input_dtype)
-        q = np.round(x / scale) + zero
-        return np.clip(q, info.min, info.max).astype(self.input_dtype)
+        return quantize(x, self.input_quant, self.input_dtype)
 
     def dequantize_output(self, y: np.ndarray) -> np.ndarray:
         if self.output_quant is None or not np.issubdtype(y.dtype, np.integer):

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeres.bundle import manifest
 from edgeres.core.data import Preprocess, open_dataset
 from edgeres.core.errors import EdgeresError, ShapeError, UsageError
 from edgeres.core.limits import MAX_CHANNELS, MAX_INPUT_SIZE, check_threads
@@ -71,7 +72,7 @@ def make_input(runner: Runner, cfg: BenchConfig) -> np.ndarray:
     """One batch-1 input in the model's own dtype: a real image or random data."""
     if cfg.data:
         ds = open_dataset(cfg.data, "benchmark").sample(1, cfg.seed)
-        x = next(ds.batches(runner.hwc, 1, cfg.preprocess, "warn"))[0]
+        x = next(ds.batches(runner.hwc, 1, _preprocess(str(runner.path), cfg), "warn"))[0]
         if np.issubdtype(runner.input_dtype, np.integer) and runner.input_quant is None:
             if not np.allclose(x, np.round(x)) or x.min() < np.iinfo(runner.input_dtype).min or \
                     x.max() > np.iinfo(runner.input_dtype).max:
@@ -169,10 +170,25 @@ def throughput(macs: int, p50_ms: float, threads: int, precision: str, delegate:
     return out
 
 
+def resolve_models(paths) -> tuple[str, ...]:
+    """``paths`` with each app bundle (or model in one) checked against its manifest, bundles expanded to
+    their models: nothing is timed until every bundle checks."""
+    return tuple(str(p) for path in paths for p in manifest.resolve(path)[0])
+
+
+def _preprocess(path: str, cfg: BenchConfig) -> Preprocess:
+    """A bundled model's own preprocessing (raw pixels when folded); else the options'."""
+    bundle = manifest.bundle_of(path)
+    if bundle is None:
+        return cfg.preprocess
+    return Preprocess.from_dict(manifest.preprocessing(manifest.load(bundle), path),
+                                source=f"{manifest.MANIFEST} in {bundle}")
+
+
 def run_bench(cfg: BenchConfig, progress=None) -> dict:
     results = []
     t0 = time.perf_counter()
-    for path in cfg.models:
+    for path in resolve_models(cfg.models):
         for threads in cfg.threads:
             results.append(bench_one(path, threads, cfg))
             if progress:

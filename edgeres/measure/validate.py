@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from edgeres.bundle import manifest
 from edgeres.core.data import Preprocess, open_dataset
 from edgeres.core.errors import DataError, ShapeError, first_line
 from edgeres.core.machine import machine_info
@@ -22,12 +23,17 @@ def run_report(model: str) -> Path:
 
 
 def recorded_preprocess(model: str) -> Preprocess | None:
-    """The preprocessing recorded in the report.json of the run folder ``model`` sits in, if there is one.
+    """The preprocessing recorded in the manifest of the bundle ``model`` sits in, else in the report.json of
+    its run folder, if there is one.
 
     A report.json that is there but unreadable or malformed is an error naming
     that file (not the options, which the user did not give): guessing the
     preprocessing would measure the wrong thing.
     """
+    bundle = manifest.bundle_of(model)
+    if bundle is not None:
+        pre = manifest.preprocessing(manifest.load(bundle), model)
+        return Preprocess.from_dict(pre, source=f"{manifest.MANIFEST} in {bundle}")
     report = run_report(model)
     if not report.is_file():
         return None
@@ -48,10 +54,13 @@ def recorded_preprocess(model: str) -> Preprocess | None:
 def run_validate(model: str, data: str, *, reference: str | None = None, preprocess: Preprocess | None = None,
                  threads: int = 2, delegate: str | None = None, val_size: int | None = None, seed: int = 0,
                  batch_size: int = 32, on_error: str = "warn", progress=None) -> dict:
+    (model, *_), bundle = manifest.resolve(model)  # a bundle: every hash checks before anything runs
+    if reference:
+        manifest.resolve(reference)
     source = "given"
     if preprocess is None:
         preprocess = recorded_preprocess(model)
-        source = "report.json" if preprocess is not None else "default"
+        source = ("manifest.json" if bundle else "report.json") if preprocess is not None else "default"
         preprocess = preprocess or Preprocess()
     with quiet():
         runner = open_runner(model, threads=threads, delegate=delegate)
@@ -69,7 +78,8 @@ def run_validate(model: str, data: str, *, reference: str | None = None, preproc
                                        {"model": runner.predict}, reference=ref_fn,
                                        first_output=lambda n: ds.check_classes(n, "validation"), progress=progress)
     tally = tallies["model"]
-    result = {"model": str(model), **runner.describe(), "machine": machine_info(), "data": ds.describe(),
+    result = {"model": str(model), **({"bundle": {"verified": True, "files": len(bundle["files"])}} if bundle else {}),
+              **runner.describe(), "machine": machine_info(), "data": ds.describe(),
               "preprocess": {**preprocess.to_dict(), "from": source}, **tally.result()}
     if ref_runner is not None:
         result["reference"] = {"model": str(reference), **ref_tally.result()}
