@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from contextlib import redirect_stdout
 from pathlib import Path
@@ -12,7 +13,9 @@ from edgeres.cli.app import cli
 from edgeres.cli.options import (
     FiniteFloat,
     calib_size_option,
+    fold_option,
     json_option,
+    labels_option,
     non_negative,
     on_bad_image_option,
     preprocess_options,
@@ -60,10 +63,14 @@ from edgeres.core.limits import MAX_RUNS, MAX_WARMUP
 @click.option("--weights", default=None, help="Zoo weights: 'imagenet' (downloads) or none.")
 @on_bad_image_option
 @preprocess_options
+@click.option("--bundle", "bundle_dir", type=click.Path(path_type=Path), default=None, metavar="DIR",
+              help="Also write an app bundle of the int8 models (as 'edgeres bundle'); needs --int8.")
+@fold_option
+@labels_option
 @json_option
 def convert(model, calib, data, int8, output_dir, force, target, io_dtype, calib_size, val_size, seed,
             threads, runs, warmup, max_drop, metric, select_fraction, recipe, input_size, num_classes, weights,
-            on_bad_image, preprocess, as_json):
+            on_bad_image, preprocess, bundle_dir, fold, labels, as_json):
     """Convert MODEL (zoo name, .keras, .h5 or SavedModel) to TFLite and ONNX, validate, and report.
 
     With no MODEL, uses the embedded default: a ResNet-8 trained on real
@@ -73,6 +80,7 @@ def convert(model, calib, data, int8, output_dir, force, target, io_dtype, calib
     Example:
       edgeres convert --int8
       edgeres convert model.keras --int8 --calib calib/ --data test/ -o out --max-drop 0.5
+      edgeres convert --int8 --bundle app/ --fold-preprocessing
     """
     from edgeres.core import defaults
     from edgeres.devices.targets import resolve_target
@@ -89,6 +97,14 @@ def convert(model, calib, data, int8, output_dir, force, target, io_dtype, calib
         raise UsageError("--calib is required with your own model (a folder of representative images or an .npz)")
     if max_drop is not None and data is None:
         raise UsageError("--max-drop needs --data: the labelled images the budget is measured on")
+    if bundle_dir is not None and not int8:
+        raise UsageError("--bundle packages the int8 models: add --int8")
+    if (fold or labels is not None) and bundle_dir is None:
+        raise UsageError("--fold-preprocessing and --labels shape the app bundle: add --bundle DIR")
+    if bundle_dir is not None:
+        from edgeres.core.fs import check_output_dir
+
+        check_output_dir(bundle_dir, force)  # before the conversion, not after it
     cfg = ConvertConfig(
         model=model, calib=calib, data=data, output_dir=output_dir, target=resolve_target(target),
         preprocess=preprocess, int8=int8, io_dtype=io_dtype, input_size=input_size, num_classes=num_classes,
@@ -102,7 +118,23 @@ def convert(model, calib, data, int8, output_dir, force, target, io_dtype, calib
         if exc.report is not None:  # the run folder was written and marked as failing: show it, then exit
             _print(exc.report, output_dir, as_json)
         raise
-    _print(report, output_dir, as_json)
+    if bundle_dir is None:
+        _print(report, output_dir, as_json)
+        return
+    from edgeres.cli.bundle import print_manifest
+    from edgeres.pipeline.bundle import BundleConfig, run_bundle
+
+    m = run_bundle(BundleConfig(run=output_dir, out=bundle_dir, force=force, labels=labels, fold=fold),
+                   log=lambda msg: click.echo(f"edgeres: {msg}", err=True))
+    if as_json:  # one JSON document: the report, with the bundle's manifest under "bundle"
+        from edgeres.report import to_json
+
+        doc = json.loads(to_json(report))
+        doc["bundle"] = m
+        click.echo(json.dumps(doc, indent=2))
+        return
+    _print(report, output_dir, False)
+    print_manifest(m, bundle_dir)
 
 
 def _print(report, out: Path, as_json: bool) -> None:

@@ -96,7 +96,7 @@ def _labels(cfg: BundleConfig, report: dict, outputs: int) -> tuple[list[str], s
         for role in ("validation", "calibration"):
             classes = (report.get(role) or {}).get("classes")
             if isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes):
-                names, source = list(classes), f"the class folders of the run's {role} data"
+                names, source = list(classes), f"the class names of the run's {role} data"
                 break
         if names is None:
             raise UsageError("the run's data carry no class names (a flat folder, or an .npz without "
@@ -161,7 +161,7 @@ def _tools() -> dict:
     return out
 
 
-def _io(runner, tensor: str, quant, dtype, shape) -> dict:
+def _io(quant, dtype, shape) -> dict:
     return {"shape": [1 if (v is None or v < 0) else int(v) for v in shape], "dtype": np.dtype(dtype).name,
             "scale": None if quant is None else float(quant[0]), "zero_point": None if quant is None else int(quant[1])}
 
@@ -190,13 +190,14 @@ def run_bundle(cfg: BundleConfig, log=lambda msg: None) -> dict:
     color = {1: "GRAYSCALE", 3: "RGB"}.get(c, "UNKNOWN")
     with staged_dir(cfg.out, cfg.force, inputs=[run]) as stage:
         tfl_name = f"{name}_int8.tflite"
-        tfl_path = stage / tfl_name
-        tfl_path.write_bytes(model)  # without metadata first: the runner reads its I/O from it
+        tfl_path, bare = stage / tfl_name, stage / ".without-metadata.tflite"
+        # The interpreter maps its file: a file a runner has open is never rewritten, only removed after.
+        bare.write_bytes(model)
         with quiet():
-            r = open_runner(tfl_path, threads=1)
-        in_quant, out_quant = r.input_quant, r.output_quant
+            r = open_runner(bare, threads=1)
+        in_quant, out_quant, in_dtype, out_dtype = r.input_quant, r.output_quant, r.input_dtype, r.output_dtype
         if fold is not None:
-            equivalence = _check_fold(run / tfl_art["path"], tfl_path, pre)
+            equivalence = _check_fold(run / tfl_art["path"], bare, pre)
             meta_mean, meta_std = (0.0,), (1.0,)
             input_text = (f"Raw {color} pixels 0..255 as uint8, {w}x{h} ({pre.resize}); the preprocessing "
                           f"x = (pixels * {pre.scale!r} - {list(pre.mean)}) / {list(pre.std)} is folded into the "
@@ -209,8 +210,8 @@ def run_bundle(cfg: BundleConfig, log=lambda msg: None) -> dict:
                           f"quantized with scale {in_quant[0]!r} and zero-point {in_quant[1]}."
                           if in_quant else f"{color} pixels, {w}x{h}, normalised as (pixel - mean) / std.")
         out_range = None
-        if out_quant is not None and np.issubdtype(r.output_dtype, np.integer):
-            info = np.iinfo(r.output_dtype)
+        if out_quant is not None and np.issubdtype(out_dtype, np.integer):
+            info = np.iinfo(out_dtype)
             out_range = (out_quant[0] * (info.min - out_quant[1]), out_quant[0] * (info.max - out_quant[1]))
         info = ClassifierInfo(
             name=name, description=description, version=cfg.version, author=cfg.author, license=cfg.license,
@@ -226,14 +227,16 @@ def run_bundle(cfg: BundleConfig, log=lambda msg: None) -> dict:
         probe = _probe_images(r.hwc)[:4]
         if not np.array_equal(r.predict(probe), r2.predict(probe)):  # the metadata must change nothing
             raise ModelError("adding TFLite Metadata changed the model's outputs")
+        del r, r2
+        bare.unlink()
         (stage / "labels.txt").write_bytes(labels_bytes)
         pre_dict = {**pre.to_dict(), "folded": fold is not None}
         models = [{
             "file": tfl_name, "format": "tflite", "precision": "int8",
-            "input": {**_io(r, "input", in_quant, r.input_dtype, [1, h, w, c]), "layout": "NHWC",
+            "input": {**_io(in_quant, in_dtype, [1, h, w, c]), "layout": "NHWC",
                       "color_space": color},
-            "output": {**_io(r, "output", out_quant if np.issubdtype(r.output_dtype, np.integer) else None,
-                             r.output_dtype, [1, outputs]), "scores": kind},
+            "output": {**_io(out_quant if np.issubdtype(out_dtype, np.integer) else None, out_dtype,
+                             [1, outputs]), "scores": kind},
             "preprocessing": pre_dict, "fold": fold.to_dict() if fold else None, "fold_check": equivalence,
             "metadata": {"tflite_metadata": sorted(_metadata_fields(read_metadata(final)["metadata"])),
                          "packed_files": ["labels.txt"], "min_parser_version": "1.0.0"},
@@ -298,9 +301,9 @@ def _bundle_onnx(stage: Path, name: str, onnx: tuple[dict, bytes], report: dict,
         r = open_runner(path, threads=1)
     shape = [1 if (v is None or (isinstance(v, int) and v < 0)) else v for v in r.input_shape]
     return {"file": path.name, "format": "onnx", "precision": "int8",
-            "input": {**_io(r, "input", None, r.input_dtype, shape), "layout": "NHWC",
+            "input": {**_io(None, r.input_dtype, shape), "layout": "NHWC",
                       "color_space": {1: "GRAYSCALE", 3: "RGB"}.get(shape[-1], "UNKNOWN")},
-            "output": {**_io(r, "output", None, r.output_dtype, [1, len(labels)]), "scores": kind},
+            "output": {**_io(None, r.output_dtype, [1, len(labels)]), "scores": kind},
             "preprocessing": {**pre.to_dict(), "folded": False}, "fold": None, "fold_check": None,
             "metadata": {"metadata_props": sorted(props)},
             "source": {"artifact": "onnx_int8", "path": art["path"], "sha256": art.get("sha256")},
