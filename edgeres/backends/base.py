@@ -93,7 +93,7 @@ def formats() -> list[Format]:
 
 def create_backend(fmt: str | Format, model: Any, hwc: tuple[int, int, int], calib: np.ndarray,
                    settings: Settings, *, float_model: bytes | None = None,
-                   layer_types: dict[str, str] | None = None) -> Backend:
+                   layer_types: dict[str, str] | None = None, head: Any = None) -> Backend:
     """A calibrated back end for ``model``: the one way convert, the search and diagnose get one."""
     from edgeres.backends.keras_io import layer_types as types_of
     from edgeres.core.quiet import quiet
@@ -101,5 +101,12 @@ def create_backend(fmt: str | Format, model: Any, hwc: tuple[int, int, int], cal
     f = get_format(fmt) if isinstance(fmt, str) else fmt
     with quiet():
         q = f.quantizer(model, hwc, calib, layer_types or types_of(model), settings, float_model)
+    finish = None
+    if head is not None:  # ``model`` is head.logits: every int8 build gets the activation back, in float
+        from functools import partial
+
+        from edgeres.backends import heads
+
+        finish = partial(heads.tflite_tail if f.name == "tflite" else heads.onnx_tail, activation=head.activation)
     return Backend(f.name, f.suffix, q, settings.threads, f.run_delegate(settings),
-                   float_layers_allowed=not settings.full_integer_only)
+                   float_layers_allowed=not settings.full_integer_only, finish=finish)

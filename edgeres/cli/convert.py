@@ -58,7 +58,10 @@ from edgeres.core.limits import MAX_RUNS, MAX_WARMUP
 @click.option("--select-fraction", type=FiniteFloat(0.05, 0.95), default=0.5, show_default=True,
               help="Share of --data the --max-drop search chooses on; figures use the rest.")
 @click.option("--recipe", default=None, metavar="NAME|FILE",
-              help="Quantization recipe (see 'edgeres recipes'); default: 'default'.")
+              help="Quantization recipe (see 'edgeres recipes').  Without it, each back end tries the "
+                   "'default' recipe, the stock configuration and other range methods, and keeps the one "
+                   "most faithful to float32 on held-out calibration images (no labels needed); "
+                   "--recipe default builds the default recipe alone.")
 @zoo_options
 @click.option("--weights", default=None, help="Zoo weights: 'imagenet' (downloads) or none.")
 @on_bad_image_option
@@ -110,7 +113,8 @@ def convert(model, calib, data, int8, output_dir, force, target, io_dtype, calib
         preprocess=preprocess, int8=int8, io_dtype=io_dtype, input_size=input_size, num_classes=num_classes,
         weights=weights, calib_size=calib_size, val_size=val_size, seed=seed, threads=threads, runs=runs,
         warmup=warmup, max_drop=max_drop, force=force, on_error=on_bad_image, default_note=note,
-        recipe=the_recipe, metric=metric, select_fraction=select_fraction)
+        recipe=the_recipe, metric=metric, select_fraction=select_fraction,
+        adaptive=recipe is None and max_drop is None)
     try:
         with redirect_stdout(sys.stderr):  # converters print; keep stdout for the table / JSON
             report = run_convert(cfg, progress=progress(sys.stderr.isatty()))

@@ -82,6 +82,14 @@ class Dataset:
         order = np.random.default_rng(seed).permutation(len(self.items))
         return self._subset(np.sort(order[:n_first])), self._subset(np.sort(order[n_first:]))
 
+    def rest(self, taken: Dataset, n: int | None = None, seed: int = 0) -> Dataset:
+        """The items not in ``taken`` (a sample of this dataset): all of them, or a deterministic ``n``."""
+        used = set(taken.items)
+        idx = np.asarray([i for i, item in enumerate(self.items) if item not in used], dtype=np.int64)
+        if n is not None and len(idx) > n:
+            idx = np.sort(np.random.default_rng(seed).permutation(idx)[:n])
+        return self._subset(idx)
+
     def _subset(self, idx: np.ndarray) -> Dataset:
         items = tuple(self.items[i] for i in idx)
         labels = None if self.labels is None else self.labels[idx]

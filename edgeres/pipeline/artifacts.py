@@ -39,7 +39,11 @@ class Built:
 
 
 def build_artifacts(cfg, settings: Settings, inputs, stage: Path, stages) -> Built:
+    from edgeres.backends.heads import split_head
+
     built = Built()
+    head = split_head(inputs.model) if cfg.int8 else None
+    float_head = head is not None and not settings.full_integer_only  # see edgeres.backends.heads
     for fmt in formats():
         with stages(f"{fmt.name}_fp32"), quiet():
             float_model, details = fmt.export_float(inputs.model, inputs.hwc, settings)
@@ -47,14 +51,23 @@ def build_artifacts(cfg, settings: Settings, inputs, stage: Path, stages) -> Bui
         if not cfg.int8:
             continue
         with stages(f"{fmt.name}_int8"):
-            backend = create_backend(fmt, inputs.model, inputs.hwc, inputs.calib, settings, float_model=float_model)
+            model, base = inputs.model, float_model
+            if float_head:  # quantize the logits; the activation is appended in float to every build
+                with quiet():
+                    model, base = head.logits, fmt.export_float(head.logits, inputs.hwc, settings)[0]
+            backend = create_backend(fmt, model, inputs.hwc, inputs.calib, settings, float_model=base,
+                                     head=head if float_head else None)
             data, details, searched = _int8(cfg, backend, inputs)
+            if head is not None:
+                details = {**details, "head": head.describe(float_head)}
+                if float_head:
+                    details["full_integer"] = False  # an int8 body, and the activation in float32 after it
         if searched is not None:
             built.searches[fmt.name] = searched
         recipe = cfg.recipe.for_backend(fmt.name)
         n_float, n_layers = len(details.get("float_layers") or []), len(backend.layers)
-        details = {**fmt.int8_details(settings, cfg.recipe), **details, "recipe": cfg.recipe.name,
-                   "recipe_summary": recipe.summary(), "activations": recipe.activations,
+        details = {**fmt.int8_details(settings, cfg.recipe), "recipe_summary": recipe.summary(), **details,
+                   "recipe": cfg.recipe.name, "activations": recipe.activations,
                    "float_share": round(n_float / n_layers, 4) if n_layers else 0.0}
         _emit(built, stage, fmt, "int8", data, details)
         built.backends[fmt.name] = backend
@@ -72,6 +85,10 @@ def _emit(built: Built, stage: Path, fmt: Format, precision: str, data: bytes, d
 def _int8(cfg, backend: Backend, inputs) -> tuple[bytes, dict, SearchResult | None]:
     """The recipe's model, or with a budget the configuration the search chose (and the search)."""
     if inputs.select is None:
+        if getattr(inputs, "holdout", None) is not None:
+            from edgeres.quant.adaptive import choose
+
+            return (*choose(backend, cfg.recipe, inputs.holdout, log=log.info), None)
         return (*backend.build(cfg.recipe), None)
     from edgeres.quant.search import search
 

@@ -55,6 +55,9 @@ class ConvertConfig:
     batch_size: int = 32
     default_note: str = ""
     recipe: Recipe = field(default_factory=lambda: resolve_recipe(None))
+    #: choose each int8 configuration on held-out calibration images (edgeres.quant.adaptive): when no
+    #: recipe was named and there is no --max-drop search
+    adaptive: bool = False
     metric: str = "top1"  # what --max-drop budgets: top1 drop, or agreement lost
     select_fraction: float = 0.5  # of --data, used only to choose a configuration with --max-drop
     plan: SearchPlan = field(default_factory=SearchPlan)  # what the --max-drop search may try
@@ -95,6 +98,7 @@ class Inputs:
     val_ds: Dataset | None   # what the figures are measured on
     select_ds: Dataset | None = None  # with --max-drop: what the search chooses on
     select: Split | None = None
+    holdout: Split | None = None      # adaptive default: unlabelled calibration images it chooses on
 
 
 def run_convert(cfg: ConvertConfig, progress: Progress = no_progress) -> Report:
@@ -131,6 +135,7 @@ def run_convert(cfg: ConvertConfig, progress: Progress = no_progress) -> Report:
 def prepare(cfg: ConvertConfig, stages: Stages, progress: Progress) -> Inputs:
     """Open the data, load the model and decode the images; cheap checks first, so bad input fails fast."""
     from edgeres.backends import keras_io
+    from edgeres.quant.adaptive import HOLDOUT
 
     calib_ds = open_dataset(cfg.calib, "calibration")
     val_ds = open_dataset(cfg.data, "validation") if cfg.data else None
@@ -153,20 +158,46 @@ def prepare(cfg: ConvertConfig, stages: Stages, progress: Progress) -> Inputs:
             n_select = int(round(len(val_ds) * cfg.select_fraction))
             check_sizes(n_calib, n_select, len(val_ds) - n_select)
             select_ds, val_ds = val_ds.split(n_select, cfg.seed + 1)
-    _check_memory(n_calib + (len(select_ds) if select_ds is not None else 0), hwc, cfg)
+    _check_memory(n_calib + (len(select_ds) if select_ds is not None else 0)
+                  + (HOLDOUT if cfg.adaptive and cfg.int8 else 0), hwc, cfg)
     if select_ds is not None:
         with stages("selection_data"):
             sx, sy = select_ds.load(hwc, cfg.preprocess, cfg.on_error)
             select = Split(sx, sy, keras_io.predict(loaded.model, sx))
     with stages("calibration_data"):
         calib_sample = calib_ds.sample(n_calib, cfg.seed)
-        with progress("calibration images", len(calib_sample)) as bar:
-            parts = []
-            for x, _ in calib_sample.batches(hwc, cfg.batch_size, cfg.preprocess, cfg.on_error):
-                parts.append(x)
-                bar.update(len(x))
-        calib = np.concatenate(parts).astype(np.float32)
-    return Inputs(loaded.model, hwc, n_out, model_info, calib_sample, calib, val_ds, select_ds, select)
+        holdout_ds = _holdout(cfg, calib_ds, calib_sample) if cfg.adaptive and cfg.int8 else None
+        if holdout_ds is not None and not set(holdout_ds.items).isdisjoint(calib_sample.items):
+            calib_sample = calib_sample.rest(holdout_ds)  # carved out of a small calibration set
+        calib = _decode(calib_sample, hwc, cfg, progress, "calibration images")
+    holdout = None
+    if holdout_ds is not None:
+        with stages("holdout_data"):
+            hx = _decode(holdout_ds, hwc, cfg, progress, "held-out calibration images")
+            holdout = Split(hx, None, keras_io.predict(loaded.model, hx))
+    return Inputs(loaded.model, hwc, n_out, model_info, calib_sample, calib, val_ds, select_ds, select, holdout)
+
+
+def _decode(ds: Dataset, hwc, cfg: ConvertConfig, progress: Progress, what: str) -> np.ndarray:
+    with progress(what, len(ds)) as bar:
+        parts = []
+        for x, _ in ds.batches(hwc, cfg.batch_size, cfg.preprocess, cfg.on_error):
+            parts.append(x)
+            bar.update(len(x))
+    return np.concatenate(parts).astype(np.float32)
+
+
+def _holdout(cfg: ConvertConfig, calib_ds: Dataset, calib_sample: Dataset) -> Dataset | None:
+    """Calibration images the statistics never see, for the adaptive default to choose on: beyond the
+    sample when the set has them, else a third carved out of the sample; None when too few either way."""
+    from edgeres.quant.adaptive import HOLDOUT, MIN_HOLDOUT
+
+    rest = calib_ds.rest(calib_sample, HOLDOUT, cfg.seed + 2)
+    if len(rest) >= MIN_HOLDOUT:
+        return rest
+    if len(calib_sample) >= 3 * MIN_HOLDOUT:
+        return calib_sample.sample(len(calib_sample) // 3, cfg.seed + 2)
+    return None
 
 
 MEMORY_SHARE = 0.5  # of the memory available now, for the decoded images (the converters need the rest)

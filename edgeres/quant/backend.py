@@ -8,6 +8,7 @@ pairs one quantizer with how its models run on this machine.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -54,6 +55,8 @@ class Backend:
     threads: int = 2
     delegate: str | None = None  # how its models run here (trials, validation)
     float_layers_allowed: bool = True  # False when the target needs a full-integer model
+    #: applied to every model built (e.g. a float softmax after int8 logits: edgeres.backends.heads)
+    finish: Callable[[bytes], bytes] | None = None
 
     @property
     def layers(self) -> list[str]:
@@ -70,7 +73,8 @@ class Backend:
             raise UsageError(f"the target needs a full-integer model, but {len(keep)} layer(s) would stay float "
                              f"({', '.join(keep[:3])}); drop keep_float from the recipe")
         with quiet():  # converter chatter, not ours
-            return self.quantizer.quantize(recipe, keep)
+            data, details = self.quantizer.quantize(recipe, keep)
+            return (self.finish(data) if self.finish is not None and data else data), details
 
     def runner(self, data: bytes, tmp: Path):
         from edgeres.core.quiet import quiet

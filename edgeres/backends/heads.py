@@ -1,0 +1,103 @@
+"""Non-logit heads: a softmax (or sigmoid) at a classifier's output, kept out of int8.  HEAVY layer.
+
+Quantized to int8, a softmax's probabilities come in steps of 1/256: near the top, classes tie and the
+top-1 falls to the lowest index, so agreement with float32 drops for reasons that have nothing to do with
+the layers (a ResNet-8 with a softmax head lost 0.15 points this way that no float layer won back).  So
+the int8 model is built from the *logits* (the same network without its final activation), and the
+activation is appended in float32: int8 logits -> DEQUANTIZE -> SOFTMAX (TFLite), or the float output of
+the quantized graph -> Softmax (ONNX).  The outputs are probabilities as before, now continuous.
+
+A target that needs a full-integer model (the Edge TPU) keeps the converter's int8 activation: a float op
+after the body would run on the CPU and the model would no longer be full-integer.  The report's artifact
+details say which was done (``head``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+ACTIVATIONS = ("softmax", "sigmoid")
+
+
+@dataclass(frozen=True)
+class Head:
+    activation: str   # "softmax" | "sigmoid"
+    logits: Any       # keras.Model: the same network without its final activation
+    layer: str        # the Keras layer whose activation it was
+
+    def describe(self, kept_in_float: bool) -> dict:
+        if kept_in_float:
+            how = f"int8 logits, dequantized; {self.activation} in float32 after them (top-1 never ties)"
+        else:
+            how = (f"{self.activation} quantized with the body (the target needs a full-integer model): outputs "
+                   f"in 1/256 steps, close classes may tie")
+        return {"activation": self.activation, "layer": self.layer, "float_activation": kept_in_float,
+                "handling": how}
+
+
+def split_head(model) -> Head | None:
+    """The model's final softmax/sigmoid and its logits model, or None for a logits head."""
+    import keras
+
+    last = model.layers[-1]
+    kind = _activation_name(last)
+    if kind not in ACTIVATIONS:
+        return None
+    try:
+        if type(last).__name__ in ("Softmax", "Activation"):
+            if isinstance(last, keras.layers.Softmax) and getattr(last, "axis", -1) not in (-1, 1):
+                return None  # a softmax over another axis is not a classifier head
+            logits_out = last.input
+        else:  # Dense / Conv with activation="softmax": the same layer, linear
+            cfg = {**last.get_config(), "activation": "linear", "name": f"{last.name}_logits"}
+            clone = type(last).from_config(cfg)
+            logits_out = clone(last.input)
+            clone.set_weights(last.get_weights())
+        logits = keras.Model(model.inputs, logits_out, name=f"{model.name}_logits")
+    except (AttributeError, ValueError, TypeError):  # a nested or multi-node last layer: leave the model be
+        return None
+    return Head(kind, logits, last.name)
+
+
+def _activation_name(layer) -> str | None:
+    name = type(layer).__name__
+    if name == "Softmax":
+        return "softmax"
+    act = getattr(layer, "activation", None)
+    act_name = getattr(act, "__name__", None) or (act if isinstance(act, str) else None)
+    return act_name if act_name in ACTIVATIONS else None
+
+
+def tflite_tail(data: bytes, activation: str) -> bytes:
+    """Append DEQUANTIZE (for an int8 output) and a float32 SOFTMAX/LOGISTIC to a TFLite model."""
+    from edgeres.core import tflite_edit as tfl
+    from edgeres.core.tflite_schema import schema
+
+    s = schema()
+    m = tfl.load(data)
+    g = m.subgraphs[0]
+    if activation == "softmax":
+        tfl.append_float_tail(m, g, s.BuiltinOperator.SOFTMAX, 1, s.BuiltinOptions.SoftmaxOptions,
+                              tfl.options(s.SoftmaxOptionsT(), beta=1.0))
+    else:
+        tfl.append_float_tail(m, g, s.BuiltinOperator.LOGISTIC, 1)
+    return tfl.pack(m)
+
+
+def onnx_tail(data: bytes, activation: str) -> bytes:
+    """Append Softmax(axis=-1)/Sigmoid to an ONNX model's (float) output, keeping the output's name."""
+    import onnx
+    from onnx import helper
+
+    m = onnx.load_model_from_string(data)
+    g = m.graph
+    name = g.output[0].name
+    logits = f"{name}_logits"
+    for node in g.node:
+        node.output[:] = [logits if o == name else o for o in node.output]
+        node.input[:] = [logits if i == name else i for i in node.input]
+    attrs = {"axis": -1} if activation == "softmax" else {}
+    g.node.append(helper.make_node("Softmax" if activation == "softmax" else "Sigmoid", [logits], [name],
+                                   name=f"edgeres_{activation}", **attrs))
+    return m.SerializeToString()

@@ -1,0 +1,161 @@
+"""The model-adaptive default: try a few int8 configurations, keep the one most faithful to float32.  LIGHT.
+
+One recipe chosen on one model does not carry over to the next (a small ResNet-8 with a softmax head wants
+other ranges than a ResNet-20).  So when the user names no recipe, each back end builds a small set of
+candidates from the calibration statistics it already holds (one calibration pass, so each candidate costs
+one quantization, not one calibration) and measures them **without labels** on calibration images the
+statistics never saw (the *holdout*), against the float32 model's own outputs:
+
+1. top-1 agreement with float32 per image;
+2. candidates whose agreement is not significantly below the best one's (an exact one-sided McNemar test
+   on the images where the two differ, at ``TIE_ALPHA``) are tied: a few hundred images cannot tell them
+   apart on agreement;
+3. among the tied, the highest output SQNR wins: a continuous measure of the same fidelity, steady on a few
+   hundred images, and what predicted agreement on unseen images best in the development suite
+   (benchmarks/int8_suite.py, docs/quantization.md).
+
+The candidates are the recipe itself, the stock converter's configuration (min/max ranges, calibrated
+output, no corrections: what TFLiteConverter and ``quantize_static`` do by default), and the other range
+methods with bias correction on and off.  The stock configuration is always a candidate, so the chosen
+model is never less faithful on the holdout than stock by the rule above.  Everything tried is recorded.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgeres.core.errors import ConversionError
+from edgeres.core.metrics import collapsed
+from edgeres.quant.backend import Backend
+from edgeres.quant.evaluate import Split
+from edgeres.quant.recipes import BackendOverride, Recipe
+
+HOLDOUT = 300       # calibration images held out to choose on (more when the calibration set has them)
+MIN_HOLDOUT = 64    # fewer: the choice would be noise, so the recipe is used as it is
+TIE_ALPHA = 0.05    # one-sided exact McNemar: below this, a candidate is worse than the best on agreement
+METHODS = (("mse", None), ("percentile", 99.999), ("percentile", 99.99), ("minmax", None), ("entropy", None))
+
+
+@dataclass(frozen=True)
+class Candidate:
+    name: str
+    recipe: Recipe
+
+
+@dataclass
+class Scored:
+    candidate: Candidate
+    data: bytes = field(default=b"", repr=False)
+    details: dict = field(default_factory=dict)
+    agrees: np.ndarray | None = field(default=None, repr=False)  # per holdout image: top-1 == float32's
+    sqnr_db: float = -math.inf
+    collapsed: bool = False
+    seconds: float = 0.0
+    error: str | None = None
+    tied: bool = False
+
+    @property
+    def agreement(self) -> float:
+        return 100.0 * float(self.agrees.mean()) if self.agrees is not None and len(self.agrees) else 0.0
+
+    def to_dict(self) -> dict:
+        out = {"name": self.candidate.name, "recipe": self.candidate.recipe.summary(),
+               "seconds": round(self.seconds, 2)}
+        if self.error:
+            return {**out, "error": self.error}
+        return {**out, "agreement": round(self.agreement, 3), "sqnr_db": round(self.sqnr_db, 3),
+                "collapsed": self.collapsed, "tied_with_best": self.tied}
+
+
+def candidates(base: Recipe, backend: str) -> list[Candidate]:
+    """The recipe, the stock configuration, and the range methods with bias correction on and off; each
+    distinct configuration once (as this back end would build it)."""
+    plain = {"tflite": BackendOverride(), "onnx": BackendOverride(), "keep_float": ()}
+    out = [Candidate("recipe " + base.name, base),
+           Candidate("stock", base.replace(calibration="minmax", bias_correction=False, output="calibrated",
+                                           **plain))]
+    for method, pct in METHODS:
+        for bias in (True, False):
+            if method == "entropy" and not bias:  # entropy ranges are the slow ones: try them once
+                continue
+            name = method + (f" {pct:g}" if pct else "") + (", bias correction" if bias else "")
+            out.append(Candidate(name, base.replace(calibration=method, percentile=pct or base.percentile,
+                                                    bias_correction=bias, **plain)))
+    seen, unique = set(), []
+    for c in out:
+        key = repr(sorted(c.recipe.for_backend(backend).to_dict().items()))
+        if key not in seen:
+            seen.add(key)
+            unique.append(c)
+    return unique
+
+
+def worse(a: np.ndarray, best: np.ndarray, alpha: float = TIE_ALPHA) -> bool:
+    """Whether per-image agreement ``a`` is significantly below ``best`` (exact one-sided McNemar)."""
+    lost = int(np.count_nonzero(best & ~a))   # images only the best agrees on
+    won = int(np.count_nonzero(a & ~best))    # images only ``a`` agrees on
+    n = lost + won
+    if n == 0:
+        return False
+    p = sum(math.comb(n, k) for k in range(lost, n + 1)) / 2.0 ** n  # P(X >= lost), X ~ Bin(n, 1/2)
+    return p < alpha
+
+
+def choose(backend: Backend, base: Recipe, holdout: Split,
+           log: Callable[[str], None] = lambda msg: None) -> tuple[bytes, dict]:
+    """Build every candidate, score it on ``holdout`` and return the winner's model and details."""
+    ref_top1 = holdout.ref.reshape(len(holdout.ref), -1).argmax(1)
+    scored: list[Scored] = []
+    with tempfile.TemporaryDirectory(prefix="edgeres-adaptive-") as tmp:
+        for cand in candidates(base, backend.name):
+            s = Scored(cand)
+            t0 = time.perf_counter()
+            try:
+                s.data, s.details = backend.build(cand.recipe)
+                runner = backend.runner(s.data, Path(tmp))
+                out = np.concatenate([runner.predict(x) for x, _, _ in holdout.batches(64)])
+                out = out.reshape(len(out), -1)
+                s.agrees = out.argmax(1) == ref_top1
+                ref = holdout.ref.reshape(len(out), -1).astype(np.float64)
+                noise = float(((out - ref) ** 2).sum())
+                s.sqnr_db = math.inf if noise == 0 else 10 * math.log10(float((ref ** 2).sum()) / noise)
+                s.collapsed = collapsed(out.argmax(1)) and not collapsed(ref_top1)
+            except ConversionError as exc:
+                s.error = str(exc).splitlines()[0]
+            s.seconds = time.perf_counter() - t0
+            scored.append(s)
+            if s.error is None:
+                log(f"{backend.name} default: {cand.name}: agreement {s.agreement:.2f}%, SQNR {s.sqnr_db:.1f} dB "
+                    f"on {len(holdout)} held-out calibration images")
+    valid = [s for s in scored if s.error is None and not s.collapsed]
+    if not valid:
+        raise ConversionError(f"{backend.name}: no int8 configuration converted to a working model; the first "
+                              f"error: {next((s.error for s in scored if s.error), 'every one collapsed')}")
+    best = max(valid, key=lambda s: (s.agreement, s.sqnr_db))
+    for s in valid:
+        s.tied = not worse(s.agrees, best.agrees)
+    winner = max((s for s in valid if s.tied), key=lambda s: (s.sqnr_db, s.agreement))
+    summary = {
+        "holdout_images": len(holdout), "chosen": winner.candidate.name,
+        "rule": f"highest output SQNR among the candidates whose top-1 agreement with float32 is not "
+                f"significantly below the best (exact one-sided McNemar, alpha {TIE_ALPHA}), on calibration "
+                f"images held out from calibration; no labels",
+        "candidates": [s.to_dict() for s in scored],
+    }
+    return winner.data, {**winner.details, "adaptive": summary, "recipe_summary": winner.candidate.recipe
+                         .for_backend(backend.name).summary()}
+
+
+def holdout_indices(n_total: int, calib_idx: np.ndarray, seed: int, size: int = HOLDOUT) -> np.ndarray:
+    """Up to ``size`` images of a calibration set of ``n_total`` that are not in ``calib_idx``."""
+    rest = np.setdiff1d(np.arange(n_total), calib_idx)
+    if len(rest) < MIN_HOLDOUT:
+        return rest[:0]
+    return np.sort(np.random.default_rng(seed).permutation(rest)[:size])
