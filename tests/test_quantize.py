@@ -29,12 +29,33 @@ def test_recipes_command_lists_bundled_recipes():
     assert table.exit_code == 0 and "default" in table.output and "stock" in table.output
 
 
-def test_default_run_reports_the_recipe_and_stays_full_integer(default_run: Path):
+def test_default_run_is_adaptive_and_stays_full_integer(default_run: Path):
+    """No --recipe: each back end chose among candidates on held-out calibration images, by the documented rule."""
     report = json.loads((default_run / "report.json").read_text())
     int8 = {a["name"]: a for a in report["artifacts"] if a["precision"] == "int8"}
     for name in ("tflite_int8", "onnx_int8"):
         d = int8[name]["details"]
         assert d["recipe"] == "default" and d["full_integer"] is True and d["float_layers"] == []
+        a = d["adaptive"]
+        cands = {c["name"]: c for c in a["candidates"]}
+        assert "stock" in cands and "recipe default" in cands and len(cands) >= 6, name
+        assert a["holdout_images"] >= 64 and a["chosen"] in cands
+        chosen, tied = cands[a["chosen"]], [c for c in cands.values() if c.get("tied_with_best")]
+        assert chosen["tied_with_best"] and chosen["sqnr_db"] == max(c["sqnr_db"] for c in tied)
+        best = max(c["agreement"] for c in cands.values() if "agreement" in c)
+        assert all(c["agreement"] <= best for c in tied)
+        assert d["recipe_summary"] == chosen["recipe"]
+
+
+def test_a_named_recipe_is_built_alone(tmp_path: Path):
+    out = tmp_path / "run"
+    result = invoke("convert", "--int8", "--recipe", "default", "--val-size", "100", "-o", out)
+    assert result.exit_code == 0, result.stderr
+    report = json.loads((out / "report.json").read_text())
+    int8 = {a["name"]: a for a in report["artifacts"] if a["precision"] == "int8"}
+    for name in ("tflite_int8", "onnx_int8"):
+        d = int8[name]["details"]
+        assert "adaptive" not in d and d["full_integer"] is True
         assert d["bias_corrected_layers"], name  # bias correction really moved some biases
     assert int8["tflite_int8"]["details"]["calibration"] == "percentile"
     assert int8["onnx_int8"]["details"]["calibration"] == "mse"

@@ -60,14 +60,14 @@ class Scored:
     seconds: float = 0.0
     error: str | None = None
     tied: bool = False
+    summary: str = ""  # the recipe as this back end builds it
 
     @property
     def agreement(self) -> float:
         return 100.0 * float(self.agrees.mean()) if self.agrees is not None and len(self.agrees) else 0.0
 
     def to_dict(self) -> dict:
-        out = {"name": self.candidate.name, "recipe": self.candidate.recipe.summary(),
-               "seconds": round(self.seconds, 2)}
+        out = {"name": self.candidate.name, "recipe": self.summary, "seconds": round(self.seconds, 2)}
         if self.error:
             return {**out, "error": self.error}
         return {**out, "agreement": round(self.agreement, 3), "sqnr_db": round(self.sqnr_db, 3),
@@ -115,7 +115,7 @@ def choose(backend: Backend, base: Recipe, holdout: Split,
     scored: list[Scored] = []
     with tempfile.TemporaryDirectory(prefix="edgeres-adaptive-") as tmp:
         for cand in candidates(base, backend.name):
-            s = Scored(cand)
+            s = Scored(cand, summary=cand.recipe.for_backend(backend.name).summary())
             t0 = time.perf_counter()
             try:
                 s.data, s.details = backend.build(cand.recipe)
@@ -149,8 +149,7 @@ def choose(backend: Backend, base: Recipe, holdout: Split,
                 f"images held out from calibration; no labels",
         "candidates": [s.to_dict() for s in scored],
     }
-    return winner.data, {**winner.details, "adaptive": summary, "recipe_summary": winner.candidate.recipe
-                         .for_backend(backend.name).summary()}
+    return winner.data, {**winner.details, "adaptive": summary, "recipe_summary": winner.summary}
 
 
 def holdout_indices(n_total: int, calib_idx: np.ndarray, seed: int, size: int = HOLDOUT) -> np.ndarray:
