@@ -239,3 +239,25 @@ def test_sigmoid_head_and_full_integer_targets(tmp_path: Path, heads: dict):
 def test_a_logits_model_has_no_head_entry(tmp_path: Path, heads: dict):
     report = _run(heads, "logits", tmp_path / "l")
     assert all("head" not in a["details"] for a in report["artifacts"])
+
+
+def test_adaptive_default_gives_a_softmax_model_the_body_of_its_logits_model(tmp_path: Path, heads: dict):
+    """The candidates are compared on logits, so both choose alike and the int8 bodies are the same model."""
+    from edgeres.core.runtime import open_runner
+
+    reports = {}
+    for name in ("logits", "dense_activation"):
+        result = invoke("convert", heads[name], "--int8", "--calib", heads["data"], "--data", heads["data"],
+                        "--val-size", "200", "-o", tmp_path / name)
+        assert result.exit_code == 0, result.stderr
+        reports[name] = json.loads((tmp_path / name / "report.json").read_text())
+    x = np.load(heads["data"])["x"][:64].astype(np.float32)
+    for fmt in ("tflite", "onnx"):
+        a, b = (next(x for x in reports[n]["artifacts"] if x["name"] == f"{fmt}_int8")
+                for n in ("logits", "dense_activation"))
+        assert a["details"]["adaptive"]["chosen"] == b["details"]["adaptive"]["chosen"], fmt
+        assert b["details"]["adaptive"]["compared_on"].startswith("logits")
+        assert b["agreement"] >= a["agreement"] - 1e-9
+        z = open_runner(tmp_path / "logits" / a["path"]).predict(x)
+        np.testing.assert_allclose(open_runner(tmp_path / "dense_activation" / b["path"]).predict(x),
+                                   _softmax(z.astype(np.float64)), atol=1e-5)

@@ -57,7 +57,7 @@ def build_artifacts(cfg, settings: Settings, inputs, stage: Path, stages) -> Bui
                     model, base = head.logits, fmt.export_float(head.logits, inputs.hwc, settings)[0]
             backend = create_backend(fmt, model, inputs.hwc, inputs.calib, settings, float_model=base,
                                      head=head if float_head else None)
-            data, details, searched = _int8(cfg, backend, inputs)
+            data, details, searched = _int8(cfg, backend, inputs, head.logits if float_head else None)
             if head is not None:
                 details = {**details, "head": head.describe(float_head)}
                 if float_head:
@@ -82,13 +82,12 @@ def _emit(built: Built, stage: Path, fmt: Format, precision: str, data: bytes, d
                                           details={**details, "format": fmt.name}))
 
 
-def _int8(cfg, backend: Backend, inputs) -> tuple[bytes, dict, SearchResult | None]:
-    """The recipe's model, or with a budget the configuration the search chose (and the search)."""
+def _int8(cfg, backend: Backend, inputs, logits_model=None) -> tuple[bytes, dict, SearchResult | None]:
+    """The recipe's model, the adaptive default's choice, or with a budget the configuration the search chose
+    (and the search)."""
     if inputs.select is None:
         if getattr(inputs, "holdout", None) is not None:
-            from edgeres.quant.adaptive import choose
-
-            return (*choose(backend, cfg.recipe, inputs.holdout, log=log.info), None)
+            return (*_adaptive(cfg, backend, inputs.holdout, logits_model), None)
         return (*backend.build(cfg.recipe), None)
     from edgeres.quant.search import search
 
@@ -102,6 +101,28 @@ def _int8(cfg, backend: Backend, inputs) -> tuple[bytes, dict, SearchResult | No
                                  ranking=lambda recipe: _ranking(backend, recipe, inputs.select),
                                  plan=cfg.plan, on_trial=report_trial)
     return winner.data, winner.details, SearchResult(trials, winner, met)
+
+
+def _adaptive(cfg, backend: Backend, holdout, logits_model) -> tuple[bytes, dict]:
+    """The adaptive default's choice.  With a float head the candidates are compared on their logits against
+    the float32 logits: the body is what is quantized, and a softmax squeezes all but the top class out of
+    the SQNR (so a softmax model gets the same body as the same network with its softmax removed)."""
+    from dataclasses import replace
+
+    from edgeres.quant.adaptive import choose
+
+    if logits_model is None or backend.finish is None:
+        return choose(backend, cfg.recipe, holdout, log=log.info)
+    from edgeres.backends.keras_io import predict
+
+    finish, backend.finish = backend.finish, None
+    try:
+        data, details = choose(backend, cfg.recipe, replace(holdout, ref=predict(logits_model, holdout.x)),
+                               log=log.info)
+    finally:
+        backend.finish = finish
+    details["adaptive"]["compared_on"] = "logits (the activation is appended in float32 afterwards)"
+    return finish(data), details
 
 
 def _ranking(backend: Backend, recipe, split) -> list[str]:
