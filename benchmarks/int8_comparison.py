@@ -9,7 +9,9 @@ calibration images (cifar10/calib), same test images (cifar10/test):
 - ONNX Runtime quantize_static with its defaults (QDQ, S8S8, per-tensor, min-max);
 - ONNX Runtime quantize_static, per-channel weights, U8S8;
 - edgeres convert --int8 (default recipe);
-- edgeres convert --int8 --max-drop 0.05 (search on a selection split).
+- edgeres convert --int8 --max-drop 0.35 (search on a selection split).  Issue #4 asked for 0.05; since
+  issue #10 the search decides with a 90% bound, and 1,000 selection images resolve budgets from 0.34
+  points up (docs/quantization.md, "Budgets with confidence"): 0.05 is refused, as it should be.
 
 The --max-drop search chooses on 1,000 of the 2,000 test images (the same
 deterministic split edgeres uses: Dataset.split(1000, seed=1)); every row is
@@ -118,15 +120,15 @@ def main() -> int:
             ort_default = stock_onnx(model, calib, tmp, False)
             ort_pc = stock_onnx(model, calib, tmp, True)
         default = edgeres_run(tmp / "default")
-        budget = edgeres_run(tmp / "budget", "--max-drop", "0.05")
+        budget = edgeres_run(tmp / "budget", "--max-drop", "0.35")
         rows_in = [
             ("TFLiteConverter full int8", "stock", tmp / "stock.tflite"),
             ("ORT quantize_static defaults", "stock", ort_default),
             ("ORT per-channel U8S8", "stock", ort_pc),
             ("edgeres default recipe", "edgeres", default / "model_int8.tflite"),
             ("edgeres default recipe", "edgeres", default / "model_int8.onnx"),
-            ("edgeres --max-drop 0.05", "search", budget / "model_int8.tflite"),
-            ("edgeres --max-drop 0.05", "search", budget / "model_int8.onnx"),
+            ("edgeres --max-drop 0.35", "search", budget / "model_int8.tflite"),
+            ("edgeres --max-drop 0.35", "search", budget / "model_int8.onnx"),
         ]
         import json
 
@@ -173,8 +175,8 @@ def main() -> int:
             ok &= good
     for fmt, ours in (("tflite", 5), ("onnx", 6)):
         f = results[ours]["final"]
-        for name, good in ((f"{fmt} --max-drop 0.05 drop <= 0.05 (final)", drop(f, "final") <= 0.05 + 1e-9),
-                           (f"{fmt} --max-drop 0.05 agreement >= 99.3 (final)", f["agreement"] >= 99.3)):
+        for name, good in ((f"{fmt} --max-drop 0.35 drop <= 0.35 (final)", drop(f, "final") <= 0.35 + 1e-9),
+                           (f"{fmt} --max-drop 0.35 agreement >= 99.3 (final)", f["agreement"] >= 99.3)):
             checks.append((name, "ok" if good else "MISSED"))
             ok &= good
     print()

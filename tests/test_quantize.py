@@ -174,7 +174,7 @@ def test_search_that_cannot_meet_the_budget_writes_the_best_marked_failing(tmp_p
 
     plan = SearchPlan(ladder=(("percentile", 51.0),), max_float_layers=0)  # only one more calibration method
     out, run = _convert_with_plan(tmp_path, 'calibration = "percentile"\npercentile = 50.5\noutput = "calibrated"\n',
-                                  plan, 0.0)
+                                  plan, 2.0)  # the smallest round budget 250 selection images resolve
     with pytest.raises(BudgetExceededError) as err:
         run()
     from edgeres.report import to_json
@@ -207,7 +207,7 @@ def test_search_keeps_layers_in_float_when_calibration_alone_cannot_meet_the_bud
     from edgeres.quant.search import SearchPlan
 
     out, run = _convert_with_plan(tmp_path, 'calibration = "percentile"\npercentile = 95.0\noutput = "calibrated"\n',
-                                  SearchPlan(ladder=()), 1.0)  # straight to bias correction, then layers
+                                  SearchPlan(ladder=()), 2.0)  # straight to bias correction, then layers
     run()
     report = json.loads((out / "report.json").read_text())
     for backend in ("tflite", "onnx"):
@@ -215,7 +215,7 @@ def test_search_keeps_layers_in_float_when_calibration_alone_cannot_meet_the_bud
         steps = [t["step"] for t in s["trials"]]
         assert steps[0] == "recipe" and steps[1].startswith("bias correction")
         assert s["met"] and s["winner"]["keep_float"], steps
-        assert 100 - s["winner"]["agreement"] <= 1.0
+        assert 100 - s["winner"]["agreement"] <= s["winner"]["loss_upper"] <= 2.0
         kept = [t["keep_float"] for t in s["trials"][2:]]
         assert all(len(k) == i + 1 for i, k in enumerate(kept))  # one more layer per step
     from edgeres.backends.tflite import float_compute_ops

@@ -39,8 +39,10 @@ from tests.conftest import ROOT, invoke, shared
 STORED = ROOT / "tests" / "data" / "pre_redesign"
 TIMING_KEYS = {"latency_ms", "latency_samples_ms", "speedup_vs_fp32", "stages_seconds", "conversion_seconds",
                "p50_ms", "created", "schema_version", "machine"}
-#: keys schema 1 added after the stored reports were written (issue #9: what was measured, not requested)
-ADDED_KEYS = {".calibration.used", ".validation.measured", ".validation.skipped", "details.float_share"}
+#: keys schema 1 added after the stored reports were written (issue #9: what was measured, not requested; issue #10:
+#: the report images' 95% intervals, and each search trial's upper confidence bound)
+ADDED_KEYS = {".calibration.used", ".validation.measured", ".validation.skipped", "details.float_share",
+              "top1_drop_ci", "agreement_ci", "loss_upper"}
 NUMERIC_TOLERANCE = 0.5  # accuracy points, only when converter versions differ
 CONVERTERS = ("tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "ai-edge-litert", "numpy")
 
@@ -92,8 +94,8 @@ def _diff(old, new, path="", numeric_tol: float | None = None) -> list[str]:
     return [] if old == new else [f"{path}: {old!r} -> {new!r}"]
 
 
-def _check(stored: str, report: dict) -> None:
-    old = json.loads((STORED / stored).read_text())
+def _check(stored: str | dict, report: dict) -> None:
+    old = json.loads((STORED / stored).read_text()) if isinstance(stored, str) else stored
     assert isinstance(report.get("schema_version"), int)
     same_tools = all(old["tools"].get(t) == report["tools"].get(t) for t in CONVERTERS)
     tol = None if same_tools else NUMERIC_TOLERANCE
@@ -107,8 +109,10 @@ def _check(stored: str, report: dict) -> None:
 
 
 def _run(tmp_path: Path, *args) -> dict:
+    """The stored reports were made by the fixed default recipe: issue #10 made the default adaptive when no
+    recipe is named, so the comparisons name it (what the adaptive default adds is tested in test_adaptive.py)."""
     out = tmp_path / "run"
-    result = invoke("convert", "--int8", *args, "-o", out)
+    result = invoke("convert", "--int8", "--recipe", "default", *args, "-o", out)
     assert result.exit_code == 0, result.output
     return json.loads((out / "report.json").read_text())
 
@@ -121,8 +125,25 @@ def test_edgetpu_target_report_unchanged(tmp_path: Path):
     _check("tpu.report.json", _run(tmp_path, "--target", "coral-edgetpu"))
 
 
-def test_search_report_unchanged(tmp_path: Path):
-    _check("search.report.json", _run(tmp_path, "--max-drop", "0", "--metric", "agreement"))
+def test_search_report_budget_zero_is_refused(tmp_path: Path):
+    """The stored search report was written with --max-drop 0, which no number of selection images can resolve
+    (issue #10): now one line and exit 2, before anything is written."""
+    from tests.conftest import assert_one_line_error
+
+    out = tmp_path / "run"
+    result = invoke("convert", "--int8", "--max-drop", "0", "--metric", "agreement", "-o", out)
+    assert_one_line_error(result, 2, "--max-drop 0 (agreement) can never be met with confidence",
+                          "the smallest budget these 250 selection images can resolve is 1.33 points")
+    assert not out.exists()
+
+
+def test_search_report_unchanged_on_a_resolvable_budget(tmp_path: Path):
+    """The same search on a budget 250 selection images resolve: the recipe agrees on every selection image, so it
+    meets both budgets, and everything but the budget itself is as stored."""
+    old = json.loads((STORED / "search.report.json").read_text())
+    assert old["max_drop"] == old["search"]["budget"] == 0.0
+    old["max_drop"] = old["search"]["budget"] = 2.0
+    _check(old, _run(tmp_path, "--max-drop", "2", "--metric", "agreement"))
 
 
 @pytest.mark.slow

@@ -14,7 +14,10 @@ class Tally:
     """Accumulates one artifact's results batch by batch.
 
     Accuracy needs labels; agreement, SQNR and max-abs-diff need the reference
-    outputs (Keras float32, or another artifact) for the same batch.
+    outputs (Keras float32, or another artifact) for the same batch.  With
+    both, ``lost`` and ``gained`` count the images the reference gets right
+    and this model wrong, and the reverse: the paired counts the confidence
+    bounds of :mod:`edgeres.quant.confidence` need.
     """
 
     topk: int = 1
@@ -27,6 +30,8 @@ class Tally:
     signal: float = 0.0
     noise: float = 0.0
     max_abs: float = 0.0
+    lost: int = 0      # labelled images the reference gets right and this model wrong
+    gained: int = 0    # ... and the reverse
     _top1: list = field(default_factory=list, repr=False)
 
     def update(self, out: np.ndarray, y: np.ndarray | None = None, ref: np.ndarray | None = None) -> None:
@@ -44,11 +49,21 @@ class Tally:
         if ref is not None:
             ref = ref.reshape(len(ref), -1).astype(np.float64)
             self.compared += len(ref)
-            self.agree += int((pred == ref.argmax(1)).sum())
+            ref_pred = ref.argmax(1)
+            self.agree += int((pred == ref_pred).sum())
+            if y is not None:
+                hit, ref_hit = pred == y, ref_pred == y
+                self.lost += int((ref_hit & ~hit).sum())
+                self.gained += int((hit & ~ref_hit).sum())
             diff = out.astype(np.float64) - ref
             self.signal += float((ref ** 2).sum())
             self.noise += float((diff ** 2).sum())
             self.max_abs = max(self.max_abs, float(np.abs(diff).max()))
+
+    @property
+    def disagree(self) -> int:
+        """Compared images whose top-1 class differs from the reference's."""
+        return self.compared - self.agree
 
     @property
     def predictions(self) -> np.ndarray:
@@ -77,6 +92,10 @@ def sqnr_db(signal: float, noise: float) -> float:
 
 
 COLLAPSE_AGREEMENT = 50.0  # below this an int8 model has collapsed, whatever its budget
+#: one-sided confidence with which --max-drop judges a configuration within budget (edgeres.quant.confidence)
+DECISION_LEVEL = 0.90
+#: two-sided confidence of the intervals a report gives (top1_drop_ci, agreement_ci)
+REPORT_LEVEL = 0.95
 
 
 def dash(v, spec: str, suffix: str = "") -> str:

@@ -10,13 +10,15 @@ from edgeres import __version__
 from edgeres.backends.base import Settings
 from edgeres.core.fs import sha256_file
 from edgeres.core.machine import machine_info, tool_versions
+from edgeres.core.metrics import DECISION_LEVEL, REPORT_LEVEL
 from edgeres.quant.search import MIN_CALIBRATION
 from edgeres.report.model import BackendSearch, Report, SearchReport
 
 #: the quantization details report.json keeps for each artifact
 DETAIL_KEYS = ("io_dtype", "full_integer", "scheme", "format", "per_channel", "calibration", "opset", "float_nodes",
                "static_batch", "recipe", "recipe_summary", "engine", "output_range", "float_layers",
-               "bias_corrected_layers", "activations", "float_share")
+               "bias_corrected_layers", "activations", "float_share", "adaptive", "head")
+BUDGET_TOLERANCE = 1e-9  # points: float rounding of a loss that equals the budget
 MODEL_KEYS = ("name", "source", "kind", "params", "trainable_params", "macs", "input_shape", "output_shape", "layers")
 
 
@@ -47,14 +49,28 @@ def assemble(cfg, settings: Settings, inputs, built, stages, ref: dict | None, c
             continue
         if a.name in collapsed:
             report.fail(f"{a.name} collapsed: agreement with float32 is {a.agreement:.1f}%")
-        if cfg.max_drop is not None and a.top1_drop > cfg.max_drop:
-            report.fail(f"{a.name} drops {a.top1_drop:.2f} points of top-1 (budget {cfg.max_drop:g})")
+        if cfg.max_drop is not None:
+            _judge_budget(report, a, cfg.max_drop, cfg.metric)
     _attach_search(report, cfg, built, inputs)
     _attach_collapse_diagnosis(report, built, inputs, collapsed, cfg.recipe)
     if device is not None:
         report.edgetpu = device
         report.notes.extend(device["notes"])
     return report
+
+
+def _judge_budget(report: Report, a, budget: float, metric: str) -> None:
+    """Pass or fail on the report images' point estimate of the budgeted loss: the search chose with confidence on
+    the selection images, and a PASSED run never shows a loss above the budget on the report images."""
+    if metric == "agreement":
+        loss, ci = 100.0 - a.agreement, a.agreement_ci and [100.0 - a.agreement_ci[1], 100.0 - a.agreement_ci[0]]
+        text = f"{a.name} loses {loss:.2f} points of agreement with float32"
+    else:
+        loss, ci = a.top1_drop, a.top1_drop_ci
+        text = f"{a.name} drops {loss:.2f} points of top-1"
+    if loss > budget + BUDGET_TOLERANCE:
+        interval = f"; {100 * REPORT_LEVEL:g}% CI {ci[0]:+.2f}..{ci[1]:+.2f}" if ci else ""
+        report.fail(f"{text} (budget {budget:g}{interval})")
 
 
 def _validation(inputs, ref: dict | None) -> dict | None:
@@ -103,8 +119,9 @@ def _attach_search(report: Report, cfg, built, inputs) -> None:
     for name, s in built.searches.items():
         report.search.backends[name] = BackendSearch(s.met, s.winner.to_dict(), [t.to_dict() for t in s.trials])
         if not s.met:
-            report.fail(f"{name}: no configuration met --max-drop {cfg.max_drop:g} ({cfg.metric}) on the selection "
-                        f"images; wrote the best found ({s.winner.step}), which FAILS the budget")
+            report.fail(f"{name}: no configuration met --max-drop {cfg.max_drop:g} ({cfg.metric}) with "
+                        f"{100 * DECISION_LEVEL:g}% confidence on the selection images; wrote the best found "
+                        f"({s.winner.step}), which FAILS the budget")
     report.notes.append(f"--max-drop search chose each int8 configuration on {len(inputs.select_ds)} selection "
                         f"images; accuracy above is measured on {report.validation['count']} other images")
 

@@ -10,6 +10,7 @@ from edgeres.backends.base import Settings, get_format
 from edgeres.core.metrics import COLLAPSE_AGREEMENT, collapsed, default_topk, tally_batches
 from edgeres.core.quiet import quiet
 from edgeres.core.runtime import Runner, open_runner
+from edgeres.quant.confidence import agreement_interval, drop_interval
 from edgeres.report.model import ArtifactReport
 
 
@@ -32,8 +33,10 @@ def validate(cfg, inputs, artifacts: list[ArtifactReport], runners: dict[str, Ru
              progress) -> tuple[dict, set[str]]:
     """Accuracy of every artifact on the validation images.
 
-    Returns the Keras reference's figures, and the artifacts that collapsed:
-    one class for (nearly) every image where the reference does not, or
+    Each artifact's top-1 drop and agreement also get 95% confidence
+    intervals on these images (``top1_drop_ci``, ``agreement_ci``).  Returns
+    the Keras reference's figures, and the artifacts that collapsed: one
+    class for (nearly) every image where the reference does not, or
     agreement with it below COLLAPSE_AGREEMENT.
     """
     with progress("validating", len(inputs.val_ds)) as bar:
@@ -44,13 +47,21 @@ def validate(cfg, inputs, artifacts: list[ArtifactReport], runners: dict[str, Ru
             progress=bar.update)
     ref = ref_tally.result()
     for a in artifacts:
-        m = tallies[a.name].result()
+        t = tallies[a.name]
+        m = t.result()
         a.top1, a.top5, a.agreement = m.get("top1"), m.get("top5"), m.get("agreement")
         a.sqnr_db, a.max_abs_diff = m.get("sqnr_db"), m.get("max_abs_diff")
         a.top1_drop = ref["top1"] - m["top1"]
+        # REPORT_LEVEL (95%) intervals on these (the report's) images, from the paired counts (edgeres.quant.confidence)
+        a.top1_drop_ci = _rounded(drop_interval(t.lost, t.gained, t.labelled))
+        a.agreement_ci = _rounded(agreement_interval(t.disagree, t.compared))
     ref_collapsed = collapsed(ref_tally.predictions)
     return ref, {a.name for a in artifacts if (collapsed(tallies[a.name].predictions) and not ref_collapsed)
                  or a.agreement < COLLAPSE_AGREEMENT}
+
+
+def _rounded(interval: tuple[float, float]) -> list[float]:
+    return [round(v, 4) for v in interval]
 
 
 REFERENCE_IMAGES = 256       # images per Keras reference call: its best batch throughput here

@@ -22,6 +22,13 @@ class Evaluation:
     collapsed: bool
     p50_ms: float | None = None
     size_bytes: int = 0
+    #: the paired counts behind the figures (edgeres.quant.confidence): labelled images, those float32 gets
+    #: right and this model wrong (lost) and the reverse (gained); compared images, those whose top-1 differs
+    labelled: int = 0
+    lost: int = 0
+    gained: int = 0
+    compared: int = 0
+    disagree: int = 0
 
     def loss(self, metric: str) -> float:
         """The budgeted quantity: top-1 points lost, or points of agreement lost."""
@@ -68,4 +75,5 @@ def evaluate(backend: Backend, data: bytes, split: Split, latency_runs: int = 0)
     top1 = r.get("top1")
     drop = (ref["top1"] - top1) if top1 is not None else None
     return Evaluation(top1, drop, r["agreement"], r["sqnr_db"],
-                      collapsed(tally.predictions) and not collapsed(ref_tally.predictions), p50, len(data))
+                      collapsed(tally.predictions) and not collapsed(ref_tally.predictions), p50, len(data),
+                      tally.labelled, tally.lost, tally.gained, tally.compared, tally.disagree)

@@ -4,6 +4,11 @@ Format-agnostic: it drives a :class:`~edgeres.quant.backend.Backend` and
 measures with :func:`~edgeres.quant.evaluate.evaluate`.  What it may try is a
 :class:`SearchPlan` (the calibration ladder, the float-layer limit), so a
 target that needs a full-integer model, or a test, can narrow it.
+
+A configuration meets the budget when the one-sided upper confidence bound
+of its loss on the selection images is within it, not its point estimate
+(:mod:`edgeres.quant.confidence`), and :func:`check_budget` refuses, before
+anything is built, a budget the selection images cannot resolve.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from dataclasses import dataclass, field
 
 from edgeres.core.errors import ConversionError, DataError, UsageError
 from edgeres.core.metrics import COLLAPSE_AGREEMENT
+from edgeres.quant import confidence
 from edgeres.quant.backend import Backend
 from edgeres.quant.evaluate import Evaluation, Split, evaluate
 from edgeres.quant.recipes import Recipe
@@ -21,6 +27,7 @@ from edgeres.quant.recipes import Recipe
 MIN_CALIBRATION = 32   # images: fewer leave most histogram bins empty
 MIN_SELECTION = 100    # images the search chooses on (0.01 agreement per image)
 MIN_FINAL = 100        # images the final figures are measured on
+MAX_SELECT_FRACTION = 0.95  # the largest --select-fraction
 CALIBRATION_LADDER = (("mse", None), ("percentile", 99.999), ("percentile", 99.99), ("entropy", None),
                       ("minmax", None))
 MAX_FLOAT_LAYERS = 64  # in practice the search stops long before: each kept layer costs latency
@@ -47,11 +54,25 @@ class Trial:
     meets: bool
     details: dict = field(default_factory=dict)
     data: bytes = field(default=b"", repr=False)
+    #: the upper confidence bound of the loss on the selection images, what ``meets`` compares with the budget
+    loss_upper: float = math.inf
 
     def to_dict(self) -> dict:
         return {"step": self.step, "recipe": self.recipe.summary(), "keep_float": self.keep_float,
-                **self.result.to_dict(), "meets_budget": self.meets,
+                **self.result.to_dict(), "loss_upper": _rounded(self.loss_upper), "meets_budget": self.meets,
                 "full_integer": self.details.get("full_integer")}
+
+
+def _rounded(v: float) -> float | None:
+    return round(v, 4) if math.isfinite(v) else None  # None: nothing was measured (a failed build)
+
+
+def loss_upper(res: Evaluation, metric: str, level: float = confidence.DECISION_LEVEL) -> float:
+    """The one-sided upper confidence bound of ``res.loss(metric)`` (inf when nothing was measured)."""
+    n = res.labelled if metric == "top1" else res.compared
+    if n == 0 or (metric == "top1" and res.top1_drop is None):
+        return math.inf
+    return confidence.loss_upper(metric, n, lost=res.lost, gained=res.gained, disagree=res.disagree, level=level)
 
 
 def search(backend: Backend, base: Recipe, budget: float, metric: str, select: Split,
@@ -59,6 +80,10 @@ def search(backend: Backend, base: Recipe, budget: float, metric: str, select: S
            on_trial: Callable[[Trial], None] | None = None) -> tuple[list[Trial], Trial, bool]:
     """Find the fastest configuration whose loss on ``select`` is within ``budget``.
 
+    Within budget means that the one-sided upper confidence bound of the
+    loss (:data:`~edgeres.quant.confidence.DECISION_LEVEL`, recorded as each
+    trial's ``loss_upper``) is at most ``budget``; a budget ``select`` cannot
+    resolve is a UsageError before anything is built (:func:`check_budget`).
     With ``metric="top1"`` another calibration method or bias setting must
     also agree with float32 at least as often as the recipe does (a lucky
     top-1 gain on a small split is not a reason to ship a less faithful
@@ -67,7 +92,7 @@ def search(backend: Backend, base: Recipe, budget: float, metric: str, select: S
     the given recipe, other calibration methods, bias correction on the
     best of them, then the most sensitive layers kept in float one at a time
     (ranked by :func:`diagnose`).  Returns (trials, winner, met).  When
-    nothing meets the budget the winner is the trial with the smallest loss.
+    nothing meets the budget the winner is the trial with the smallest loss (point estimate).
     """
     if budget < 0:
         raise UsageError(f"--max-drop must be 0 or more, got {budget:g}")
@@ -75,6 +100,7 @@ def search(backend: Backend, base: Recipe, budget: float, metric: str, select: S
         raise UsageError(f"--metric must be top1 or agreement, got {metric!r}")
     if metric == "top1" and select.y is None:
         raise DataError("--metric top1 needs labelled validation data")
+    check_budget(budget, metric, len(select))
     trials: list[Trial] = []
     floor = [0.0]  # agreement of the recipe itself; see below
 
@@ -87,12 +113,15 @@ def search(backend: Backend, base: Recipe, budget: float, metric: str, select: S
             t = Trial(step, recipe, keep, Evaluation(None, None, 0.0, -math.inf, True), False, details)
         else:
             res = evaluate(backend, data, select, plan.latency_runs)
+            # Within budget with confidence: the upper bound of the loss, not the point estimate.
             # A top-1 budget is judged on a few hundred images, where a less faithful model can gain
             # top-1 by chance.  So a configuration less faithful to float32 than the recipe itself
             # never wins on top-1 alone.
-            ok = (not res.collapsed and res.agreement >= COLLAPSE_AGREEMENT and res.loss(metric) <= budget + 1e-9
+            upper = loss_upper(res, metric)
+            ok = (not res.collapsed and res.agreement >= COLLAPSE_AGREEMENT
+                  and upper <= budget + confidence.TOLERANCE
                   and (metric == "agreement" or keep or res.agreement >= floor[0] - 1e-9))
-            t = Trial(step, recipe, keep, res, ok, details, data)
+            t = Trial(step, recipe, keep, res, ok, details, data, upper)
         trials.append(t)
         if on_trial:
             on_trial(t)
@@ -146,3 +175,33 @@ def check_sizes(n_calib: int, n_select: int, n_final: int) -> None:
     if n_select < MIN_SELECTION or n_final < MIN_FINAL:
         raise DataError(f"the search needs at least {MIN_SELECTION + MIN_FINAL} labelled validation images "
                         f"({MIN_SELECTION} to choose on, {MIN_FINAL} to report on), got {n_select + n_final}")
+
+
+def check_budget(budget: float, metric: str, n_select: int, select_fraction: float | None = None,
+                 n_data: int | None = None) -> None:
+    """Refuse, in one line, a budget that ``n_select`` selection images cannot resolve
+    (:func:`~edgeres.quant.confidence.resolvable`): name the selection images it needs and, given the
+    ``--select-fraction`` and the ``n_data`` labelled images it splits, the data or fraction that gives them."""
+    if confidence.resolvable(budget, metric, n_select):
+        return
+    level = f"{100 * confidence.DECISION_LEVEL:g}% one-sided"
+    one = confidence.loss_upper(metric, max(n_select, 1), lost=1, disagree=1)
+    smallest = math.ceil(one * 100 - 1e-6) / 100  # the smallest budget these images resolve, rounded up
+    what = f"--max-drop {budget:g} ({metric})"
+    if budget <= 0:
+        raise UsageError(f"{what} can never be met with confidence, on any number of images: the smallest budget "
+                         f"these {n_select} selection images can resolve is {smallest:.2f} points ({level})")
+    need = confidence.images_needed(budget, metric)
+    how = ""
+    if select_fraction:
+        n = math.ceil(need / select_fraction)
+        while round((n - 1) * select_fraction) >= need:
+            n -= 1
+        how = f" (--data of {n} at --select-fraction {select_fraction:g}"
+        frac = math.ceil(100 * need / n_data) / 100 if n_data else 1.0
+        if frac <= MAX_SELECT_FRACTION and n_data - round(n_data * frac) >= MIN_FINAL:
+            how += f", or --select-fraction {frac:g} of these {n_data}"
+        how += ")"
+    raise UsageError(f"{what} is finer than {n_select} selection images resolve (1 image lost bounds the loss at "
+                     f"{smallest:.2f} points, {level}): it needs {need} selection images{how}, or a budget of "
+                     f"{smallest:.2f} or more")

@@ -40,7 +40,9 @@ class ArtifactReport:
     top1: float | None = None
     top5: float | None = None
     top1_drop: float | None = None
+    top1_drop_ci: list | None = None  # [lo, hi] points, REPORT_LEVEL (95%) two-sided (Tango), same images
     agreement: float | None = None
+    agreement_ci: list | None = None  # [lo, hi] percent, REPORT_LEVEL (95%) two-sided (Wilson)
     sqnr_db: float | None = None
     max_abs_diff: float | None = None
     latency_ms: dict = field(default_factory=dict)
