@@ -51,6 +51,13 @@ def _bundle(run: Path, out: Path, *extra) -> dict:
     return json.loads(result.stdout)
 
 
+def invoke_bundle_in_process(run: Path, out: Path) -> dict:
+    """``edgeres bundle RUN -o OUT --fold-preprocessing`` through the pipeline (so monkeypatching applies)."""
+    from edgeres.pipeline.bundle import BundleConfig, run_bundle
+
+    return run_bundle(BundleConfig(run=run, out=out, fold=True))
+
+
 def _predict(path: Path, x: np.ndarray) -> np.ndarray:
     from edgeres.core.runtime import open_runner
 
@@ -64,19 +71,34 @@ def _every_pixel(hwc) -> np.ndarray:
     return _probe_images(tuple(hwc), seed=1)
 
 
-@pytest.mark.parametrize("io, extra, method", [
-    ("int8", NORM, "gather-per-channel"),
-    ("uint8", NORM, "gather-per-channel"),
-    ("int8", ("--scale", "0.00392156862745098"), "gather"),
-    ("uint8", (), "none"),
+@pytest.mark.parametrize("io, extra, methods, force_gather", [
+    ("int8", NORM, ("float", "gather-per-channel"), False),  # float where the check finds it exact
+    ("uint8", NORM, ("float", "gather-per-channel"), False),
+    ("int8", NORM, ("gather-per-channel",), True),
+    ("uint8", NORM, ("gather-per-channel",), True),
+    ("int8", ("--scale", "0.00392156862745098"), ("gather",), True),
+    ("int8", ("--scale", "0.00392156862745098"), ("float", "gather"), False),
+    ("uint8", (), ("none",), False),
 ])
-def test_fold_is_exact_for_every_pixel_value(tmp_path: Path, rgb: dict, io, extra, method):
+def test_fold_is_exact_for_every_pixel_value(tmp_path: Path, rgb: dict, monkeypatch, io, extra, methods,
+                                             force_gather):
+    """The float path (XNNPACK runs it) where it reproduces the run's input exactly, else the GATHER table:
+    forced here by making the exhaustive check reject the float path once."""
+    from edgeres.bundle import fold
     from edgeres.core.preprocess import Preprocess
 
+    if force_gather:
+        real, calls = fold._pixel_path_exact, []
+
+        def reject_float_once(*args):
+            calls.append(1)
+            return len(calls) > 1 and real(*args)
+
+        monkeypatch.setattr(fold, "_pixel_path_exact", reject_float_once)
     run = _convert(rgb, tmp_path / "run", "--io-dtype", io, *extra)
-    m = _bundle(run, tmp_path / "app", "--fold-preprocessing")
+    m = invoke_bundle_in_process(run, tmp_path / "app")
     entry = m["models"][0]
-    assert entry["fold"]["method"] == method
+    assert entry["fold"]["method"] in methods
     assert entry["input"]["dtype"] == "uint8" and (entry["input"]["scale"], entry["input"]["zero_point"]) == (1, 0)
     assert entry["output"]["dtype"] == "float32"
     report = json.loads((run / "report.json").read_text())
@@ -294,7 +316,7 @@ def test_resnet32_normalised_input_folds_exactly(tmp_path: Path):
                     "--mean", "0.485,0.456,0.406", "--std", "0.229,0.224,0.225", "-o", run)
     assert result.exit_code == 0, result.output + result.stderr
     m = _bundle(run, tmp_path / "app", "--fold-preprocessing")
-    assert m["models"][0]["fold"]["method"] == "gather-per-channel"
+    assert m["models"][0]["fold"]["method"] in ("float", "gather-per-channel")
     assert m["labels"]["count"] == 10 and m["labels"]["source"].startswith("the class names")
     result = invoke("validate", tmp_path / "app", "--data", data, "--val-size", "200", "--json")
     assert result.exit_code == 0, result.output

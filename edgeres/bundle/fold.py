@@ -10,9 +10,13 @@ table of 256 x C integers, computed here with the very functions the run used.  
 * nothing, when the model already takes raw ``uint8`` pixels;
 * one ``QUANTIZE`` (uint8 -> int8, scale 1, zero-point -128), when the table is ``p - 128`` (raw pixels into
   an int8 model: the usual case for models that normalise inside);
-* else ``CAST`` (uint8 -> int32), for per-channel tables an ``ADD`` of ``256 * channel``, and ``GATHER``
-  from the int8/uint8 table.  All integer ops, so the fold is exact by construction (the tests feed every
-  pixel value through the runtime to prove it).
+* else, when it reproduces the table exactly, ``DEQUANTIZE`` (pixels as float32), ``MUL`` and ``ADD`` by
+  per-channel constants and ``QUANTIZE`` into the body: four ops XNNPACK runs, so the fold costs no
+  latency.  Float rounding could differ from the run's in a last bit, so this path is only taken after the
+  pixel path alone, cut out of the folded model, gives the table's value for every pixel value in every
+  channel with XNNPACK and with the built-in kernels;
+* otherwise ``CAST`` (uint8 -> int32), for per-channel tables an ``ADD`` of ``256 * channel``, and
+  ``GATHER`` from the int8/uint8 table: integer ops, exact by construction (and checked the same way).
 
 With ``float_output`` an int8/uint8 output gets one ``DEQUANTIZE`` to float32, the same
 ``scale * (q - zero_point)`` the run applied, so scores come out as floats (what the TFLite Task Library
@@ -81,20 +85,101 @@ def fold_preprocessing(model: bytes, preprocess: Preprocess, *, float_output: bo
     raw = np.arange(256)[:, None]
     if kind == "UINT8" and (table == raw).all():
         method = "none"
-    else:
-        body_input = int(g.inputs[0])
-        new = tfl.add_tensor(g, tfl.tensor(old.name, shape, s.TensorType.UINT8, (1.0, 0), old.shapeSignature))
-        old.name = old.name + b"/folded" if isinstance(old.name, bytes) else f"{old.name}/folded"
-        if kind == "INT8" and body_quant == (1.0, -128) and (table == raw - 128).all():
-            method = "quantize"
-            tfl.insert(m, g, 0, s.BuiltinOperator.QUANTIZE, 1, [new], [body_input])
-        else:
-            method = _gather(m, g, new, body_input, table, kind, body_quant, shape)
+    elif kind == "INT8" and body_quant == (1.0, -128) and (table == raw - 128).all():
+        method = "quantize"
+        body_input, new = _new_input(g, shape)
+        tfl.insert(m, g, 0, s.BuiltinOperator.QUANTIZE, 1, [new], [body_input])
         tfl.replace_input(m, g, body_input, new)
+    else:
+        m, g, method = _pixel_path(model, preprocess, kind, body_quant, shape, table)
     dequantized = float_output and tfl.type_name(g.tensors[int(g.outputs[0])].type) in _NP
     if dequantized:
         tfl.append_float_tail(m, g, None)
     return tfl.pack(m), Fold(method, (1.0, 0), body_quant, dequantized)
+
+
+def _new_input(g, shape: list[int]) -> tuple[int, int]:
+    """A uint8 input (scale 1, zero-point 0) named as the model's input, which becomes the body's input."""
+    body_input = int(g.inputs[0])
+    old = g.tensors[body_input]
+    new = tfl.add_tensor(g, tfl.tensor(old.name, shape, schema().TensorType.UINT8, (1.0, 0), old.shapeSignature))
+    old.name = old.name + b"/folded" if isinstance(old.name, bytes) else f"{old.name}/folded"
+    return body_input, new
+
+
+def _pixel_path(model: bytes, preprocess: Preprocess, kind: str, quant: tuple[float, int], shape: list[int],
+                table: np.ndarray):
+    """The float path when it is exact for every pixel value, else the GATHER path; (ModelT, subgraph, method)."""
+    for method in ("float", "gather"):
+        m = tfl.load(model)
+        g = m.subgraphs[0]
+        body_input, new = _new_input(g, shape)
+        if method == "float":
+            n_ops = _float_ops(m, g, new, body_input, preprocess, kind, quant, shape)
+        else:
+            n_ops = 3 if not (table == table[:, :1]).all() else 2
+            method = _gather(m, g, new, body_input, table, kind, quant, shape)
+        tfl.replace_input(m, g, body_input, new)
+        if _pixel_path_exact(m, n_ops, body_input, table, shape):
+            return m, g, method
+    raise ModelError("the folded preprocessing does not reproduce the run's input exactly; bundle without "
+                     "--fold-preprocessing")
+
+
+def _float_ops(m, g, new: int, body_input: int, preprocess: Preprocess, kind: str, quant: tuple[float, int],
+               shape: list[int]) -> int:
+    """uint8 -> DEQUANTIZE -> MUL a -> ADD b -> QUANTIZE (the body's scale and zero-point), a = scale / std and
+    b = -mean / std per channel: x = (pixels * scale - mean) / std rearranged."""
+    s = schema()
+    c = shape[3]
+    std = np.resize(np.asarray(preprocess.std, np.float64), c)
+    a = (preprocess.scale / std).astype(np.float32)
+    b = (-np.resize(np.asarray(preprocess.mean, np.float64), c) / std).astype(np.float32)
+    fl = s.TensorType.FLOAT32
+    x = tfl.add_tensor(g, tfl.tensor(b"pixels/float", shape, fl, None))
+    xa = tfl.add_tensor(g, tfl.tensor(b"pixels/scaled", shape, fl, None))
+    xb = tfl.add_tensor(g, tfl.tensor(b"pixels/normalised", shape, fl, None))
+    ta = tfl.add_tensor(g, tfl.tensor(b"pixels/scale", [c], fl, None, buffer=tfl.add_buffer(m, a)))
+    tb = tfl.add_tensor(g, tfl.tensor(b"pixels/offset", [c], fl, None, buffer=tfl.add_buffer(m, b)))
+    none = s.ActivationFunctionType.NONE
+    tfl.insert(m, g, 0, s.BuiltinOperator.DEQUANTIZE, 1, [new], [x])
+    tfl.insert(m, g, 1, s.BuiltinOperator.MUL, 1, [x, ta], [xa], s.BuiltinOptions.MulOptions,
+               tfl.options(s.MulOptionsT(), fusedActivationFunction=none))
+    tfl.insert(m, g, 2, s.BuiltinOperator.ADD, 1, [xa, tb], [xb], s.BuiltinOptions.AddOptions,
+               tfl.options(s.AddOptionsT(), fusedActivationFunction=none))
+    tfl.insert(m, g, 3, s.BuiltinOperator.QUANTIZE, 1, [xb], [body_input])
+    return 4
+
+
+def _pixel_path_exact(m, n_ops: int, body_input: int, table: np.ndarray, shape: list[int]) -> bool:
+    """Run the first ``n_ops`` ops alone (the pixel path, cut out of the model) on every pixel value in every
+    channel, with XNNPACK and with the built-in kernels, and compare with ``table``."""
+    import tempfile
+    from pathlib import Path
+
+    from edgeres.core.quiet import quiet
+    from edgeres.core.runtime import open_runner
+
+    cut = tfl.load(tfl.pack(m))
+    g = cut.subgraphs[0]
+    g.operators = g.operators[:n_ops]
+    g.outputs = np.asarray([body_input], dtype=np.int32)
+    for sig in cut.signatureDefs or []:
+        sig.outputs = []
+    _, h, w, c = shape
+    n = -(-256 // (h * w))
+    pixels = (np.arange(n * h * w) % 256).reshape(n, h, w, 1).repeat(c, axis=3).astype(np.float32)
+    want = table[pixels.astype(np.int64), np.arange(c)]
+    with tempfile.TemporaryDirectory(prefix="edgeres-fold-") as tmp:
+        path = Path(tmp) / "pixel_path.tflite"
+        path.write_bytes(tfl.pack(cut))
+        for delegate in ("xnnpack", "none"):
+            with quiet():
+                r = open_runner(path, threads=1, delegate=delegate)
+                got = np.concatenate([r._run(r.quantize_input(pixels[i:i + 1])) for i in range(n)])
+            if not np.array_equal(got.reshape(want.shape), want):
+                return False
+    return True
 
 
 def _gather(m, g, new: int, body_input: int, table: np.ndarray, kind: str, quant: tuple[float, int],
