@@ -100,6 +100,8 @@ def _notes(cfg, settings: Settings, inputs, artifacts) -> list[str]:
     if inputs.val_ds is not None and len(inputs.calib) < len(inputs.calib_ds):
         notes.append(f"calibration used {len(inputs.calib)} of {len(inputs.calib_ds)} images (the rest were "
                      "unreadable)")
+    for a in artifacts:
+        notes.extend(_adaptive_note(a))
     floaty = [f"{a.name} {100 * a.details['float_share']:.0f}%" for a in artifacts if a.details.get("float_share")]
     if floaty:
         notes.append("layers kept in float (share of quantizable layers): " + ", ".join(floaty))
@@ -107,6 +109,20 @@ def _notes(cfg, settings: Settings, inputs, artifacts) -> list[str]:
     if unstable:
         notes.append(f"latency unstable (stdev > 10% of mean) for: {', '.join(unstable)}")
     return notes
+
+
+def _adaptive_note(a) -> list[str]:
+    """One line per int8 artifact the adaptive default chose: what, of how many, and against stock."""
+    ad = a.details.get("adaptive")
+    if not ad:
+        return []
+    rows = {c["name"]: c for c in ad["candidates"] if "sqnr_db" in c}
+    chosen, stock = rows.get(ad["chosen"], {}), rows.get("stock", {})
+    against = (f"; stock: {stock['agreement']:.2f}%, {stock['sqnr_db']:.1f} dB" if stock and stock is not chosen
+               else "")
+    return [f"{a.name}: the adaptive default chose '{ad['chosen']}' of {len(ad['candidates'])} configurations on "
+            f"{ad['holdout_images']} held-out calibration images (agreement {chosen.get('agreement', 0):.2f}%, "
+            f"SQNR {chosen.get('sqnr_db', 0):.1f} dB{against}); --recipe NAME builds one configuration"]
 
 
 def _attach_search(report: Report, cfg, built, inputs) -> None:
