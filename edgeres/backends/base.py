@@ -101,12 +101,14 @@ def create_backend(fmt: str | Format, model: Any, hwc: tuple[int, int, int], cal
     f = get_format(fmt) if isinstance(fmt, str) else fmt
     with quiet():
         q = f.quantizer(model, hwc, calib, layer_types or types_of(model), settings, float_model)
-    finish = None
-    if head is not None:  # ``model`` is head.logits: every int8 build gets the activation back, in float
+    finish = host = None
+    if head is not None and settings.full_integer_only and f.name == "tflite":  # ``model`` is head.logits:
+        host = head.activation  # int8 logits out of a full-integer model, the activation applied on the host
+    elif head is not None:  # ``model`` is head.logits: every int8 build gets the activation back, in float
         from functools import partial
 
         from edgeres.backends import heads
 
         finish = partial(heads.tflite_tail if f.name == "tflite" else heads.onnx_tail, activation=head.activation)
     return Backend(f.name, f.suffix, q, settings.threads, f.run_delegate(settings),
-                   float_layers_allowed=not settings.full_integer_only, finish=finish)
+                   float_layers_allowed=not settings.full_integer_only, finish=finish, host_activation=host)

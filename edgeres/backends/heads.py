@@ -7,9 +7,10 @@ the int8 model is built from the *logits* (the same network without its final ac
 activation is appended in float32: int8 logits -> DEQUANTIZE -> SOFTMAX (TFLite), or the float output of
 the quantized graph -> Softmax (ONNX).  The outputs are probabilities as before, now continuous.
 
-A target that needs a full-integer model (the Edge TPU) keeps the converter's int8 activation: a float op
-after the body would run on the CPU and the model would no longer be full-integer.  The report's artifact
-details say which was done (``head``).
+A target that needs a full-integer TFLite model (the Edge TPU) cannot take a float op after the body, and an
+int8 softmax would tie.  So there the model outputs the int8 logits, and the activation is applied on the
+host: edgeres' own validation does it (``Runner.host_activation``, from the report), and the app must (the
+bundle's README says so).  The report's artifact details say which was done (``head``).
 """
 
 from __future__ import annotations
@@ -29,11 +30,12 @@ class Head:
     def describe(self, kept_in_float: bool) -> dict:
         if kept_in_float:
             how = f"int8 logits, dequantized; {self.activation} in float32 after them (top-1 never ties)"
-        else:
-            how = (f"{self.activation} quantized with the body (the target needs a full-integer model): outputs "
-                   f"in 1/256 steps, close classes may tie")
-        return {"activation": self.activation, "layer": self.layer, "float_activation": kept_in_float,
-                "handling": how}
+            return {"activation": self.activation, "layer": self.layer, "float_activation": True, "handling": how}
+        how = (f"{self.activation} left out of the model (the target needs a full-integer model): it outputs int8 "
+               f"logits, and the host applies the {self.activation} (edgeres does when it validates; an app "
+               f"must too; the top-1 is the largest logit either way)")
+        return {"activation": self.activation, "layer": self.layer, "float_activation": False,
+                "host_activation": self.activation, "handling": how}
 
 
 def split_head(model) -> Head | None:

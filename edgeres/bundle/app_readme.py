@@ -56,6 +56,9 @@ def render(manifest: dict) -> str:
               f"{k} {out['scores']}, one per line of `{manifest['labels']['file']}`; the top-1 is the largest."]
     if out.get("scale") is not None:
         lines += [f"The output is {out['dtype']}: `score = {out['scale']!r} * (q - ({out['zero_point']}))`."]
+    if out.get("host_activation"):
+        lines += [f"The model ends before its {out['host_activation']} (the target needs a full-integer model): "
+                  f"apply {out['host_activation']} to the scores for probabilities; the top-1 is the same."]
     lines += ["", "## Android (Kotlin, LiteRT Interpreter)", "", "```kotlin", *_kotlin(tfl), "```", "",
               "The TFLite Task Library (`ImageClassifier.createFromFile(context, \"" + tfl["file"] + "\")`) reads "
               "the same constants from the TFLite Metadata inside the model"

@@ -79,6 +79,19 @@ def quantize(x: np.ndarray, quant: tuple[float, int] | None, dtype: np.dtype) ->
     return np.clip(np.round(x / scale) + zero, info.min, info.max).astype(dtype)
 
 
+def _softmax(y: np.ndarray) -> np.ndarray:
+    e = np.exp(y - y.max(axis=-1, keepdims=True))
+    return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
+def _sigmoid(y: np.ndarray) -> np.ndarray:
+    return (1.0 / (1.0 + np.exp(-y.astype(np.float64)))).astype(np.float32)
+
+
+#: activations applied on the host after a model whose head was left out of it (edgeres.backends.heads)
+HOST_ACTIVATIONS = {"softmax": _softmax, "sigmoid": _sigmoid}
+
+
 class Runner:
     """Common interface of the TFLite and ONNX runners."""
 
@@ -93,6 +106,8 @@ class Runner:
     input_quant: tuple[float, int] | None = None
     output_quant: tuple[float, int] | None = None
     load_seconds: float = 0.0
+    #: "softmax"/"sigmoid": applied to the outputs on the host (a full-integer model that outputs logits)
+    host_activation: str | None = None
 
     @property
     def hwc(self) -> tuple[int, int, int]:
@@ -112,7 +127,8 @@ class Runner:
         if tuple(x.shape[1:]) != self.hwc:
             raise ShapeError(f"{self.path.name} takes input {self._shape_text()}, got "
                              f"{'x'.join(map(str, x.shape[1:]))}")
-        return self.dequantize_output(self._run(self.quantize_input(x)))
+        y = self.dequantize_output(self._run(self.quantize_input(x)))
+        return HOST_ACTIVATIONS[self.host_activation](y) if self.host_activation else y
 
     def _shape_text(self) -> str:
         return "x".join("?" if (v is None or v < 0) else str(v) for v in self.input_shape[1:])

@@ -14,7 +14,7 @@ from edgeres.core.errors import DataError, ShapeError, first_line
 from edgeres.core.machine import machine_info
 from edgeres.core.metrics import tally_batches
 from edgeres.core.quiet import quiet
-from edgeres.core.runtime import open_runner
+from edgeres.core.runtime import HOST_ACTIVATIONS, open_runner
 
 
 def run_report(model: str) -> Path:
@@ -51,6 +51,24 @@ def recorded_preprocess(model: str) -> Preprocess | None:
         raise DataError(f"{exc}{hint}") from None
 
 
+def recorded_host_activation(model: str) -> str | None:
+    """The activation the host applies after ``model`` (a full-integer model that outputs logits), as its
+    bundle's manifest or its run folder's report.json records it; None for a model that needs none."""
+    bundle = manifest.bundle_of(model)
+    if bundle is not None:
+        return (manifest.model_entry(manifest.load(bundle), model).get("output") or {}).get("host_activation")
+    report = run_report(model)
+    try:
+        d = json.loads(report.read_text(encoding="utf-8")) if report.is_file() else {}
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None  # recorded_preprocess has already named an unreadable report
+    for a in d.get("artifacts") or [] if isinstance(d, dict) else []:
+        if isinstance(a, dict) and a.get("path") == Path(model).name:
+            act = ((a.get("details") or {}).get("head") or {}).get("host_activation")
+            return act if act in HOST_ACTIVATIONS else None
+    return None
+
+
 def run_validate(model: str, data: str, *, reference: str | None = None, preprocess: Preprocess | None = None,
                  threads: int = 2, delegate: str | None = None, val_size: int | None = None, seed: int = 0,
                  batch_size: int = 32, on_error: str = "warn", progress=None) -> dict:
@@ -65,6 +83,9 @@ def run_validate(model: str, data: str, *, reference: str | None = None, preproc
     with quiet():
         runner = open_runner(model, threads=threads, delegate=delegate)
         ref_runner = open_runner(reference, threads=threads) if reference else None
+    runner.host_activation = recorded_host_activation(str(model))
+    if ref_runner is not None:
+        ref_runner.host_activation = recorded_host_activation(str(reference))
     if ref_runner is not None and ref_runner.hwc != runner.hwc:
         raise ShapeError(f"--reference takes input {ref_runner.hwc} but {Path(model).name} takes {runner.hwc}")
     ds = open_dataset(data, "validation")
@@ -81,6 +102,8 @@ def run_validate(model: str, data: str, *, reference: str | None = None, preproc
     result = {"model": str(model), **({"bundle": {"verified": True, "files": len(bundle["files"])}} if bundle else {}),
               **runner.describe(), "machine": machine_info(), "data": ds.describe(),
               "preprocess": {**preprocess.to_dict(), "from": source}, **tally.result()}
+    if runner.host_activation:
+        result["host_activation"] = runner.host_activation
     if ref_runner is not None:
         result["reference"] = {"model": str(reference), **ref_tally.result()}
         if "top1" in result and "top1" in result["reference"]:

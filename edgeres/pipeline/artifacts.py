@@ -42,8 +42,7 @@ def build_artifacts(cfg, settings: Settings, inputs, stage: Path, stages) -> Bui
     from edgeres.backends.heads import split_head
 
     built = Built()
-    head = split_head(inputs.model) if cfg.int8 else None
-    float_head = head is not None and not settings.full_integer_only  # see edgeres.backends.heads
+    head = split_head(inputs.model) if cfg.int8 else None  # see edgeres.backends.heads
     for fmt in formats():
         with stages(f"{fmt.name}_fp32"), quiet():
             float_model, details = fmt.export_float(inputs.model, inputs.hwc, settings)
@@ -52,15 +51,14 @@ def build_artifacts(cfg, settings: Settings, inputs, stage: Path, stages) -> Bui
             continue
         with stages(f"{fmt.name}_int8"):
             model, base = inputs.model, float_model
-            if float_head:  # quantize the logits; the activation is appended in float to every build
+            if head is not None:  # quantize the logits; the activation follows in float32, or on the host
                 with quiet():
                     model, base = head.logits, fmt.export_float(head.logits, inputs.hwc, settings)[0]
-            backend = create_backend(fmt, model, inputs.hwc, inputs.calib, settings, float_model=base,
-                                     head=head if float_head else None)
-            data, details, searched = _int8(cfg, backend, inputs, head.logits if float_head else None)
+            backend = create_backend(fmt, model, inputs.hwc, inputs.calib, settings, float_model=base, head=head)
+            data, details, searched = _int8(cfg, backend, inputs, head.logits if head is not None else None)
             if head is not None:
-                details = {**details, "head": head.describe(float_head)}
-                if float_head:
+                details = {**details, "head": head.describe(backend.host_activation is None)}
+                if backend.host_activation is None:
                     details["full_integer"] = False  # an int8 body, and the activation in float32 after it
         if searched is not None:
             built.searches[fmt.name] = searched
@@ -111,18 +109,19 @@ def _adaptive(cfg, backend: Backend, holdout, logits_model) -> tuple[bytes, dict
 
     from edgeres.quant.adaptive import choose
 
-    if logits_model is None or backend.finish is None:
+    if logits_model is None:
         return choose(backend, cfg.recipe, holdout, log=log.info)
     from edgeres.backends.keras_io import predict
 
-    finish, backend.finish = backend.finish, None
+    finish, host = backend.finish, backend.host_activation
+    backend.finish = backend.host_activation = None
     try:
         data, details = choose(backend, cfg.recipe, replace(holdout, ref=predict(logits_model, holdout.x)),
                                log=log.info)
     finally:
-        backend.finish = finish
-    details["adaptive"]["compared_on"] = "logits (the activation is appended in float32 afterwards)"
-    return finish(data), details
+        backend.finish, backend.host_activation = finish, host
+    details["adaptive"]["compared_on"] = "logits (the activation follows in float32, or on the host)"
+    return (finish(data) if finish else data), details
 
 
 def _ranking(backend: Backend, recipe, split) -> list[str]:

@@ -178,7 +178,8 @@ def run_bundle(cfg: BundleConfig, log=lambda msg: None) -> dict:
     outputs = _outputs(base)
     labels, labels_source = _labels(cfg, report, outputs)
     name = _safe_name(cfg.name or (report.get("model") or {}).get("name") or run.name)
-    kind = _output_kind(base)
+    host = ((tfl_art.get("details") or {}).get("head") or {}).get("host_activation")
+    kind = "logits" if host else _output_kind(base)
     source = Path(str((report.get("model") or {}).get("source") or "a Keras model")).name  # no workstation paths
     description = cfg.description or (f"{name}: int8 image classifier, {outputs} classes, converted by edgeres "
                                       f"from {source}.")
@@ -236,7 +237,7 @@ def run_bundle(cfg: BundleConfig, log=lambda msg: None) -> dict:
             "input": {**_io(in_quant, in_dtype, [1, h, w, c]), "layout": "NHWC",
                       "color_space": color},
             "output": {**_io(out_quant if np.issubdtype(out_dtype, np.integer) else None, out_dtype,
-                             [1, outputs]), "scores": kind},
+                             [1, outputs]), "scores": kind, **({"host_activation": host} if host else {})},
             "preprocessing": pre_dict, "fold": fold.to_dict() if fold else None, "fold_check": equivalence,
             "metadata": {"tflite_metadata": sorted(_metadata_fields(read_metadata(final)["metadata"])),
                          "packed_files": ["labels.txt"], "min_parser_version": "1.0.0"},

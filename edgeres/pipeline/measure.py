@@ -25,6 +25,7 @@ def open_runners(settings: Settings, artifacts: list[ArtifactReport], stage: Pat
                                                                d["threads"])
         a.input_dtype, a.output_dtype = d["input_dtype"], d["output_dtype"]
         a.input_quant, a.output_quant = r.input_quant, r.output_quant
+        r.host_activation = (a.details.get("head") or {}).get("host_activation")
         runners[a.name] = r
     return runners
 

@@ -57,6 +57,8 @@ class Backend:
     float_layers_allowed: bool = True  # False when the target needs a full-integer model
     #: applied to every model built (e.g. a float softmax after int8 logits: edgeres.backends.heads)
     finish: Callable[[bytes], bytes] | None = None
+    #: applied to every built model's outputs on the host (a full-integer model that outputs logits)
+    host_activation: str | None = None
 
     @property
     def layers(self) -> list[str]:
@@ -83,4 +85,6 @@ class Backend:
         path = tmp / f"trial{self.suffix}"
         path.write_bytes(data)
         with quiet():
-            return open_runner(path, threads=self.threads, delegate=self.delegate)
+            r = open_runner(path, threads=self.threads, delegate=self.delegate)
+        r.host_activation = self.host_activation
+        return r
