@@ -146,8 +146,9 @@ def test_small_calibration_sets_carve_a_holdout_or_skip(tmp_path: Path, n, holdo
     d = next(a for a in report["artifacts"] if a["name"] == "tflite_int8")["details"]
     if holdout is None:
         assert "adaptive" not in d and report["calibration"]["used"] == n
-    else:
-        assert d["adaptive"]["holdout_images"] == holdout and report["calibration"]["used"] == n - holdout
+    else:  # chosen on the carved holdout, then built again from all n images
+        assert d["adaptive"]["holdout_images"] == holdout and d["adaptive"]["rebuilt_from_images"] == n
+        assert report["calibration"]["used"] == n == report["calibration"]["count"]
 
 
 # ------------------------------------------------------------------ heads

@@ -56,6 +56,8 @@ def build_artifacts(cfg, settings: Settings, inputs, stage: Path, stages) -> Bui
                     model, base = head.logits, fmt.export_float(head.logits, inputs.hwc, settings)[0]
             backend = create_backend(fmt, model, inputs.hwc, inputs.calib, settings, float_model=base, head=head)
             data, details, searched = _int8(cfg, backend, inputs, head.logits if head is not None else None)
+            if getattr(inputs, "holdout_carved", False) and "adaptive" in details:
+                backend, data, details = _rebuild(cfg, fmt, model, base, head, settings, inputs, details)
             if head is not None:
                 details = {**details, "head": head.describe(backend.host_activation is None)}
                 if backend.host_activation is None:
@@ -122,6 +124,23 @@ def _adaptive(cfg, backend: Backend, holdout, logits_model) -> tuple[bytes, dict
         backend.finish, backend.host_activation = finish, host
     details["adaptive"]["compared_on"] = "logits (the activation follows in float32, or on the host)"
     return (finish(data) if finish else data), details
+
+
+def _rebuild(cfg, fmt: Format, model, base: bytes, head, settings: Settings, inputs, details: dict):
+    """The adaptive default's choice built again from calibration and holdout images together: when the
+    holdout was carved out of a small calibration set, the shipped model still gets every image's statistics."""
+    import numpy as np
+
+    from edgeres.quant.adaptive import candidates
+
+    images = np.concatenate([inputs.calib, inputs.holdout.x])
+    chosen = details["adaptive"]["chosen"]
+    recipe = next(c.recipe for c in candidates(cfg.recipe, fmt.name) if c.name == chosen)
+    log.info(f"{fmt.name} default: building '{chosen}' again from all {len(images)} calibration images")
+    backend = create_backend(fmt, model, inputs.hwc, images, settings, float_model=base, head=head)
+    data, rebuilt = backend.build(recipe)
+    adaptive = {**details["adaptive"], "rebuilt_from_images": len(images)}
+    return backend, data, {**rebuilt, "adaptive": adaptive, "recipe_summary": details["recipe_summary"]}
 
 
 def _ranking(backend: Backend, recipe, split) -> list[str]:

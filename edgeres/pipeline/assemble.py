@@ -37,7 +37,7 @@ def assemble(cfg, settings: Settings, inputs, built, stages, ref: dict | None, c
         model={k: inputs.model_info[k] for k in MODEL_KEYS}, preprocess=cfg.preprocess.to_dict(),
         target={"name": t.name, "arch": t.arch, "threads": settings.threads, "tflite_delegate": t.tflite.delegate,
                 "tflite_io_dtype": settings.io_dtype, "onnx_scheme": t.onnx_scheme},
-        calibration={**inputs.calib_ds.describe(), "seed": cfg.seed, "used": len(inputs.calib)},
+        calibration=_calibration(cfg, inputs),
         validation=_validation(inputs, ref),
         reference={"name": "keras_fp32", **(ref or {})}, artifacts=artifacts,
         stages_seconds=stages.seconds,
@@ -109,6 +109,15 @@ def _notes(cfg, settings: Settings, inputs, artifacts) -> list[str]:
     if unstable:
         notes.append(f"latency unstable (stdev > 10% of mean) for: {', '.join(unstable)}")
     return notes
+
+
+def _calibration(cfg, inputs) -> dict:
+    """The calibration sample; a holdout carved out of it for the adaptive default counts (the chosen
+    configuration was built again from both)."""
+    extra = len(inputs.holdout) if getattr(inputs, "holdout_carved", False) else 0
+    d = {**inputs.calib_ds.describe(), "seed": cfg.seed, "used": len(inputs.calib) + extra}
+    d["count"] += extra
+    return d
 
 
 def _adaptive_note(a) -> list[str]:

@@ -99,6 +99,8 @@ class Inputs:
     select_ds: Dataset | None = None  # with --max-drop: what the search chooses on
     select: Split | None = None
     holdout: Split | None = None      # adaptive default: unlabelled calibration images it chooses on
+    holdout_carved: bool = False      # ... taken out of the calibration sample (the choice is then rebuilt
+                                      # from calibration and holdout images together)
 
 
 def run_convert(cfg: ConvertConfig, progress: Progress = no_progress) -> Report:
@@ -168,7 +170,8 @@ def prepare(cfg: ConvertConfig, stages: Stages, progress: Progress) -> Inputs:
     with stages("calibration_data"):
         calib_sample = calib_ds.sample(n_calib, cfg.seed)
         holdout_ds = _holdout(cfg, calib_ds, calib_sample) if cfg.adaptive and cfg.int8 else None
-        if holdout_ds is not None and not set(holdout_ds.items).isdisjoint(calib_sample.items):
+        carved = holdout_ds is not None and not set(holdout_ds.items).isdisjoint(calib_sample.items)
+        if carved:
             calib_sample = calib_sample.rest(holdout_ds)  # carved out of a small calibration set
         calib = _decode(calib_sample, hwc, cfg, progress, "calibration images")
     holdout = None
@@ -176,7 +179,8 @@ def prepare(cfg: ConvertConfig, stages: Stages, progress: Progress) -> Inputs:
         with stages("holdout_data"):
             hx = _decode(holdout_ds, hwc, cfg, progress, "held-out calibration images")
             holdout = Split(hx, None, keras_io.predict(loaded.model, hx))
-    return Inputs(loaded.model, hwc, n_out, model_info, calib_sample, calib, val_ds, select_ds, select, holdout)
+    return Inputs(loaded.model, hwc, n_out, model_info, calib_sample, calib, val_ds, select_ds, select, holdout,
+                  holdout_carved=holdout is not None and carved)
 
 
 def _decode(ds: Dataset, hwc, cfg: ConvertConfig, progress: Progress, what: str) -> np.ndarray:
