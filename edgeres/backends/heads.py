@@ -18,7 +18,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-ACTIVATIONS = ("softmax", "sigmoid")
+from edgeres.core.runtime import HOST_ACTIVATIONS
+
+ACTIVATIONS = tuple(HOST_ACTIVATIONS)  # the activations a model may end in, and the host can apply after it
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,7 @@ _NP = {"INT8": np.int8, "UINT8": np.uint8}
 class Fold:
     """What :func:`fold_preprocessing` did, for the manifest."""
 
-    method: str  # "none" | "quantize" | "gather" | "gather-per-channel"
+    method: str  # "none" | "quantize" | "float" | "gather" | "gather-per-channel"
     input_quant: tuple[float, int]  # of the new uint8 input: always (1.0, 0)
     body_input_quant: tuple[float, int]  # what the body takes, as in the run
     output_dequantized: bool
@@ -50,6 +50,14 @@ class Fold:
     def to_dict(self) -> dict:
         return {"method": self.method, "input_dtype": "uint8", "input_quant": list(self.input_quant),
                 "body_input_quant": list(self.body_input_quant), "output_dequantized": self.output_dequantized}
+
+
+def ramp_images(hwc) -> np.ndarray:
+    """As few float32 images as hold every pixel value 0..255 in every channel (the same value in all
+    channels of a pixel)."""
+    h, w, c = hwc
+    n = -(-256 // (h * w))
+    return (np.arange(n * h * w) % 256).reshape(n, h, w, 1).repeat(c, axis=3).astype(np.float32)
 
 
 def pixel_table(preprocess: Preprocess, quant: tuple[float, int], dtype: np.dtype, channels: int) -> np.ndarray:
@@ -89,7 +97,7 @@ def fold_preprocessing(model: bytes, preprocess: Preprocess, *, float_output: bo
         method = "quantize"
         body_input, new = _new_input(g, shape)
         tfl.insert(m, g, 0, s.BuiltinOperator.QUANTIZE, 1, [new], [body_input])
-        tfl.replace_input(m, g, body_input, new)
+        tfl.retarget(m, g, "inputs", body_input, new)
     else:
         m, g, method = _pixel_path(model, preprocess, kind, body_quant, shape, table)
     dequantized = float_output and tfl.type_name(g.tensors[int(g.outputs[0])].type) in _NP
@@ -115,19 +123,17 @@ def _pixel_path(model: bytes, preprocess: Preprocess, kind: str, quant: tuple[fl
         g = m.subgraphs[0]
         body_input, new = _new_input(g, shape)
         if method == "float":
-            n_ops = _float_ops(m, g, new, body_input, preprocess, kind, quant, shape)
+            n_ops = _float_ops(m, g, new, body_input, preprocess, shape)
         else:
-            n_ops = 3 if not (table == table[:, :1]).all() else 2
-            method = _gather(m, g, new, body_input, table, kind, quant, shape)
-        tfl.replace_input(m, g, body_input, new)
+            method, n_ops = _gather(m, g, new, body_input, table, kind, quant, shape)
+        tfl.retarget(m, g, "inputs", body_input, new)
         if _pixel_path_exact(m, n_ops, body_input, table, shape):
             return m, g, method
     raise ModelError("the folded preprocessing does not reproduce the run's input exactly; bundle without "
                      "--fold-preprocessing")
 
 
-def _float_ops(m, g, new: int, body_input: int, preprocess: Preprocess, kind: str, quant: tuple[float, int],
-               shape: list[int]) -> int:
+def _float_ops(m, g, new: int, body_input: int, preprocess: Preprocess, shape: list[int]) -> int:
     """uint8 -> DEQUANTIZE -> MUL a -> ADD b -> QUANTIZE (the body's scale and zero-point), a = scale / std and
     b = -mean / std per channel: x = (pixels * scale - mean) / std rearranged."""
     s = schema()
@@ -166,25 +172,23 @@ def _pixel_path_exact(m, n_ops: int, body_input: int, table: np.ndarray, shape: 
     g.outputs = np.asarray([body_input], dtype=np.int32)
     for sig in cut.signatureDefs or []:
         sig.outputs = []
-    _, h, w, c = shape
-    n = -(-256 // (h * w))
-    pixels = (np.arange(n * h * w) % 256).reshape(n, h, w, 1).repeat(c, axis=3).astype(np.float32)
-    want = table[pixels.astype(np.int64), np.arange(c)]
+    pixels = ramp_images(shape[1:])
+    want = table[pixels.astype(np.int64), np.arange(shape[3])]
     with tempfile.TemporaryDirectory(prefix="edgeres-fold-") as tmp:
         path = Path(tmp) / "pixel_path.tflite"
         path.write_bytes(tfl.pack(cut))
         for delegate in ("xnnpack", "none"):
             with quiet():
                 r = open_runner(path, threads=1, delegate=delegate)
-                got = np.concatenate([r._run(r.quantize_input(pixels[i:i + 1])) for i in range(n)])
+                got = np.concatenate([r._run(r.quantize_input(pixels[i:i + 1])) for i in range(len(pixels))])
             if not np.array_equal(got.reshape(want.shape), want):
                 return False
     return True
 
 
 def _gather(m, g, new: int, body_input: int, table: np.ndarray, kind: str, quant: tuple[float, int],
-            shape: list[int]) -> str:
-    """CAST (+ ADD 256 * channel) + GATHER from ``table`` into the body's input tensor."""
+            shape: list[int]) -> tuple[str, int]:
+    """CAST (+ ADD 256 * channel) + GATHER from ``table`` into the body's input tensor; (method, ops added)."""
     s = schema()
     per_channel = not (table == table[:, :1]).all()
     flat = (table.T.reshape(-1) if per_channel else table[:, 0]).astype(_NP[kind])
@@ -203,4 +207,4 @@ def _gather(m, g, new: int, body_input: int, table: np.ndarray, kind: str, quant
     tfl.insert(m, g, 2 if per_channel else 1, s.BuiltinOperator.GATHER, 2 if kind == "INT8" else 1,
                [params, idx], [body_input], s.BuiltinOptions.GatherOptions,
                tfl.options(s.GatherOptionsT(), axis=0, batchDims=0))
-    return "gather-per-channel" if per_channel else "gather"
+    return ("gather-per-channel", 3) if per_channel else ("gather", 2)

@@ -1,8 +1,9 @@
 """The bundle's ``manifest.json``, and the check that a bundle is exactly what was validated.
 
-LIGHT: standard library only.  ``edgeres verify``, and ``validate``/``bench`` given a bundle (or a model in
-one), call :func:`verify` before they run anything: every listed file must be there with the recorded size
-and SHA-256.  This is integrity, not authenticity: whoever can rewrite the files can rewrite the manifest.
+LIGHT: standard library and edgeres.core only.  ``edgeres verify``, and ``validate``/``bench`` given a
+bundle (or a model in one), call :func:`verify` before they run anything: every listed file must be there
+with the recorded size and SHA-256.  This is integrity, not authenticity: whoever can rewrite the files
+can rewrite the manifest.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 
 from edgeres.core.errors import BundleError, first_line
 from edgeres.core.fs import sha256_file
+from edgeres.core.preprocess import Preprocess
 
 MANIFEST = "manifest.json"
 FORMAT = "edgeres-bundle"
@@ -104,12 +106,6 @@ def model_entry(manifest: dict, model: str | Path) -> dict:
     raise BundleError(f"{model} is in a bundle but {MANIFEST} does not list it as a model")
 
 
-def models(bundle: str | Path) -> list[Path]:
-    """The bundle's model files, after :func:`verify`."""
-    m = verify(bundle)
-    return [Path(bundle) / x["file"] for x in m["models"]]
-
-
 def resolve(path: str | Path) -> tuple[list[Path], dict | None]:
     """The model files ``path`` names, after checking their bundle if they are in one.
 
@@ -126,10 +122,15 @@ def resolve(path: str | Path) -> tuple[list[Path], dict | None]:
     return [Path(path)], m
 
 
-def preprocessing(m: dict, model: str | Path) -> dict:
-    """The preprocessing an app applies before ``model``: none beyond resizing when it was folded in."""
-    entry = model_entry(m, model)
+def preprocess_of(model: str | Path) -> Preprocess | None:
+    """The preprocessing an app applies before ``model`` in a bundle (none beyond resizing when it was folded
+    in); None when ``model`` is not in a bundle."""
+    bundle = bundle_of(model)
+    if bundle is None:
+        return None
+    entry = model_entry(load(bundle), model)
     pre = entry.get("preprocessing")
     if not isinstance(pre, dict):
         raise BundleError(f"{MANIFEST} has no preprocessing for {Path(model).name}")
-    return {"resize": pre.get("resize", "crop")} if pre.get("folded") else pre
+    pre = {"resize": pre.get("resize", "crop")} if pre.get("folded") else pre
+    return Preprocess.from_dict(pre, source=f"{MANIFEST} in {bundle}")

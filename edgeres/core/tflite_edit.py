@@ -86,21 +86,13 @@ def insert(m, g, at: int, code: int, version: int, inputs, outputs, options_type
     g.operators.insert(at, op)
 
 
-def replace_output(m, g, old: int, new: int) -> None:
-    """Make tensor ``new`` the subgraph output (and signature output) that ``old`` was."""
+def retarget(m, g, side: str, old: int, new: int) -> None:
+    """Make tensor ``new`` the subgraph's (and signatures') input or output (``side``) that ``old`` was."""
     for sig in m.signatureDefs or []:
-        for t in sig.outputs or []:
+        for t in getattr(sig, side) or []:
             if t.tensorIndex == old:
                 t.tensorIndex = new
-    g.outputs = np.asarray([new if int(i) == old else int(i) for i in g.outputs], dtype=np.int32)
-
-
-def replace_input(m, g, old: int, new: int) -> None:
-    for sig in m.signatureDefs or []:
-        for t in sig.inputs or []:
-            if t.tensorIndex == old:
-                t.tensorIndex = new
-    g.inputs = np.asarray([new if int(i) == old else int(i) for i in g.inputs], dtype=np.int32)
+    setattr(g, side, np.asarray([new if int(i) == old else int(i) for i in getattr(g, side)], dtype=np.int32))
 
 
 def append_float_tail(m, g, code: int, version: int = 1, options_type: int = 0, opts=None,
@@ -126,4 +118,4 @@ def append_float_tail(m, g, code: int, version: int = 1, options_type: int = 0, 
         res = add_tensor(g, tensor(name, shape, s.TensorType.FLOAT32, None, sig))
         insert(m, g, len(g.operators), code, version, [current], [res], options_type, opts)
         current = res
-    replace_output(m, g, out_index, current)
+    retarget(m, g, "outputs", out_index, current)

@@ -178,11 +178,7 @@ def resolve_models(paths) -> tuple[str, ...]:
 
 def _preprocess(path: str, cfg: BenchConfig) -> Preprocess:
     """A bundled model's own preprocessing (raw pixels when folded); else the options'."""
-    bundle = manifest.bundle_of(path)
-    if bundle is None:
-        return cfg.preprocess
-    return Preprocess.from_dict(manifest.preprocessing(manifest.load(bundle), path),
-                                source=f"{manifest.MANIFEST} in {bundle}")
+    return manifest.preprocess_of(path) or cfg.preprocess
 
 
 def run_bench(cfg: BenchConfig, progress=None) -> dict:

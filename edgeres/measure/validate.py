@@ -22,6 +22,14 @@ def run_report(model: str) -> Path:
     return Path(model).resolve().parent / "report.json"
 
 
+def _read_report(report: Path, hint: str = ""):
+    """The parsed report.json; DataError naming it when it cannot be read."""
+    try:
+        return json.loads(report.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise DataError(f"cannot read report.json in {report.parent}: {first_line(exc)}{hint}") from None
+
+
 def recorded_preprocess(model: str) -> Preprocess | None:
     """The preprocessing recorded in the manifest of the bundle ``model`` sits in, else in the report.json of
     its run folder, if there is one.
@@ -30,19 +38,14 @@ def recorded_preprocess(model: str) -> Preprocess | None:
     that file (not the options, which the user did not give): guessing the
     preprocessing would measure the wrong thing.
     """
-    bundle = manifest.bundle_of(model)
-    if bundle is not None:
-        pre = manifest.preprocessing(manifest.load(bundle), model)
-        return Preprocess.from_dict(pre, source=f"{manifest.MANIFEST} in {bundle}")
+    if manifest.bundle_of(model) is not None:
+        return manifest.preprocess_of(model)
     report = run_report(model)
     if not report.is_file():
         return None
     where = f"report.json in {report.parent}"
     hint = "; pass --scale/--mean/--std to set the preprocessing yourself"
-    try:
-        d = json.loads(report.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise DataError(f"cannot read {where}: {first_line(exc)}{hint}") from None
+    d = _read_report(report, hint)
     if not isinstance(d, dict) or not isinstance(d.get("preprocess"), dict):
         raise DataError(f"{where} has no 'preprocess' table{hint}")
     try:
@@ -59,8 +62,8 @@ def recorded_host_activation(model: str) -> str | None:
         return (manifest.model_entry(manifest.load(bundle), model).get("output") or {}).get("host_activation")
     report = run_report(model)
     try:
-        d = json.loads(report.read_text(encoding="utf-8")) if report.is_file() else {}
-    except (OSError, UnicodeDecodeError, ValueError):
+        d = _read_report(report) if report.is_file() else {}
+    except DataError:
         return None  # recorded_preprocess has already named an unreadable report
     for a in d.get("artifacts") or [] if isinstance(d, dict) else []:
         if isinstance(a, dict) and a.get("path") == Path(model).name:

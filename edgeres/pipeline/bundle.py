@@ -9,6 +9,7 @@ against the run's own model on probe images covering every pixel value: the bund
 
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
 import re
@@ -19,10 +20,10 @@ from pathlib import Path
 import numpy as np
 
 from edgeres.bundle import app_readme, manifest
-from edgeres.bundle.fold import Fold, fold_preprocessing
+from edgeres.bundle.fold import Fold, fold_preprocessing, ramp_images
 from edgeres.bundle.tflite_metadata import ClassifierInfo, metadata_buffer, populate, read_metadata
 from edgeres.core.errors import BundleError, DataError, ModelError, ShapeError, UsageError, first_line
-from edgeres.core.fs import sha256_file, staged_dir, to_json
+from edgeres.core.fs import staged_dir, to_json
 from edgeres.core.preprocess import Preprocess
 from edgeres.core.quiet import quiet
 from edgeres.core.runtime import open_runner
@@ -44,19 +45,21 @@ class BundleConfig:
     license: str | None = None
 
 
-def _report(run: Path) -> dict:
+def _report(run: Path) -> tuple[dict, str]:
+    """The run's report.json, and its SHA-256."""
     where = run / "report.json"
     if not run.is_dir():
         raise DataError(f"run folder {run} does not exist" if not run.exists() else f"{run} is not a folder")
     try:
-        report = json.loads(where.read_text(encoding="utf-8"))
+        raw = where.read_bytes()
+        report = json.loads(raw.decode("utf-8"))
     except FileNotFoundError:
         raise DataError(f"{run} is not an edgeres run folder: it has no report.json") from None
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise DataError(f"cannot read {where}: {first_line(exc)}") from None
     if not isinstance(report, dict) or not isinstance(report.get("artifacts"), list):
         raise DataError(f"{where} is not an edgeres report (no artifacts list)")
-    return report
+    return report, hashlib.sha256(raw).hexdigest()
 
 
 def _artifact(run: Path, report: dict, name: str, required: bool) -> tuple[dict, bytes] | None:
@@ -70,7 +73,7 @@ def _artifact(run: Path, report: dict, name: str, required: bool) -> tuple[dict,
     if not path.is_file():
         raise ModelError(f"{path} is missing: report.json lists it as {name}")
     data = path.read_bytes()
-    if art.get("sha256") and sha256_file(path) != art["sha256"]:
+    if art.get("sha256") and hashlib.sha256(data).hexdigest() != art["sha256"]:
         raise BundleError(f"{path} changed since the run validated it (sha256 differs from report.json): "
                           f"convert again")
     return art, data
@@ -113,23 +116,24 @@ def _safe_name(text: str) -> str:
 
 
 def _output_kind(runner) -> str:
-    """'probabilities' when the graph ends in a softmax (then its outputs sum to 1), else 'logits'."""
-    counts = getattr(runner, "op_counts", lambda: {})()
-    return "probabilities" if counts.get("SOFTMAX") or counts.get("Softmax") else "logits"
+    """'probabilities' when the TFLite graph ends in a softmax (then its outputs sum to 1), else 'logits'."""
+    return "probabilities" if runner.op_counts().get("SOFTMAX") else "logits"
+
+
+def _color(channels: int) -> str:
+    return {1: "GRAYSCALE", 3: "RGB"}.get(channels, "UNKNOWN")
 
 
 def _probe_images(hwc: tuple[int, int, int], seed: int = 0) -> np.ndarray:
-    """Pixels covering every value 0..255 in every channel at every position class, plus random images."""
-    h, w, c = hwc
-    n = max(1, -(-256 // (h * w)))
-    ramp = (np.arange(n * h * w) % 256).reshape(n, h, w, 1).repeat(c, axis=3)
-    rnd = np.random.default_rng(seed).integers(0, 256, (8, h, w, c))
-    return np.concatenate([ramp, rnd]).astype(np.float32)
+    """Images holding every pixel value 0..255 in every channel, then 8 random ones."""
+    rnd = np.random.default_rng(seed).integers(0, 256, (8, *hwc)).astype(np.float32)
+    return np.concatenate([ramp_images(hwc), rnd])
 
 
-def _check_fold(original: Path, folded: Path, pre: Preprocess) -> dict:
+def _check_fold(a, folded: Path, pre: Preprocess) -> dict:
+    """The run's model (runner ``a``) fed edgeres' preprocessing against the folded one fed raw pixels."""
     with quiet():
-        a, b = open_runner(original, threads=1), open_runner(folded, threads=1)
+        b = open_runner(folded, threads=1)
     x = _probe_images(a.hwc)
     ya, yb = a.predict(pre.apply(x)), b.predict(x)
     if not np.array_equal(ya, yb):
@@ -168,7 +172,7 @@ def _io(quant, dtype, shape) -> dict:
 
 def run_bundle(cfg: BundleConfig, log=lambda msg: None) -> dict:
     run = Path(cfg.run)
-    report = _report(run)
+    report, report_sha256 = _report(run)
     tfl_art, tfl_bytes = _artifact(run, report, "tflite_int8", required=True)
     onnx = _artifact(run, report, "onnx_int8", required=False)
     pre = Preprocess.from_dict(report.get("preprocess") or {}, source=f"report.json in {run}")
@@ -188,7 +192,7 @@ def run_bundle(cfg: BundleConfig, log=lambda msg: None) -> dict:
     if cfg.fold:
         model, fold = fold_preprocessing(tfl_bytes, pre)
         log(f"folded the preprocessing into the TFLite model ({fold.method})")
-    color = {1: "GRAYSCALE", 3: "RGB"}.get(c, "UNKNOWN")
+    color = _color(c)
     with staged_dir(cfg.out, cfg.force, inputs=[run]) as stage:
         tfl_name = f"{name}_int8.tflite"
         tfl_path, bare = stage / tfl_name, stage / ".without-metadata.tflite"
@@ -198,7 +202,7 @@ def run_bundle(cfg: BundleConfig, log=lambda msg: None) -> dict:
             r = open_runner(bare, threads=1)
         in_quant, out_quant, in_dtype, out_dtype = r.input_quant, r.output_quant, r.input_dtype, r.output_dtype
         if fold is not None:
-            equivalence = _check_fold(run / tfl_art["path"], bare, pre)
+            equivalence = _check_fold(base, bare, pre)
             meta_mean, meta_std = (0.0,), (1.0,)
             input_text = (f"Raw {color} pixels 0..255 as uint8, {w}x{h} ({pre.resize}); the preprocessing "
                           f"x = (pixels * {pre.scale!r} - {list(pre.mean)}) / {list(pre.std)} is folded into the "
@@ -246,13 +250,12 @@ def run_bundle(cfg: BundleConfig, log=lambda msg: None) -> dict:
         }]
         if onnx is not None:
             models.append(_bundle_onnx(stage, name, onnx, report, pre, labels, description, kind, cfg))
-        (stage / "README.md").write_text("placeholder", encoding="utf-8")
         m = {"format": manifest.FORMAT, "schema_version": manifest.SCHEMA_VERSION,
              "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "name": name, "description": description,
              "version": cfg.version, "author": cfg.author, "license": cfg.license, "classes": outputs,
              "labels": {"file": "labels.txt", "count": outputs, "source": labels_source},
              "models": models, "tools": _tools(),
-             "run": {"folder": str(run.resolve()), "report_sha256": sha256_file(run / "report.json"),
+             "run": {"folder": str(run.resolve()), "report_sha256": report_sha256,
                      "edgeres_version": report.get("edgeres_version"), "tools": report.get("tools")}}
         (stage / "README.md").write_text(app_readme.render(m), encoding="utf-8")
         m["files"] = {p.name: manifest.file_entry(p) for p in sorted(stage.iterdir()) if p.is_file()}
@@ -262,11 +265,7 @@ def run_bundle(cfg: BundleConfig, log=lambda msg: None) -> dict:
 
 
 def _outputs(runner) -> int:
-    shape = getattr(runner, "output_shape", None)
-    if shape:
-        return int(shape[-1])
-    y = runner.predict(np.zeros((1, *runner.hwc), np.float32))
-    return int(y.shape[-1])
+    return int(runner.predict(np.zeros((1, *runner.hwc), np.float32)).shape[-1])
 
 
 def _metadata_fields(meta: dict, prefix: str = "") -> set[str]:
@@ -300,10 +299,8 @@ def _bundle_onnx(stage: Path, name: str, onnx: tuple[dict, bytes], report: dict,
     path.write_bytes(with_metadata_props(data, props, name=name, description=description))
     with quiet():
         r = open_runner(path, threads=1)
-    shape = [1 if (v is None or (isinstance(v, int) and v < 0)) else v for v in r.input_shape]
     return {"file": path.name, "format": "onnx", "precision": "int8",
-            "input": {**_io(None, r.input_dtype, shape), "layout": "NHWC",
-                      "color_space": {1: "GRAYSCALE", 3: "RGB"}.get(shape[-1], "UNKNOWN")},
+            "input": {**_io(None, r.input_dtype, [1, *r.hwc]), "layout": "NHWC", "color_space": _color(r.hwc[2])},
             "output": {**_io(None, r.output_dtype, [1, len(labels)]), "scores": kind},
             "preprocessing": {**pre.to_dict(), "folded": False}, "fold": None, "fold_check": None,
             "metadata": {"metadata_props": sorted(props)},

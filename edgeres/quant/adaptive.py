@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeres.core.errors import ConversionError
-from edgeres.core.metrics import collapsed
+from edgeres.core.metrics import Tally, collapsed
 from edgeres.quant.backend import Backend
 from edgeres.quant.evaluate import Split
 from edgeres.quant.recipes import BackendOverride, Recipe
@@ -120,13 +120,12 @@ def choose(backend: Backend, base: Recipe, holdout: Split,
             try:
                 s.data, s.details = backend.build(cand.recipe)
                 runner = backend.runner(s.data, Path(tmp))
-                out = np.concatenate([runner.predict(x) for x, _, _ in holdout.batches(64)])
-                out = out.reshape(len(out), -1)
-                s.agrees = out.argmax(1) == ref_top1
-                ref = holdout.ref.reshape(len(out), -1).astype(np.float64)
-                noise = float(((out - ref) ** 2).sum())
-                s.sqnr_db = math.inf if noise == 0 else 10 * math.log10(float((ref ** 2).sum()) / noise)
-                s.collapsed = collapsed(out.argmax(1)) and not collapsed(ref_top1)
+                tally = Tally()
+                for x, _, ref in holdout.batches(64):
+                    tally.update(runner.predict(x), ref=ref)
+                s.agrees = tally.predictions == ref_top1
+                s.sqnr_db = tally.result()["sqnr_db"]
+                s.collapsed = collapsed(tally.predictions) and not collapsed(ref_top1)
             except ConversionError as exc:
                 s.error = str(exc).splitlines()[0]
             s.seconds = time.perf_counter() - t0
@@ -151,10 +150,3 @@ def choose(backend: Backend, base: Recipe, holdout: Split,
     }
     return winner.data, {**winner.details, "adaptive": summary, "recipe_summary": winner.summary}
 
-
-def holdout_indices(n_total: int, calib_idx: np.ndarray, seed: int, size: int = HOLDOUT) -> np.ndarray:
-    """Up to ``size`` images of a calibration set of ``n_total`` that are not in ``calib_idx``."""
-    rest = np.setdiff1d(np.arange(n_total), calib_idx)
-    if len(rest) < MIN_HOLDOUT:
-        return rest[:0]
-    return np.sort(np.random.default_rng(seed).permutation(rest)[:size])
