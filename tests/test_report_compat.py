@@ -21,8 +21,9 @@ what cannot repeat masked:
   to 1e-4 (relative, or absolute for differences near 0; SQNRs above 100 dB, float32 against float32, are only
   checked to be above 100 dB).  Accuracy and agreement are counts: exact.
 
-When the converters' versions differ from those that wrote the stored report,
-numerics may legitimately move: then the structure and every non-numeric field
+When the converters' versions, or the CPU (TensorFlow's float kernels take
+other code paths on an Intel Xeon than on the AMD EPYC that wrote them), differ
+from those that wrote the stored report, numerics may legitimately move: then the structure and every non-numeric field
 must still match, and accuracy must stay within 0.5 points.
 """
 
@@ -38,7 +39,7 @@ from tests.conftest import ROOT, invoke, shared
 
 STORED = ROOT / "tests" / "data" / "pre_redesign"
 TIMING_KEYS = {"latency_ms", "latency_samples_ms", "speedup_vs_fp32", "stages_seconds", "conversion_seconds",
-               "p50_ms", "created", "schema_version", "machine"}
+               "p50_ms", "created", "schema_version", "machine", "resources"}
 #: keys schema 1 added after the stored reports were written (issue #9: what was measured, not requested; issue #10:
 #: the report images' 95% intervals, and each search trial's upper confidence bound)
 ADDED_KEYS = {".calibration.used", ".validation.measured", ".validation.skipped", "details.float_share",
@@ -83,6 +84,10 @@ def _diff(old, new, path="", numeric_tol: float | None = None) -> list[str]:
     if path.endswith(("sqnr_db", "max_abs_diff")) and isinstance(old, numbers) and isinstance(new, numbers):
         if path.endswith("sqnr_db") and old > 100 and new > 100:
             return []
+        if numeric_tol is not None:  # other converters or another CPU: 0.5 dB of SQNR, a quarter of the max diff
+            close = math.isclose(old, new, abs_tol=0.5) if path.endswith("sqnr_db") else \
+                math.isclose(old, new, rel_tol=0.25)
+            return [] if close else [f"{path}: {old} -> {new}"]
         return [] if math.isclose(old, new, rel_tol=1e-4, abs_tol=1e-4) else [f"{path}: {old} -> {new}"]
     if path.endswith("size_bytes") and isinstance(old, int) and isinstance(new, int):
         return [] if math.isclose(old, new, rel_tol=0.01) else [f"{path}: {old} -> {new}"]
@@ -98,7 +103,11 @@ def _check(stored: str | dict, report: dict) -> None:
     old = json.loads((STORED / stored).read_text()) if isinstance(stored, str) else stored
     assert isinstance(report.get("schema_version"), int)
     same_tools = all(old["tools"].get(t) == report["tools"].get(t) for t in CONVERTERS)
-    tol = None if same_tools else NUMERIC_TOLERANCE
+    # TensorFlow's float kernels (oneDNN) take other code paths on another CPU (AVX-512 and AMX on a Xeon,
+    # not on an EPYC): BatchNorm folding and the Keras reference move in their last bits, and int8 rounding
+    # can then move a few images.  Exact comparison needs the CPU that wrote the stored report.
+    same_cpu = old["machine"].get("cpu") == report["machine"].get("cpu")
+    tol = None if same_tools and same_cpu else NUMERIC_TOLERANCE
     old_m, new_m = _masked(old), _masked(report)
     if not same_tools:
         old_m.pop("tools"), new_m.pop("tools")

@@ -46,6 +46,10 @@ from edgeres.core.limits import MAX_RUNS, MAX_WARMUP
 @val_size_option
 @seed_option
 @threads_option()
+@click.option("--jobs", type=click.IntRange(1, 64), default=None, metavar="N",
+              help="Processes to convert the formats in (TFLite and ONNX side by side; each converter's memory "
+                   "is returned when it ends).  Default: one per format when the model is big enough to gain "
+                   "and the cores and memory allow, else 1 (all in this process).")
 @click.option("--runs", type=click.IntRange(50, MAX_RUNS), default=50, show_default=True,
               help="Timed runs per artifact after warm-up.")
 @click.option("--warmup", type=click.IntRange(1, MAX_WARMUP), default=10, show_default=True,
@@ -72,7 +76,7 @@ from edgeres.core.limits import MAX_RUNS, MAX_WARMUP
 @labels_option
 @json_option
 def convert(model, calib, data, int8, output_dir, force, target, io_dtype, calib_size, val_size, seed,
-            threads, runs, warmup, max_drop, metric, select_fraction, recipe, input_size, num_classes, weights,
+            threads, jobs, runs, warmup, max_drop, metric, select_fraction, recipe, input_size, num_classes, weights,
             on_bad_image, preprocess, bundle_dir, fold, labels, as_json):
     """Convert MODEL (zoo name, .keras, .h5 or SavedModel) to TFLite and ONNX, validate, and report.
 
@@ -111,7 +115,7 @@ def convert(model, calib, data, int8, output_dir, force, target, io_dtype, calib
     cfg = ConvertConfig(
         model=model, calib=calib, data=data, output_dir=output_dir, target=resolve_target(target),
         preprocess=preprocess, int8=int8, io_dtype=io_dtype, input_size=input_size, num_classes=num_classes,
-        weights=weights, calib_size=calib_size, val_size=val_size, seed=seed, threads=threads, runs=runs,
+        weights=weights, calib_size=calib_size, val_size=val_size, seed=seed, threads=threads, jobs=jobs, runs=runs,
         warmup=warmup, max_drop=max_drop, force=force, on_error=on_bad_image, default_note=note,
         recipe=the_recipe, metric=metric, select_fraction=select_fraction,
         adaptive=recipe is None and max_drop is None)

@@ -90,6 +90,14 @@ def int8_peak() -> dict:
             "int8_macs_per_cycle_per_core": rate, "gops": gops, "note": why}
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, e.g. a container's cpuset), else all of them."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
 def physical_memory() -> int | None:
     """This machine's RAM in bytes, or None where the OS does not say."""
     try:

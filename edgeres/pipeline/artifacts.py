@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgeres.backends.base import Format, Settings, create_backend, formats
+from edgeres.backends.base import Format, Settings, create_backend, formats, get_format
 from edgeres.core.fs import write_bytes_atomic
 from edgeres.core.quiet import quiet
 from edgeres.quant.backend import Backend
@@ -36,49 +36,84 @@ class Built:
     artifacts: list[ArtifactReport] = field(default_factory=list)
     backends: dict[str, Backend] = field(default_factory=dict)        # format -> the back end of its int8 model
     searches: dict[str, SearchResult] = field(default_factory=dict)   # format -> its --max-drop search
+    plan: str = "in one process"                                      # how the formats were built
+    processes: dict[str, dict] = field(default_factory=dict)          # format -> its process's memory and times
 
 
 def build_artifacts(cfg, settings: Settings, inputs, stage: Path, stages) -> Built:
-    from edgeres.backends.heads import split_head
+    """Every format's artifacts, in format order: in this process, or each format in its own process
+    (:mod:`edgeres.pipeline.processes`) when ``cfg.jobs`` allows and the model is worth it."""
+    from edgeres.pipeline.processes import backend_plan, build_in_processes
 
-    built = Built()
-    head = split_head(inputs.model) if cfg.int8 else None  # see edgeres.backends.heads
-    for fmt in formats():
-        with stages(f"{fmt.name}_fp32"), quiet():
-            float_model, details = fmt.export_float(inputs.model, inputs.hwc, settings)
-        _emit(built, stage, fmt, "float32", float_model, details)
-        if not cfg.int8:
-            continue
-        with stages(f"{fmt.name}_int8"):
-            model, base = inputs.model, float_model
-            if head is not None:  # quantize the logits; the activation follows in float32, or on the host
-                with quiet():
-                    model, base = head.logits, fmt.export_float(head.logits, inputs.hwc, settings)[0]
-            backend = create_backend(fmt, model, inputs.hwc, inputs.calib, settings, float_model=base, head=head)
-            data, details, searched = _int8(cfg, backend, inputs, head.logits if head is not None else None)
-            if getattr(inputs, "holdout_carved", False) and "adaptive" in details:
-                backend, data, details = _rebuild(cfg, fmt, model, base, head, settings, inputs, details)
-            if head is not None:
-                details = {**details, "head": head.describe(backend.host_activation is None)}
-                if backend.host_activation is None:
-                    details["full_integer"] = False  # an int8 body, and the activation in float32 after it
-        if searched is not None:
-            built.searches[fmt.name] = searched
-        recipe = cfg.recipe.for_backend(fmt.name)
-        n_float, n_layers = len(details.get("float_layers") or []), len(backend.layers)
-        details = {**fmt.int8_details(settings, cfg.recipe), "recipe_summary": recipe.summary(), **details,
-                   "recipe": cfg.recipe.name, "activations": recipe.activations,
-                   "float_share": round(n_float / n_layers, 4) if n_layers else 0.0}
-        _emit(built, stage, fmt, "int8", data, details)
-        built.backends[fmt.name] = backend
+    names = [fmt.name for fmt in formats()]
+    plan = backend_plan(cfg, inputs, len(names))
+    if plan.processes:
+        parts = build_in_processes(cfg, settings, inputs, stage, stages, names, plan.jobs)
+    else:
+        parts = [build_format(cfg, settings, inputs, stage, stages, name) for name in names]
+    built = Built(plan=plan.describe())
+    for part in parts:
+        built.artifacts += part.artifacts
+        if part.backend is not None:
+            built.backends[part.format] = part.backend
+        if part.search is not None:
+            built.searches[part.format] = part.search
+        if part.process is not None:
+            built.processes[part.format] = part.process
     return built
 
 
-def _emit(built: Built, stage: Path, fmt: Format, precision: str, data: bytes, details: dict) -> None:
+@dataclass
+class Part:
+    """One format's share of the convert stage."""
+
+    format: str
+    artifacts: list[ArtifactReport] = field(default_factory=list)
+    backend: Backend | None = None      # None when it was built in another process
+    search: SearchResult | None = None
+    process: dict | None = None         # built in its own process: its peak memory and stage times
+
+
+def build_format(cfg, settings: Settings, inputs, stage: Path, stages, name: str) -> Part:
+    """The float32 and int8 artifacts of format ``name``, written into ``stage``."""
+    from edgeres.backends.heads import split_head
+
+    fmt = get_format(name)
+    part = Part(name)
+    head = split_head(inputs.model) if cfg.int8 else None  # see edgeres.backends.heads
+    with stages(f"{fmt.name}_fp32"), quiet():
+        float_model, details = fmt.export_float(inputs.model, inputs.hwc, settings)
+    _emit(part, stage, fmt, "float32", float_model, details)
+    if not cfg.int8:
+        return part
+    with stages(f"{fmt.name}_int8"):
+        model, base = inputs.model, float_model
+        if head is not None:  # quantize the logits; the activation follows in float32, or on the host
+            with quiet():
+                model, base = head.logits, fmt.export_float(head.logits, inputs.hwc, settings)[0]
+        backend = create_backend(fmt, model, inputs.hwc, inputs.calib, settings, float_model=base, head=head)
+        data, details, part.search = _int8(cfg, backend, inputs, head.logits if head is not None else None)
+        if getattr(inputs, "holdout_carved", False) and "adaptive" in details:
+            backend, data, details = _rebuild(cfg, fmt, model, base, head, settings, inputs, details)
+        if head is not None:
+            details = {**details, "head": head.describe(backend.host_activation is None)}
+            if backend.host_activation is None:
+                details["full_integer"] = False  # an int8 body, and the activation in float32 after it
+    recipe = cfg.recipe.for_backend(fmt.name)
+    n_float, n_layers = len(details.get("float_layers") or []), len(backend.layers)
+    details = {**fmt.int8_details(settings, cfg.recipe), "recipe_summary": recipe.summary(), **details,
+               "recipe": cfg.recipe.name, "activations": recipe.activations,
+               "float_share": round(n_float / n_layers, 4) if n_layers else 0.0}
+    _emit(part, stage, fmt, "int8", data, details)
+    part.backend = backend
+    return part
+
+
+def _emit(part: Part, stage: Path, fmt: Format, precision: str, data: bytes, details: dict) -> None:
     tag = "fp32" if precision == "float32" else "int8"
     filename = f"model_{tag}{fmt.suffix}"
     write_bytes_atomic(stage / filename, data)
-    built.artifacts.append(ArtifactReport(f"{fmt.name}_{tag}", fmt.name, precision, filename,
+    part.artifacts.append(ArtifactReport(f"{fmt.name}_{tag}", fmt.name, precision, filename,
                                           details={**details, "format": fmt.name}))
 
 

@@ -43,7 +43,7 @@ def assemble(cfg, settings: Settings, inputs, built, stages, ref: dict | None, c
         stages_seconds=stages.seconds,
         conversion_seconds=sum(v for k, v in stages.seconds.items() if k not in ("validate", "bench")),
         max_drop=cfg.max_drop, passed=True, failures=[], notes=_notes(cfg, settings, inputs, artifacts),
-        machine=machine_info(), tools=tool_versions())
+        machine=machine_info(), tools=tool_versions(), resources=_resources(built))
     for a in artifacts:
         if a.precision != "int8" or a.agreement is None:
             continue
@@ -52,7 +52,7 @@ def assemble(cfg, settings: Settings, inputs, built, stages, ref: dict | None, c
         if cfg.max_drop is not None:
             _judge_budget(report, a, cfg.max_drop, cfg.metric)
     _attach_search(report, cfg, built, inputs)
-    _attach_collapse_diagnosis(report, built, inputs, collapsed, cfg.recipe)
+    _attach_collapse_diagnosis(report, built, inputs, collapsed, cfg)
     if device is not None:
         report.edgetpu = device
         report.notes.extend(device["notes"])
@@ -134,6 +134,16 @@ def _adaptive_note(a) -> list[str]:
             f"SQNR {chosen.get('sqnr_db', 0):.1f} dB{against}); --recipe NAME builds one configuration"]
 
 
+def _resources(built) -> dict:
+    """Peak memory (resident set) of this process and of each format's own process, if it had one."""
+    import resource
+
+    main = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    return {"formats_built": built.plan, "peak_rss_mb": {"main": main, **{name: p["peak_rss_mb"]
+                                                               for name, p in built.processes.items()}},
+            "processes": built.processes}
+
+
 def _attach_search(report: Report, cfg, built, inputs) -> None:
     if inputs.select_ds is None:
         return
@@ -151,18 +161,28 @@ def _attach_search(report: Report, cfg, built, inputs) -> None:
                         f"images; accuracy above is measured on {report.validation['count']} other images")
 
 
-def _attach_collapse_diagnosis(report: Report, built, inputs, collapsed: set[str], recipe) -> None:
+def _backend_again(name: str, cfg, inputs):
+    """The calibrated back end of a format that was built in its own process (which took its back end with it)."""
+    from edgeres.backends.base import create_backend
+    from edgeres.backends.heads import split_head
+
+    head = split_head(inputs.model)
+    model = head.logits if head is not None else inputs.model
+    return create_backend(name, model, inputs.hwc, inputs.calib, cfg.settings(), head=head)
+
+
+def _attach_collapse_diagnosis(report: Report, built, inputs, collapsed: set[str], cfg) -> None:
     """A collapsed int8 model fails with the diagnosis attached (per-layer error and causes)."""
     from edgeres.backends.keras_io import predict
     from edgeres.quant.diagnosis import diagnose
     from edgeres.quant.evaluate import Split
 
     for a in report.artifacts:
-        backend = built.backends.get(a.format)
-        if a.precision != "int8" or backend is None or a.name not in collapsed:
+        if a.precision != "int8" or a.name not in collapsed:
             continue
+        backend = built.backends.get(a.format) or _backend_again(a.format, cfg, inputs)
         x = inputs.calib[:200]
-        d = diagnose(backend, recipe, Split(x, None, predict(inputs.model, x)), sensitivity=False)
+        d = diagnose(backend, cfg.recipe, Split(x, None, predict(inputs.model, x)), sensitivity=False)
         report.diagnosis = {**(report.diagnosis or {}), a.format: d}
         causes = "; ".join(f"{c['kind']} in {c['layer']}" for c in d["causes"][:3]) or "no single cause found"
         report.failures.append(f"{a.name} diagnosis: {causes} (see report.json 'diagnosis')")

@@ -47,6 +47,7 @@ class ConvertConfig:
     val_size: int | None = None
     seed: int = 0
     threads: int | None = None  # None: the target's
+    jobs: int | None = None  # processes for the formats' conversions; None: edgeres.pipeline.processes decides
     runs: int = 50
     warmup: int = 10
     max_drop: float | None = None

@@ -102,6 +102,7 @@ class Report:
     search: SearchReport | None = None
     diagnosis: dict | None = None   # back end -> per-layer diagnosis of a collapsed int8 model
     edgetpu: dict | None = None     # Edge TPU check and compiler log
+    resources: dict | None = None   # peak memory of the run's processes, and how many built the formats
     schema_version: int = SCHEMA_VERSION
 
     def fail(self, reason: str) -> None:
@@ -119,7 +120,7 @@ class Report:
             if f.name == "schema_version":
                 continue
             value = getattr(self, f.name)
-            if f.name in ("search", "diagnosis", "edgetpu") and value is None:
+            if f.name in ("search", "diagnosis", "edgetpu", "resources") and value is None:
                 continue
             d[f.name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
         d["artifacts"] = [dataclasses.asdict(a) for a in self.artifacts]
