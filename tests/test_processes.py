@@ -121,6 +121,7 @@ def test_an_error_in_a_child_keeps_its_class_and_exit_code(tmp_path):
     import numpy as np
 
     from edgeres.core.errors import ConversionError, UsageError
+    from edgeres.pipeline.artifacts import build_format
     from edgeres.pipeline.processes import Job, _child, _collect
     from tests.conftest import CALIBRATION
 
@@ -133,7 +134,7 @@ def test_an_error_in_a_child_keeps_its_class_and_exit_code(tmp_path):
     def run(name: str, folder: Path):
         receive, send = ctx.Pipe(duplex=False)
         job = Job(cfg=None, settings=None, name=name, shared=folder, stage=tmp_path, hwc=(28, 28, 1),
-                  log_level=30, holdout_carved=False)
+                  log_level=30, holdout_carved=False, build=build_format)
         proc = ctx.Process(target=_child, args=(send, job))
         proc.start()
         send.close()

@@ -103,10 +103,16 @@ class OnnxQuantizer:
         self.batch = tap_batch(per_image, batch)
         self.stats = self.collect_stats(calib, histograms=True)
 
+    def __getstate__(self) -> dict:
+        """What a Ray worker gets (edgeres.cluster): everything but the open ONNX Runtime session."""
+        return {**self.__dict__, "_tapped": None}
+
     def collect_stats(self, x: np.ndarray, histograms: bool = False):
         """Statistics of every float tensor on ``x`` (keys: tensor names)."""
         from edgeres.quant.stats import collect
 
+        if self._tapped is None:  # unpickled in a worker: open the session again
+            self._tapped = _tap(self.proto, self.tensors)
         sess, outs = self._tapped
 
         def batches():

@@ -105,6 +105,11 @@ class TFLiteQuantizer:
         self.batch = tap_batch(per_image, batch)
         self.stats = self.collect_stats(calib, histograms=True)
 
+    def __getstate__(self) -> dict:
+        """What a Ray worker gets (edgeres.cluster): the calibrated model and the statistics, not the Keras model
+        (only the 16x8 mode needs it, and converts it in the driver)."""
+        return {**self.__dict__, "keras_model": None}
+
     def collect_stats(self, x: np.ndarray, histograms: bool = False):
         """Statistics of every ranged activation on ``x`` (keys: tensor indices as strings)."""
         from edgeres.quant.stats import collect
@@ -223,6 +228,9 @@ class TFLiteQuantizer:
                                   "activations = \"int16\"")
         if io_dtype not in ("float32",):
             io_dtype = "float32"  # 16x8 models take int16 or float I/O; float keeps the runners simple
+        if self.keras_model is None:
+            raise ConversionError("TFLite 16x8 mode converts the Keras model, which stays with the driver: "
+                                  "build int16 recipes without --ray")
         _, conv = _quantizing_converter(self.keras_model, self.calib, ops="int16x8")
         conv._experimental_disable_per_channel = recipe.weights == "per-tensor"
         data = _run(conv, "int16x8")

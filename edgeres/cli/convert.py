@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from contextlib import redirect_stdout
+from contextlib import nullcontext, redirect_stdout
 from pathlib import Path
 
 import click
@@ -50,6 +50,12 @@ from edgeres.core.limits import MAX_RUNS, MAX_WARMUP
               help="Processes to convert the formats in (TFLite and ONNX side by side; each converter's memory "
                    "is returned when it ends).  Default: one per format when the model is big enough to gain "
                    "and the cores and memory allow, else 1 (all in this process).")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+              help="Fan out on Ray (pip install 'edgeres[cluster]'): the --max-drop search's layer ranking and "
+                   "configurations, and the validation of --data in shards; the same choices and figures. Plain "
+                   "--ray starts a private Ray on this machine; --ray auto joins the running cluster; --ray "
+                   "ray://HOST:PORT a remote one (give it as --ray=ADDRESS). Every node needs edgeres[convert] "
+                   "and must read --data at the same absolute path. The formats are then built in this process.")
 @click.option("--runs", type=click.IntRange(50, MAX_RUNS), default=50, show_default=True,
               help="Timed runs per artifact after warm-up.")
 @click.option("--warmup", type=click.IntRange(1, MAX_WARMUP), default=10, show_default=True,
@@ -76,8 +82,8 @@ from edgeres.core.limits import MAX_RUNS, MAX_WARMUP
 @labels_option
 @json_option
 def convert(model, calib, data, int8, output_dir, force, target, io_dtype, calib_size, val_size, seed,
-            threads, jobs, runs, warmup, max_drop, metric, select_fraction, recipe, input_size, num_classes, weights,
-            on_bad_image, preprocess, bundle_dir, fold, labels, as_json):
+            threads, jobs, ray_address, runs, warmup, max_drop, metric, select_fraction, recipe, input_size,
+            num_classes, weights, on_bad_image, preprocess, bundle_dir, fold, labels, as_json):
     """Convert MODEL (zoo name, .keras, .h5 or SavedModel) to TFLite and ONNX, validate, and report.
 
     With no MODEL, uses the embedded default: a ResNet-8 trained on real
@@ -119,9 +125,17 @@ def convert(model, calib, data, int8, output_dir, force, target, io_dtype, calib
         warmup=warmup, max_drop=max_drop, force=force, on_error=on_bad_image, default_note=note,
         recipe=the_recipe, metric=metric, select_fraction=select_fraction,
         adaptive=recipe is None and max_drop is None)
+    executor = None
+    if ray_address is not None:
+        if jobs is not None and jobs > 1:
+            raise UsageError("give --ray or --jobs, not both: with --ray the formats are built in this process "
+                             "and the search and validation fan out on the cluster")
+        from edgeres.cluster import RayExecutor
+
+        executor = RayExecutor(ray_address)
     try:
-        with redirect_stdout(sys.stderr):  # converters print; keep stdout for the table / JSON
-            report = run_convert(cfg, progress=progress(sys.stderr.isatty()))
+        with redirect_stdout(sys.stderr), executor or nullcontext():  # converters print; stdout: table / JSON
+            report = run_convert(cfg, progress=progress(sys.stderr.isatty()), executor=executor)
     except BudgetExceededError as exc:
         if exc.report is not None:  # the run folder was written and marked as failing: show it, then exit
             _print(exc.report, output_dir, as_json)

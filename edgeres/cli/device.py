@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -173,10 +174,17 @@ def bench(models, threads, runs, min_time, warmup, delegate, target, data, shape
 @click.option("--resize", type=click.Choice(["crop", "stretch"]), default=None)
 @target_option
 @remote_options
+@click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+              help="Validate in shards on Ray (pip install 'edgeres[cluster]'), the same figures: plain --ray "
+                   "starts a private Ray on this machine's cores; --ray auto joins the cluster running here "
+                   "(ray start) or RAY_ADDRESS's; --ray HOST:PORT a head node; --ray ray://HOST:PORT a remote "
+                   "cluster through Ray Client. Give it after MODEL (or as --ray=ADDRESS). Every node needs "
+                   "edgeres and a runtime, and must read --data at the same absolute path; the models are "
+                   "sent. --threads is per task.")
 @json_option
 def validate(model, data, reference, threads, delegate, val_size, seed, on_bad_image, scale, mean, std, resize,
-             target, remote, as_json):
-    """Accuracy of one .tflite/.onnx MODEL on labelled --data, on this device.
+             target, remote, ray_address, as_json):
+    """Accuracy of one .tflite/.onnx MODEL on labelled --data, on this device (or on Ray: --ray).
 
     Preprocessing comes from the options, else from the manifest of the app
     bundle or the report.json of the run folder the model sits in.  MODEL
@@ -191,6 +199,9 @@ def validate(model, data, reference, threads, delegate, val_size, seed, on_bad_i
     explicit = any(v is not None for v in (scale, mean, std, resize))
     pre = Preprocess.parse(scale if scale is not None else 1.0, mean, std, resize or "crop") if explicit else None
     remotes = devices(remote, resolve_target(target) if target else None)
+    if remotes and ray_address is not None:
+        raise UsageError("give --ray or --remote (or a --target with an ssh_host), not both: --ray runs on a Ray "
+                         "cluster, --remote on the device itself")
     if remotes:
         from edgeres.bundle.manifest import resolve
 
@@ -212,9 +223,15 @@ def validate(model, data, reference, threads, delegate, val_size, seed, on_bad_i
         print_validate(results, local, as_json)
         finish(results)
         return
-    with progress(sys.stderr.isatty() and not as_json)("validating", 0) as bar:
+    executor = None
+    if ray_address is not None:
+        from edgeres.cluster import RayExecutor
+
+        executor = RayExecutor(ray_address)
+    with executor or contextlib.nullcontext(), progress(sys.stderr.isatty() and not as_json)("validating", 0) as bar:
         result = run_validate(model, data, reference=reference, preprocess=pre, threads=threads, delegate=delegate,
-                              val_size=val_size, seed=seed, on_error=on_bad_image, progress=bar.update)
+                              val_size=val_size, seed=seed, on_error=on_bad_image, progress=bar.update,
+                              executor=executor)
     if as_json:
         echo_json(result)
         return
@@ -230,6 +247,10 @@ def validate(model, data, reference, threads, delegate, val_size, seed, on_bad_i
             click.echo(f"  {label:<14} {result[key]:{spec}}")
     if "reference" in result and result["reference"].get("top1") is not None:
         click.echo(f"  reference      {Path(reference).name}: top-1 {result['reference']['top1']:.2f}%")
+    if "executor" in result:
+        ex = result["executor"]
+        where = "a local Ray" if ex["address"] == "local" else f"Ray at {ex['address']}"
+        click.echo(f"  executor       {where}: {ex['nodes']} node(s), {ex['cpus']} CPUs, {ex['shards']} shard(s)")
 
 
 @cli.command()

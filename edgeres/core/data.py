@@ -95,6 +95,15 @@ class Dataset:
         labels = None if self.labels is None else self.labels[idx]
         return replace(self, items=items, labels=labels)
 
+    def shard(self, start: int, stop: int) -> Shard:
+        """Items ``start:stop``, described so that another process or machine can open them again."""
+        items = self.items[start:stop]
+        if self.layout != "npz":
+            items = tuple(os.path.abspath(item) for item in items)
+        return Shard(os.path.abspath(self.source), self.layout, items,
+                     None if self.labels is None else self.labels[start:stop], self.class_names,
+                     len(self._npz_x) if self._npz_x is not None else None)
+
     def describe(self) -> dict:
         return {"source": self.source, "layout": self.layout, "count": len(self),
                 "labelled": self.labelled, "classes": list(self.class_names or []) or self.num_classes}
@@ -112,22 +121,23 @@ class Dataset:
                 f"{role} data {self.source} has label {int(self.labels.max())} but the model "
                 f"outputs only {model_outputs} classes")
 
-    def batches(self, hwc: Sequence[int], batch_size: int, preprocess: Preprocess,
-                on_error: str = "warn") -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+    def batches(self, hwc: Sequence[int], batch_size: int, preprocess: Preprocess, on_error: str = "warn", *,
+                skipped: list[str] | None = None) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
         """Yield ``(x, y)`` float32 NHWC batches; y is None for unlabelled data.
 
         Unreadable images are skipped with a warning (``on_error='warn'``) or
         raise DataError (``'error'``).  A dataset in which no image could be
-        read raises DataError.
+        read raises DataError.  Given a ``skipped`` list, the messages of the
+        skipped images go into it instead, and a part of a dataset with no
+        readable image is no error here: the caller, which sees the whole,
+        judges (:func:`judge_skipped`).
         """
+        batch_size = effective_batch_size(hwc, batch_size)
         h, w, c = _check_hwc(hwc)
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-            raise UsageError(f"batch size must be a whole number of at least 1, got {batch_size!r}")
-        batch_size = max(1, min(int(batch_size), MAX_BATCH_ELEMENTS // (h * w * c)))
         xs: list[np.ndarray] = []
         ys: list[int] = []
         yielded = 0
-        skipped: list[str] = []
+        collect, skipped = skipped is not None, skipped if skipped is not None else []
         for i, item in enumerate(self.items):
             try:
                 pixels = self._pixels(item, h, w, c, preprocess.resize)
@@ -146,12 +156,8 @@ class Dataset:
         if xs:
             yielded += len(xs)
             yield self._emit(xs, ys, preprocess)
-        if yielded == 0:
-            why = f" ({len(skipped)} unreadable, first: {skipped[0]})" if skipped else ""
-            raise DataError(f"no readable image in {self.source}{why}")
-        if skipped:  # one summary line, not one per file
-            log.warning("skipped %d of %d images in %s: %s%s", len(skipped), len(self.items), self.source,
-                        skipped[0], f" (and {len(skipped) - 1} more)" if len(skipped) > 1 else "")
+        if not collect:
+            judge_skipped(self.source, len(self.items), yielded, skipped)
 
     def _emit(self, xs, ys, preprocess):
         raw = np.stack(xs)
@@ -175,6 +181,56 @@ class Dataset:
         x = np.concatenate([p[0] for p in parts])
         y = None if parts[0][1] is None else np.concatenate([p[1] for p in parts])
         return x, y
+
+
+def judge_skipped(source: str, total: int, read: int, skipped: list[str]) -> None:
+    """After reading ``read`` of ``total`` images of ``source``: DataError when none could be read, else one
+    warning line for the ``skipped`` ones (their messages), not one per file."""
+    if read == 0:
+        why = f" ({len(skipped)} unreadable, first: {skipped[0]})" if skipped else ""
+        raise DataError(f"no readable image in {source}{why}")
+    if skipped:
+        log.warning("skipped %d of %d images in %s: %s%s", len(skipped), total, source,
+                    skipped[0], f" (and {len(skipped) - 1} more)" if len(skipped) > 1 else "")
+
+
+def effective_batch_size(hwc: Sequence[int], batch_size: int) -> int:
+    """The batch size :meth:`Dataset.batches` uses: ``batch_size``, smaller for inputs so big that a batch
+    would exceed MAX_BATCH_ELEMENTS values."""
+    h, w, c = _check_hwc(hwc)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise UsageError(f"batch size must be a whole number of at least 1, got {batch_size!r}")
+    return max(1, min(int(batch_size), MAX_BATCH_ELEMENTS // (h * w * c)))
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Consecutive items of a Dataset, without their pixels: what a worker needs to open them itself.
+
+    ``source`` and folder items are absolute paths (valid on every machine
+    that sees the data at the same path); ``.npz`` items are row numbers, and
+    ``rows`` the file's row count, checked when the worker loads it.
+    """
+
+    source: str
+    layout: str
+    items: tuple
+    labels: np.ndarray | None = field(default=None, compare=False)
+    class_names: tuple[str, ...] | None = None
+    rows: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def open(self, role: str = "data") -> Dataset:
+        """The shard's items as a Dataset, its pixels read here (an ``.npz`` is loaded again)."""
+        if self.layout != "npz":
+            return Dataset(self.source, self.layout, self.items, self.labels, self.class_names)
+        x, _, _ = load_npz(Path(self.source), role)
+        if len(x) != self.rows:
+            raise DataError(f"{role} data {self.source} holds {len(x)} images here but {self.rows} where the "
+                            "work was planned: every machine must see the same file")
+        return Dataset(self.source, "npz", self.items, self.labels, self.class_names, _npz_x=x)
 
 
 def _check_hwc(hwc) -> tuple[int, int, int]:

@@ -56,6 +56,11 @@ class RuntimeUnavailableError(EdgeresError):
     exit_code = 7
 
 
+class ClusterError(RuntimeUnavailableError):
+    """Ray is not installed, its cluster cannot be reached or its workers cannot import edgeres, or it lost a
+    task beyond its retries (exit 7, as a missing runtime)."""
+
+
 class OutputExistsError(EdgeresError):
     """The output folder exists and is not empty, and --force was not given."""
 

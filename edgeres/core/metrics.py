@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,6 +18,12 @@ class Tally:
     both, ``lost`` and ``gained`` count the images the reference gets right
     and this model wrong, and the reverse: the paired counts the confidence
     bounds of :mod:`edgeres.quant.confidence` need.
+
+    The figures do not depend on how the images were split: the squared
+    sums behind SQNR are kept per image (an array per batch) and added by
+    :func:`math.fsum`, exactly rounded whatever the order, so merging the
+    tallies of a dataset's parts in order (:meth:`merge`) gives the figures
+    of one pass over the whole, bit for bit.
     """
 
     topk: int = 1
@@ -27,12 +33,12 @@ class Tally:
     labelled: int = 0
     agree: int = 0
     compared: int = 0
-    signal: float = 0.0
-    noise: float = 0.0
     max_abs: float = 0.0
     lost: int = 0      # labelled images the reference gets right and this model wrong
     gained: int = 0    # ... and the reverse
-    _top1: list = field(default_factory=list, repr=False)
+    _top1: list = field(default_factory=list, repr=False, compare=False)
+    _signal: list = field(default_factory=list, repr=False, compare=False)  # per image: sum(ref^2), per batch
+    _noise: list = field(default_factory=list, repr=False, compare=False)   # per image: sum((out - ref)^2)
 
     def update(self, out: np.ndarray, y: np.ndarray | None = None, ref: np.ndarray | None = None) -> None:
         out = out.reshape(len(out), -1)
@@ -56,9 +62,23 @@ class Tally:
                 self.lost += int((ref_hit & ~hit).sum())
                 self.gained += int((hit & ~ref_hit).sum())
             diff = out.astype(np.float64) - ref
-            self.signal += float((ref ** 2).sum())
-            self.noise += float((diff ** 2).sum())
+            self._signal.append((ref ** 2).sum(axis=1))  # row by row: the same whatever else is in the batch
+            self._noise.append((diff ** 2).sum(axis=1))
             self.max_abs = max(self.max_abs, float(np.abs(diff).max()))
+
+    @property
+    def signal(self) -> float:
+        """Sum of the squared reference outputs, exactly rounded."""
+        return math.fsum(np.concatenate(self._signal)) if self._signal else 0.0
+
+    @property
+    def noise(self) -> float:
+        """Sum of the squared differences from the reference outputs, exactly rounded."""
+        return math.fsum(np.concatenate(self._noise)) if self._noise else 0.0
+
+    def merge(self, others: Iterable[Tally]) -> Tally:
+        """A new tally of this one's images followed by ``others``' (see :func:`merge_tallies`)."""
+        return merge_tallies([self, *others])
 
     @property
     def disagree(self) -> int:
@@ -80,6 +100,32 @@ class Tally:
             r["sqnr_db"] = sqnr_db(self.signal, self.noise)
             r["max_abs_diff"] = self.max_abs
         return r
+
+
+_COUNTS = ("n", "correct1", "correctk", "labelled", "agree", "compared", "lost", "gained")
+
+
+def merge_tallies(tallies: Sequence[Tally]) -> Tally:
+    """One tally of the images of ``tallies``, in their order (shards in dataset order).
+
+    Counts add, predictions concatenate in order, ``max_abs`` is the largest,
+    and the per-image squared sums concatenate: the result equals, figure for
+    figure, one tally updated with all the batches in turn.  Every tally must
+    have the same ``topk``; no tally gives an empty one.
+    """
+    if not tallies:
+        return Tally()
+    topks = {t.topk for t in tallies}
+    if len(topks) > 1:
+        raise ValueError(f"cannot merge tallies of different top-k: {sorted(topks)}")
+    merged = Tally(topk=tallies[0].topk, max_abs=max(t.max_abs for t in tallies))
+    for t in tallies:
+        for name in _COUNTS:
+            setattr(merged, name, getattr(merged, name) + getattr(t, name))
+        merged._top1.extend(t._top1)
+        merged._signal.extend(t._signal)
+        merged._noise.extend(t._noise)
+    return merged
 
 
 def sqnr_db(signal: float, noise: float) -> float:

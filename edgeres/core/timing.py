@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -103,3 +104,18 @@ def measure_interleaved(fns: dict[str, Callable[[], object]], runs: int = 50, wa
             if progress:
                 progress(n)
     return {name: (summarize(samples[name], firsts[name], warmup), samples[name]) for name in fns}
+
+
+class Stages:
+    """Times each stage; the report lists them."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0

@@ -11,10 +11,12 @@ from pathlib import Path
 from edgeres.bundle import manifest
 from edgeres.core.data import Preprocess, open_dataset
 from edgeres.core.errors import DataError, ShapeError, first_line
+from edgeres.core.executor import Executor
 from edgeres.core.machine import machine_info
 from edgeres.core.metrics import tally_batches
 from edgeres.core.quiet import quiet
 from edgeres.core.runtime import HOST_ACTIVATIONS, open_runner
+from edgeres.measure.shards import tally_shards
 
 
 def run_report(model: str) -> Path:
@@ -74,7 +76,16 @@ def recorded_host_activation(model: str) -> str | None:
 
 def run_validate(model: str, data: str, *, reference: str | None = None, preprocess: Preprocess | None = None,
                  threads: int = 2, delegate: str | None = None, val_size: int | None = None, seed: int = 0,
-                 batch_size: int = 32, on_error: str = "warn", progress=None) -> dict:
+                 batch_size: int = 32, on_error: str = "warn", progress=None,
+                 executor: Executor | None = None) -> dict:
+    """Accuracy of ``model`` on ``data`` (and its fidelity to ``reference``): the dict ``edgeres validate``
+    prints.
+
+    With an ``executor`` of more than one worker, the images are tallied in
+    shards on it (:mod:`edgeres.measure.shards`): the same figures, and an
+    ``executor`` entry describing what ran them.  ``progress(n)`` is called
+    as ``n`` more images are done.
+    """
     (model, *_), bundle = manifest.resolve(model)  # a bundle: every hash checks before anything runs
     if reference:
         manifest.resolve(reference)
@@ -97,11 +108,18 @@ def run_validate(model: str, data: str, *, reference: str | None = None, preproc
                         "subfolders or an .npz with 'y', or pass --reference to measure agreement only")
     if val_size:
         ds = ds.sample(val_size, seed)
-    ref_fn = ref_runner.predict if ref_runner is not None else None
-    ref_tally, tallies = tally_batches(ds.batches(runner.hwc, batch_size, preprocess, on_error),
-                                       {"model": runner.predict}, reference=ref_fn,
-                                       first_output=lambda n: ds.check_classes(n, "validation"), progress=progress)
-    tally = tallies["model"]
+    shards = 1
+    if executor is not None and executor.workers > 1:
+        ref_tally, tally, shards = tally_shards(executor, ds, runner, ref_runner, threads=threads, delegate=delegate,
+                                                batch_size=batch_size, preprocess=preprocess, on_error=on_error,
+                                                progress=progress)
+    else:
+        ref_fn = ref_runner.predict if ref_runner is not None else None
+        ref_tally, tallies = tally_batches(ds.batches(runner.hwc, batch_size, preprocess, on_error),
+                                           {"model": runner.predict}, reference=ref_fn,
+                                           first_output=lambda n: ds.check_classes(n, "validation"),
+                                           progress=progress)
+        tally = tallies["model"]
     result = {"model": str(model), **({"bundle": {"verified": True, "files": len(bundle["files"])}} if bundle else {}),
               **runner.describe(), "machine": machine_info(), "data": ds.describe(),
               "preprocess": {**preprocess.to_dict(), "from": source}, **tally.result()}
@@ -111,4 +129,6 @@ def run_validate(model: str, data: str, *, reference: str | None = None, preproc
         result["reference"] = {"model": str(reference), **ref_tally.result()}
         if "top1" in result and "top1" in result["reference"]:
             result["top1_drop"] = result["reference"]["top1"] - result["top1"]
+    if executor is not None:
+        result["executor"] = {**executor.describe(), "shards": shards}
     return result

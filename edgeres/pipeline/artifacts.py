@@ -40,17 +40,18 @@ class Built:
     processes: dict[str, dict] = field(default_factory=dict)          # format -> its process's memory and times
 
 
-def build_artifacts(cfg, settings: Settings, inputs, stage: Path, stages) -> Built:
+def build_artifacts(cfg, settings: Settings, inputs, stage: Path, stages, executor=None) -> Built:
     """Every format's artifacts, in format order: in this process, or each format in its own process
-    (:mod:`edgeres.pipeline.processes`) when ``cfg.jobs`` allows and the model is worth it."""
-    from edgeres.pipeline.processes import backend_plan, build_in_processes
+    (:mod:`edgeres.pipeline.processes`) when ``cfg.jobs`` allows and the model is worth it.  With an
+    ``executor`` (``--ray``) the formats are built here and the search fans out on it instead."""
+    from edgeres.pipeline.processes import Plan, backend_plan, build_in_processes
 
     names = [fmt.name for fmt in formats()]
-    plan = backend_plan(cfg, inputs, len(names))
+    plan = backend_plan(cfg, inputs, len(names)) if executor is None else Plan(False)
     if plan.processes:
-        parts = build_in_processes(cfg, settings, inputs, stage, stages, names, plan.jobs)
+        parts = build_in_processes(build_format, cfg, settings, inputs, stage, stages, names, plan.jobs)
     else:
-        parts = [build_format(cfg, settings, inputs, stage, stages, name) for name in names]
+        parts = [build_format(cfg, settings, inputs, stage, stages, name, executor) for name in names]
     built = Built(plan=plan.describe())
     for part in parts:
         built.artifacts += part.artifacts
@@ -74,7 +75,7 @@ class Part:
     process: dict | None = None         # built in its own process: its peak memory and stage times
 
 
-def build_format(cfg, settings: Settings, inputs, stage: Path, stages, name: str) -> Part:
+def build_format(cfg, settings: Settings, inputs, stage: Path, stages, name: str, executor=None) -> Part:
     """The float32 and int8 artifacts of format ``name``, written into ``stage``."""
     from edgeres.backends.heads import split_head
 
@@ -92,7 +93,8 @@ def build_format(cfg, settings: Settings, inputs, stage: Path, stages, name: str
             with quiet():
                 model, base = head.logits, fmt.export_float(head.logits, inputs.hwc, settings)[0]
         backend = create_backend(fmt, model, inputs.hwc, inputs.calib, settings, float_model=base, head=head)
-        data, details, part.search = _int8(cfg, backend, inputs, head.logits if head is not None else None)
+        data, details, part.search = _int8(cfg, backend, inputs, head.logits if head is not None else None,
+                                           executor)
         if getattr(inputs, "holdout_carved", False) and "adaptive" in details:
             backend, data, details = _rebuild(cfg, fmt, model, base, head, settings, inputs, details)
         if head is not None:
@@ -117,7 +119,7 @@ def _emit(part: Part, stage: Path, fmt: Format, precision: str, data: bytes, det
                                           details={**details, "format": fmt.name}))
 
 
-def _int8(cfg, backend: Backend, inputs, logits_model=None) -> tuple[bytes, dict, SearchResult | None]:
+def _int8(cfg, backend: Backend, inputs, logits_model=None, executor=None) -> tuple[bytes, dict, SearchResult | None]:
     """The recipe's model, the adaptive default's choice, or with a budget the configuration the search chose
     (and the search)."""
     if inputs.select is None:
@@ -133,8 +135,8 @@ def _int8(cfg, backend: Backend, inputs, logits_model=None) -> tuple[bytes, dict
                  + (" - meets the budget" if t.meets else ""))
 
     trials, winner, met = search(backend, cfg.recipe, cfg.max_drop, cfg.metric, inputs.select,
-                                 ranking=lambda recipe: _ranking(backend, recipe, inputs.select),
-                                 plan=cfg.plan, on_trial=report_trial)
+                                 ranking=lambda recipe: _ranking(backend, recipe, inputs.select, executor),
+                                 plan=cfg.plan, on_trial=report_trial, executor=executor)
     return winner.data, winner.details, SearchResult(trials, winner, met)
 
 
@@ -178,7 +180,7 @@ def _rebuild(cfg, fmt: Format, model, base: bytes, head, settings: Settings, inp
     return backend, data, {**rebuilt, "adaptive": adaptive, "recipe_summary": details["recipe_summary"]}
 
 
-def _ranking(backend: Backend, recipe, split) -> list[str]:
+def _ranking(backend: Backend, recipe, split, executor=None) -> list[str]:
     from edgeres.quant.diagnosis import diagnose, rank_layers
 
     total, done = len(backend.layers), [0]
@@ -189,4 +191,4 @@ def _ranking(backend: Backend, recipe, split) -> list[str]:
         if done[0] % 10 == 0 or done[0] == total:
             log.info(f"{backend.name} search: ranked {done[0]}/{total} layers")
 
-    return rank_layers(diagnose(backend, recipe, split, progress=tick, only_quantized=False))
+    return rank_layers(diagnose(backend, recipe, split, progress=tick, only_quantized=False, executor=executor))

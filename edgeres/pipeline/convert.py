@@ -7,9 +7,6 @@ the stages that need it (load and convert, through :mod:`edgeres.backends`).
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +20,7 @@ from edgeres.core.fs import check_output_dir, staged_dir, write_text_atomic
 from edgeres.core.machine import available_memory
 from edgeres.core.progress import Progress, no_progress
 from edgeres.core.quiet import quiet
+from edgeres.core.timing import Stages
 from edgeres.devices.targets import Target
 from edgeres.quant.evaluate import Split
 from edgeres.quant.recipes import Recipe, resolve_recipe
@@ -71,21 +69,6 @@ class ConvertConfig:
         return resolve_settings(self.target, self.recipe, io_dtype=self.io_dtype, threads=self.threads)
 
 
-class Stages:
-    """Times each stage; the report lists them."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-
-    @contextmanager
-    def __call__(self, name: str) -> Iterator[None]:
-        t0 = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
-
-
 @dataclass
 class Inputs:
     """Everything the conversion stages read: the model, and the images, decoded once."""
@@ -104,8 +87,12 @@ class Inputs:
                                       # from calibration and holdout images together)
 
 
-def run_convert(cfg: ConvertConfig, progress: Progress = no_progress) -> Report:
+def run_convert(cfg: ConvertConfig, progress: Progress = no_progress, executor=None) -> Report:
     """Run the whole pipeline; returns the report.  Raises EdgeresError on bad input.
+
+    An ``executor`` (:mod:`edgeres.core.executor`; ``--ray``) fans out the
+    ``--max-drop`` search's layer ranking and candidate configurations, and
+    the validation of the images in shards, with the figures of a run here.
 
     When ``cfg.max_drop`` is exceeded the run folder is still written (marked
     ``passed: false``) and BudgetExceededError, carrying the report, is raised afterwards.
@@ -118,16 +105,18 @@ def run_convert(cfg: ConvertConfig, progress: Progress = no_progress) -> Report:
     settings = cfg.settings()
     inputs = prepare(cfg, stages, progress)
     with staged_dir(cfg.output_dir, cfg.force) as stage:
-        built = build_artifacts(cfg, settings, inputs, stage, stages)
+        built = build_artifacts(cfg, settings, inputs, stage, stages, executor)
         device = _after_convert(settings, built.artifacts, stage, stages)
         runners = open_runners(settings, built.artifacts, stage)
         ref, collapsed = None, set()
         if inputs.val_ds is not None:
             with stages("validate"):
-                ref, collapsed = validate(cfg, inputs, built.artifacts, runners, progress)
+                ref, collapsed = validate(cfg, inputs, built.artifacts, runners, progress, executor)
         with stages("bench"):
             bench(cfg, built.artifacts, runners, inputs.calib[:1], progress)
         report = assemble(cfg, settings, inputs, built, stages, ref, collapsed, stage, device)
+        if executor is not None:
+            report.resources["executor"] = executor.describe()
         write_text_atomic(stage / "report.json", to_json(report))
         write_text_atomic(stage / "report.md", render_markdown(report))
     if not report.passed:

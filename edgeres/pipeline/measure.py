@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from edgeres.backends.base import Settings, get_format
 from edgeres.core.metrics import COLLAPSE_AGREEMENT, collapsed, default_topk, tally_batches
 from edgeres.core.quiet import quiet
 from edgeres.core.runtime import Runner, open_runner
+from edgeres.pipeline.reference import with_reference
 from edgeres.quant.confidence import agreement_interval, drop_interval
 from edgeres.report.model import ArtifactReport
 
@@ -31,7 +30,7 @@ def open_runners(settings: Settings, artifacts: list[ArtifactReport], stage: Pat
 
 
 def validate(cfg, inputs, artifacts: list[ArtifactReport], runners: dict[str, Runner],
-             progress) -> tuple[dict, set[str]]:
+             progress, executor=None) -> tuple[dict, set[str]]:
     """Accuracy of every artifact on the validation images.
 
     Each artifact's top-1 drop and agreement also get 95% confidence
@@ -40,12 +39,17 @@ def validate(cfg, inputs, artifacts: list[ArtifactReport], runners: dict[str, Ru
     class for (nearly) every image where the reference does not, or
     agreement with it below COLLAPSE_AGREEMENT.
     """
-    with progress("validating", len(inputs.val_ds)) as bar:
-        ref_tally, tallies = tally_batches(
-            with_reference(inputs.val_ds.batches(inputs.hwc, cfg.batch_size, cfg.preprocess, cfg.on_error),
-                           inputs.model, inputs.hwc),
-            {a.name: runners[a.name].predict for a in artifacts}, topk=default_topk(inputs.n_out),
-            progress=bar.update)
+    if executor is not None and executor.workers > 1:  # --ray: in shards, with the same figures
+        from edgeres.pipeline.shards import validate_in_shards
+
+        ref_tally, tallies = validate_in_shards(executor, cfg, inputs, artifacts, runners, progress)
+    else:
+        with progress("validating", len(inputs.val_ds)) as bar:
+            ref_tally, tallies = tally_batches(
+                with_reference(inputs.val_ds.batches(inputs.hwc, cfg.batch_size, cfg.preprocess, cfg.on_error),
+                               inputs.model, inputs.hwc),
+                {a.name: runners[a.name].predict for a in artifacts}, topk=default_topk(inputs.n_out),
+                progress=bar.update)
     ref = ref_tally.result()
     for a in artifacts:
         t = tallies[a.name]
@@ -63,39 +67,6 @@ def validate(cfg, inputs, artifacts: list[ArtifactReport], runners: dict[str, Ru
 
 def _rounded(interval: tuple[float, float]) -> list[float]:
     return [round(v, 4) for v in interval]
-
-
-REFERENCE_IMAGES = 256       # images per Keras reference call: its best batch throughput here
-REFERENCE_BYTES = 64 * 2**20  # and at most this much decoded input (224x224x3: 111 images)
-
-
-def with_reference(batches, model, hwc):
-    """The decoded batches, each with the Keras reference outputs, computed a large chunk at a time.
-
-    The reference runs at its best batch throughput, and TensorFlow's thread pools are busy once per
-    chunk instead of between every artifact's batch (where their spinning threads slowed the runtimes).
-    Memory stays flat in the number of images: one chunk of decoded images at a time.
-    """
-    from edgeres.backends.keras_io import reference
-
-    fn = reference(model)
-    chunk_images = max(1, min(REFERENCE_IMAGES, REFERENCE_BYTES // (4 * int(np.prod(hwc)))))
-    pending: list = []
-
-    def flush():
-        ref = fn(np.concatenate([x for x, _ in pending]))
-        at = 0
-        for x, y in pending:
-            yield x, y, ref[at:at + len(x)]
-            at += len(x)
-        pending.clear()
-
-    for x, y in batches:
-        pending.append((x, y))
-        if sum(len(p[0]) for p in pending) >= chunk_images:
-            yield from flush()
-    if pending:
-        yield from flush()
 
 
 def bench(cfg, artifacts: list[ArtifactReport], runners: dict[str, Runner], sample, progress) -> None:

@@ -90,6 +90,7 @@ class Job:
     hwc: tuple[int, int, int]
     log_level: int
     holdout_carved: bool
+    build: object = None  # edgeres.pipeline.artifacts.build_format (passed in: this module does not import it)
 
 
 @dataclass
@@ -104,9 +105,9 @@ class _Inputs:
     holdout_carved: bool = False
 
 
-def build_in_processes(cfg, settings, inputs, stage: Path, stages, names: list[str], jobs: int) -> list:
-    """:func:`~edgeres.pipeline.artifacts.build_format` for every format in ``names``, ``jobs`` at a time,
-    each in its own spawned process; the parts come back in ``names`` order."""
+def build_in_processes(build, cfg, settings, inputs, stage: Path, stages, names: list[str], jobs: int) -> list:
+    """``build`` (:func:`~edgeres.pipeline.artifacts.build_format`) for every format in ``names``, ``jobs`` at a
+    time, each in its own spawned process; the parts come back in ``names`` order."""
     import multiprocessing
     from multiprocessing.connection import wait
 
@@ -122,7 +123,7 @@ def build_in_processes(cfg, settings, inputs, stage: Path, stages, names: list[s
                 while pending and len(running) < jobs:
                     name = pending.pop(0)
                     job = Job(cfg, settings, name, shared, stage, inputs.hwc, logging.getLogger("edgeres").level,
-                              bool(getattr(inputs, "holdout_carved", False)))
+                              bool(getattr(inputs, "holdout_carved", False)), build)
                     receive, send = ctx.Pipe(duplex=False)
                     proc = ctx.Process(target=_child, args=(send, job), name=f"edgeres-{name}", daemon=True)
                     proc.start()
@@ -212,13 +213,12 @@ def _child(send, job: Job) -> None:
     root.propagate = False
     try:
         from edgeres.core.quiet import quiet
-        from edgeres.pipeline.artifacts import build_format
-        from edgeres.pipeline.convert import Stages
+        from edgeres.core.timing import Stages
 
         with quiet():
             inputs = _load(job)
         stages = Stages()
-        part = build_format(job.cfg, job.settings, inputs, job.stage, stages, job.name)
+        part = job.build(job.cfg, job.settings, inputs, job.stage, stages, job.name)
         part.backend = None  # calibrated runtimes stay here; the parent rebuilds one if it ever needs it
         if part.search is not None:
             for t in part.search.trials:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from edgeres.core.executor import Executor, LocalExecutor
 from edgeres.core.metrics import dash, sqnr_db
 from edgeres.quant.backend import Backend
 from edgeres.quant.evaluate import Split, evaluate
@@ -107,11 +108,14 @@ def layer_errors(backend: Backend, data: bytes, split: Split, limit: int = 64) -
 
 
 def diagnose(backend: Backend, recipe: Recipe, split: Split, sensitivity: bool = True,
-             progress: Callable[[int], None] | None = None, only_quantized: bool = True) -> dict:
+             progress: Callable[[int], None] | None = None, only_quantized: bool = True,
+             executor: Executor | None = None) -> dict:
     """Per-layer error and sensitivity of ``recipe`` on ``backend``, and the failure causes found.
 
     Sensitivity needs two conversions per layer: all other layers float
     (``only_quantized``; the search skips it), and only this layer float.
+    Each layer's is independent of the others': an ``executor`` (``--ray``)
+    measures them side by side, with the same figures.
     """
     data, _ = backend.build(recipe)
     base = evaluate(backend, data, split)
@@ -121,16 +125,12 @@ def diagnose(backend: Backend, recipe: Recipe, split: Split, sensitivity: bool =
     for name, (sqnr, rmse) in errors.items():
         reports[name].sqnr_db, reports[name].rmse_rel = sqnr, rmse
     if sensitivity:
-        for name in layers:
-            if only_quantized:
-                only_q, _ = backend.build(recipe, [n for n in layers if n != name])
-                reports[name].only_quantized_loss = 100.0 - evaluate(backend, only_q, split).agreement
-            only_f, _ = backend.build(recipe, [name])
-            res = evaluate(backend, only_f, split)
-            reports[name].only_float_gain = res.agreement - base.agreement
-            reports[name].only_float_sqnr_gain = res.sqnr_db - base.sqnr_db
-            if progress:
-                progress(1)
+        shared = (backend, recipe, split, base.agreement, base.sqnr_db, only_quantized)
+        tick = (lambda i, result: progress(1)) if progress else None
+        results = (executor or LocalExecutor()).map(layer_sensitivity, layers, shared=shared, progress=tick)
+        for name, (only_q, gain, sqnr_gain) in zip(layers, results):
+            r = reports[name]
+            r.only_quantized_loss, r.only_float_gain, r.only_float_sqnr_gain = only_q, gain, sqnr_gain
     val_stats = backend.quantizer.collect_stats(split.x)
     causes = find_causes(backend.quantizer.stats, val_stats, backend.quantizer.stat_layers())
     for c in causes:
@@ -139,6 +139,19 @@ def diagnose(backend: Backend, recipe: Recipe, split: Split, sensitivity: bool =
     return {"backend": backend.name, "recipe": recipe.for_backend(backend.name).to_dict(),
             "model": base.to_dict(), "layers": [r.to_dict() for r in reports.values()], "causes": causes,
             "images": len(split)}
+
+
+def layer_sensitivity(shared, name: str) -> tuple[float | None, float, float]:
+    """One layer's sensitivity: (agreement lost with only it int8, or None; agreement and SQNR regained with
+    only it float).  A task an executor may run anywhere."""
+    backend, recipe, split, base_agreement, base_sqnr, only_quantized = shared
+    only_q_loss = None
+    if only_quantized:
+        only_q, _ = backend.build(recipe, [n for n in backend.layers if n != name])
+        only_q_loss = 100.0 - evaluate(backend, only_q, split).agreement
+    only_f, _ = backend.build(recipe, [name])
+    res = evaluate(backend, only_f, split)
+    return only_q_loss, res.agreement - base_agreement, res.sqnr_db - base_sqnr
 
 
 def rank_layers(diagnosis: dict) -> list[str]:

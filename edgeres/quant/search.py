@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from edgeres.core.errors import ConversionError, DataError, UsageError
+from edgeres.core.executor import Executor
 from edgeres.core.metrics import COLLAPSE_AGREEMENT
 from edgeres.quant import confidence
 from edgeres.quant.backend import Backend
@@ -77,7 +78,8 @@ def loss_upper(res: Evaluation, metric: str, level: float = confidence.DECISION_
 
 def search(backend: Backend, base: Recipe, budget: float, metric: str, select: Split,
            ranking: Callable[[Recipe], list[str]] | None = None, plan: SearchPlan = SearchPlan(),
-           on_trial: Callable[[Trial], None] | None = None) -> tuple[list[Trial], Trial, bool]:
+           on_trial: Callable[[Trial], None] | None = None,
+           executor: Executor | None = None) -> tuple[list[Trial], Trial, bool]:
     """Find the fastest configuration whose loss on ``select`` is within ``budget``.
 
     Within budget means that the one-sided upper confidence bound of the
@@ -93,6 +95,12 @@ def search(backend: Backend, base: Recipe, budget: float, metric: str, select: S
     best of them, then the most sensitive layers kept in float one at a time
     (ranked by :func:`diagnose`).  Returns (trials, winner, met).  When
     nothing meets the budget the winner is the trial with the smallest loss (point estimate).
+
+    With an ``executor`` of several workers (``--ray``), the configurations
+    of a step are built and measured side by side, ahead of need, and then
+    judged in the same order as here: the trials, the choice and the figures
+    are those of the sequential search (only the latencies, measured on
+    busy workers, differ); configurations after the winner are dropped.
     """
     if budget < 0:
         raise UsageError(f"--max-drop must be 0 or more, got {budget:g}")
@@ -103,16 +111,13 @@ def search(backend: Backend, base: Recipe, budget: float, metric: str, select: S
     check_budget(budget, metric, len(select))
     trials: list[Trial] = []
     floor = [0.0]  # agreement of the recipe itself; see below
+    ahead = executor.workers if executor is not None and executor.workers > 1 else 1
 
-    def attempt(step: str, recipe: Recipe, keep: list[str]) -> Trial:
-        try:
-            data, details = backend.build(recipe, keep)
-        except ConversionError as exc:
-            details, data = {"error": str(exc)}, b""
-        if not data:
+    def judge(step: str, recipe: Recipe, keep: list[str], measured) -> Trial:
+        data, details, res = measured
+        if res is None:
             t = Trial(step, recipe, keep, Evaluation(None, None, 0.0, -math.inf, True), False, details)
         else:
-            res = evaluate(backend, data, select, plan.latency_runs)
             # Within budget with confidence: the upper bound of the loss, not the point estimate.
             # A top-1 budget is judged on a few hundred images, where a less faithful model can gain
             # top-1 by chance.  So a configuration less faithful to float32 than the recipe itself
@@ -127,13 +132,25 @@ def search(backend: Backend, base: Recipe, budget: float, metric: str, select: S
             on_trial(t)
         return t
 
-    t = attempt("recipe", base, [])
-    floor[0] = t.result.agreement
-    if t.meets:
-        return trials, t, True
-    # Calibration methods: all are equally fast, so try each and carry the most faithful one
-    # forward (top-1 on a few hundred images moves by chance; agreement is the steadier signal).
+    def attempt_all(jobs: list[tuple[str, Recipe, list[str]]]) -> Trial | None:
+        """Judge ``jobs`` in order, measuring ``ahead`` at a time; the first that meets the budget, if any."""
+        for at in range(0, len(jobs), ahead):
+            chunk = jobs[at:at + ahead]
+            shared = (backend, select, plan.latency_runs)
+            measured = (executor.map(measure, [(r, k) for _, r, k in chunk], shared=shared) if ahead > 1
+                         else [measure(shared, (r, k)) for _, r, k in chunk])
+            for (step, recipe, keep), m in zip(chunk, measured):
+                t = judge(step, recipe, keep, m)
+                if step == "recipe":
+                    floor[0] = t.result.agreement
+                if t.meets:
+                    return t
+        return None
+
+    # The recipe, then the calibration methods: all are equally fast, so try each and carry the most
+    # faithful one forward (top-1 on a few hundred images moves by chance; agreement is the steadier signal).
     own = base.for_backend(backend.name)
+    jobs = [("recipe", base, [])]
     tried = {(own.calibration, own.percentile if own.calibration == "percentile" else None)}
     for method, pct in plan.ladder:
         if (method, pct) in tried:
@@ -142,25 +159,39 @@ def search(backend: Backend, base: Recipe, budget: float, metric: str, select: S
         r = base.replace(calibration=method, percentile=pct or base.percentile,
                          tflite=type(base.tflite)(), onnx=type(base.onnx)(),
                          bias_correction=own.bias_correction)
-        if attempt(f"calibration {method}" + (f" {pct:g}" if pct else ""), r, []).meets:
-            return trials, trials[-1], True
+        jobs.append((f"calibration {method}" + (f" {pct:g}" if pct else ""), r, []))
+    if (won := attempt_all(jobs)) is not None:
+        return trials, won, True
     if not any(t.data for t in trials):  # nothing converted: there is no model to write
         raise ConversionError(f"{backend.name}: every configuration the search tried failed to convert; the first: "
                               f"{trials[0].details.get('error', 'no model')}")
     lead = most_faithful(trials)
     lead_recipe = lead.recipe.for_backend(backend.name)
     r = lead_recipe.replace(bias_correction=not lead_recipe.bias_correction)
-    if attempt("bias correction " + ("on" if r.bias_correction else "off"), r, []).meets:
-        return trials, trials[-1], True
+    if (won := attempt_all([("bias correction " + ("on" if r.bias_correction else "off"), r, [])])) is not None:
+        return trials, won, True
     lead = most_faithful(trials)
     limit = plan.max_float_layers if backend.float_layers_allowed else 0
     order = (ranking(lead.recipe) if ranking else backend.layers) if limit > 0 else []
-    keep: list[str] = []
-    for layer in order[:limit]:
-        keep = keep + [layer]
-        if attempt(f"keep {layer} in float", lead.recipe, keep).meets:
-            return trials, trials[-1], True
+    jobs = [(f"keep {layer} in float", lead.recipe, order[:i + 1]) for i, layer in enumerate(order[:limit])]
+    if (won := attempt_all(jobs)) is not None:
+        return trials, won, True
     return trials, min(trials, key=lambda t: (t.result.loss(metric), -t.result.agreement)), False  # least loss
+
+
+def measure(shared, job) -> tuple[bytes, dict, Evaluation | None]:
+    """Build one configuration and measure it on the selection images: (model, details, evaluation), or
+    no model and no evaluation when it fails to convert.  A task an executor may run anywhere:
+    ``shared`` is (back end, selection images, latency runs), ``job`` is (recipe, layers kept float)."""
+    backend, select, latency_runs = shared
+    recipe, keep = job
+    try:
+        data, details = backend.build(recipe, keep)
+    except ConversionError as exc:
+        return b"", {"error": str(exc)}, None
+    if not data:
+        return b"", details, None
+    return data, details, evaluate(backend, data, select, latency_runs)
 
 
 def most_faithful(trials: list[Trial]) -> Trial:
