@@ -25,6 +25,7 @@ from edgeres.core.errors import ConversionError
 
 _LAYER_OPS = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "MUL", "SUB", "MEAN",
               "AVERAGE_POOL_2D", "MAX_POOL_2D", "CONCATENATION", "TRANSPOSE_CONV", "BATCH_MATMUL"}
+CONVERTER_IMAGES = 1  # images TFLiteConverter calibrates on itself: its ranges are all replaced
 _WEIGHT_OPS = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV"}
 
 
@@ -71,8 +72,9 @@ class TFLiteQuantizer:
                  batch: int = 32):
         self.keras_model, self.calib, self.io_dtype = model, calib, io_dtype
         # The converter's own min/max only need to exist: edgeres replaces every one of them
-        # from its histograms, so a few images keep this pass cheap.
-        _, conv = _quantizing_converter(model, calib, images=16)
+        # from its histograms (the models are byte-identical with 16 images here), so one image keeps
+        # this pass cheap.
+        _, conv = _quantizing_converter(model, calib, images=CONVERTER_IMAGES)
         conv._experimental_calibrate_only = True
         self.calibrated = _run(conv, "int8")
         schema = tflite_schema.schema()

@@ -40,12 +40,15 @@ from edgeres.core.machine import available_memory, usable_cores
 
 log = logging.getLogger(__name__)
 
-#: below this much work (multiply-accumulates per image x images calibrated and held out) a child's start
-#: (importing TensorFlow, loading the model: about 5 s) costs more than the overlap saves; measured in
-#: benchmarks/parallel_backends.py (ResNet-20 at 32x32: 41 MMACs x 300 images = 1.2e10, ResNet-50: 3.9e9 x 100)
+#: below this much work (multiply-accumulates per image x images calibrated and held out) the formats stay in
+#: this process.  benchmarks/parallel_backends.py: ResNet-50 at 224 x 100 images (3.9e11) converts 1.28x faster
+#: in processes; ResNet-20 at 32x32 x 300 images (1.2e10) is at the break-even (1.15x faster in one run, 0.90x in
+#: another) for 2.6x the memory (a child's start, importing TensorFlow and loading the model, is about 5 s), so
+#: it stays here
 AUTO_MIN_WORK = 1e11
-#: a converter's peak memory per byte of float32 weights, over a fixed base (TensorFlow itself); measured on
-#: ResNet-8/20/50 children (benchmarks/parallel_backends.py): about 20x the weights plus 1.5 GB
+#: the memory a child needs, to decide how many run at once: TensorFlow and a converter's base, plus this many
+#: bytes per byte of float32 weights.  Measured peaks: ResNet-20 children 0.9-1.0 GB, ResNet-50 children 3.2-3.5
+#: GB (102 MB of weights); the estimate gives 1.5 and 3.5 GB
 CHILD_BASE_BYTES = 1.5 * 2**30
 CHILD_BYTES_PER_WEIGHT_BYTE = 20
 
