@@ -103,8 +103,8 @@ def test_plan_follows_the_work_and_the_flag():
         return SimpleNamespace(model_info={"macs": macs, "params": 25_000_000}, calib=np.zeros((images, 1)),
                                holdout=None)
 
-    big, small = inputs(4e9, 100), inputs(4e7, 300)
-    assert 4e9 * 100 >= AUTO_MIN_WORK > 4e7 * 300
+    big, small = inputs(4e9, 100), inputs(4e6, 300)
+    assert 4e9 * 100 >= AUTO_MIN_WORK > 4e6 * 300
     assert not backend_plan(SimpleNamespace(jobs=None), small, 2).processes
     auto = backend_plan(SimpleNamespace(jobs=None), big, 2)
     assert auto.processes and 1 <= auto.jobs <= 2

@@ -41,11 +41,11 @@ from edgeres.core.machine import available_memory, usable_cores
 log = logging.getLogger(__name__)
 
 #: below this much work (multiply-accumulates per image x images calibrated and held out) the formats stay in
-#: this process.  benchmarks/parallel_backends.py: ResNet-50 at 224 x 100 images (3.9e11) converts 1.28x faster
-#: in processes; ResNet-20 at 32x32 x 300 images (1.2e10) is at the break-even (1.15x faster in one run, 0.90x in
-#: another) for 2.6x the memory (a child's start, importing TensorFlow and loading the model, is about 5 s), so
-#: it stays here
-AUTO_MIN_WORK = 1e11
+#: this process: a child's start (importing TensorFlow, loading the model) is about 5 s.  Measured with
+#: benchmarks/parallel_backends.py, formats in processes against one process: ResNet-50 at 224 x 100 images
+#: (3.9e11) 1.24-1.28x faster; ResNet-20 at 32x32 x 300 images (1.2e10) 1.11-1.15x faster, for 2.6x the memory
+#: (1.0 -> 2.6 GB, all processes together)
+AUTO_MIN_WORK = 1e10
 #: the memory a child needs, to decide how many run at once: TensorFlow and a converter's base, plus this many
 #: bytes per byte of float32 weights.  Measured peaks: ResNet-20 children 0.9-1.0 GB, ResNet-50 children 3.2-3.5
 #: GB (102 MB of weights); the estimate gives 1.5 and 3.5 GB
