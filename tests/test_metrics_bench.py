@@ -269,3 +269,31 @@ def test_measure_interleaved_block_larger_than_runs():
     for name, fn in fns.items():
         assert len(res[name][1]) == 3
         assert fn.calls == 1 + 2 + 3  # cold, one block's 2 settling runs, 3 timed
+
+
+def test_chunks_give_the_same_tallies_and_run_each_model_over_the_whole_chunk():
+    """tally_batches over chunks (lists of batches, as the validate stage feeds it) equals the flat pass, and each
+    model finishes a chunk before the next model starts (its runtime's threads stay warm)."""
+    from edgeres.core.metrics import tally_batches
+
+    rng = np.random.default_rng(3)
+    batches = [(rng.normal(size=(8, 4)).astype(np.float32), rng.integers(0, 5, 8), rng.normal(size=(8, 5)))
+               for _ in range(6)]
+    calls = []
+
+    def model(name, w):
+        def fn(x):
+            calls.append(name)
+            return x @ w
+        return fn
+
+    w = rng.normal(size=(4, 5))
+    models = {"a": model("a", w), "b": model("b", w + 0.1)}
+    flat_ref, flat = tally_batches(batches, models)
+    calls.clear()
+    chunk_ref, chunked = tally_batches([batches[:4], batches[4:]], models)
+    assert calls == ["a"] * 4 + ["b"] * 4 + ["a"] * 2 + ["b"] * 2
+    for name in models:
+        assert chunked[name].result() == flat[name].result()
+        assert np.array_equal(chunked[name].predictions, flat[name].predictions)
+    assert chunk_ref.result() == flat_ref.result()

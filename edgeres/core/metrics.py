@@ -167,30 +167,36 @@ def tally_batches(batches: Iterable[tuple], models: dict[str, Callable[[np.ndarr
 
     A batch is ``(x, y)`` or ``(x, y, ref)``: ``y`` the labels (or None),
     ``ref`` the reference outputs, else computed by ``reference(x)`` (or
-    none).  ``topk`` None picks it from the first output's width, which
-    ``first_output`` also receives (to check class counts before the rest
-    runs).  Returns the reference's tally (labels only) and one per model.
+    none).  An item may also be a list of batches, a chunk: each model then
+    runs over the whole chunk before the next model starts, so each runtime's
+    thread pool stays warm instead of handing the cores back and forth every
+    batch (the tallies are the same).  ``topk`` None picks it from the first
+    output's width, which ``first_output`` also receives (to check class
+    counts before the rest runs).  Returns the reference's tally (labels only)
+    and one per model.
     """
     ref_tally, tallies = Tally(topk=topk or 1), {name: Tally(topk=topk or 1) for name in models}
     first = True
-    for batch in batches:
-        x, y = batch[0], batch[1]
-        ref = batch[2] if len(batch) > 2 else (np.asarray(reference(x)) if reference is not None else None)
-        outs = {name: fn(x) for name, fn in models.items()}
-        if first:
-            width = next(iter(outs.values()), ref if ref is not None else np.zeros((1, 1)))
-            width = width.reshape(len(width), -1).shape[1]
-            if first_output is not None:
-                first_output(width)
-            if topk is None:
-                ref_tally.topk = default_topk(width)
-                for t in tallies.values():
-                    t.topk = ref_tally.topk
-            first = False
-        if ref is not None:
-            ref_tally.update(ref, y)
-        for name, out in outs.items():
-            tallies[name].update(out, y, ref)
-        if progress:
-            progress(len(x))
+    for item in batches:
+        chunk = item if isinstance(item, list) else [item]
+        outs = {name: [fn(batch[0]) for batch in chunk] for name, fn in models.items()}
+        for i, batch in enumerate(chunk):
+            x, y = batch[0], batch[1]
+            ref = batch[2] if len(batch) > 2 else (np.asarray(reference(x)) if reference is not None else None)
+            if first:
+                width = next((o[i] for o in outs.values()), ref if ref is not None else np.zeros((1, 1)))
+                width = width.reshape(len(width), -1).shape[1]
+                if first_output is not None:
+                    first_output(width)
+                if topk is None:
+                    ref_tally.topk = default_topk(width)
+                    for t in tallies.values():
+                        t.topk = ref_tally.topk
+                first = False
+            if ref is not None:
+                ref_tally.update(ref, y)
+            for name, out in outs.items():
+                tallies[name].update(out[i], y, ref)
+            if progress:
+                progress(len(x))
     return ref_tally, tallies

@@ -19,7 +19,9 @@ def reference_chunk(hwc, batch_size: int) -> int:
 
 
 def with_reference(batches, model, hwc):
-    """The decoded batches, each with the Keras reference outputs, computed a large chunk at a time.
+    """The decoded batches, each with the Keras reference outputs, computed a large chunk at a time; yielded a
+    chunk (a list of batches) at a time, for :func:`edgeres.core.metrics.tally_batches` to run each artifact
+    over the whole chunk in turn.
 
     The reference runs at its best batch throughput, and TensorFlow's thread pools are busy once per
     chunk instead of between every artifact's batch (where their spinning threads slowed the runtimes).
@@ -31,17 +33,18 @@ def with_reference(batches, model, hwc):
     chunk_images = _chunk_images(hwc)
     pending: list = []
 
-    def flush():
+    def flush() -> list:
         ref = fn(np.concatenate([x for x, _ in pending]))
-        at = 0
+        chunk, at = [], 0
         for x, y in pending:
-            yield x, y, ref[at:at + len(x)]
+            chunk.append((x, y, ref[at:at + len(x)]))
             at += len(x)
         pending.clear()
+        return chunk
 
     for x, y in batches:
         pending.append((x, y))
         if sum(len(p[0]) for p in pending) >= chunk_images:
-            yield from flush()
+            yield flush()
     if pending:
-        yield from flush()
+        yield flush()
