@@ -353,11 +353,22 @@ def test_ray_client_and_auto_reach_a_running_cluster(cluster, executor, default_
     RAY_ADDRESS set, as a user of a shared cluster would."""
     args = [str(default_run / "model_int8.tflite"), "--data", str(NPZ), "--reference",
             str(default_run / "model_fp32.onnx"), "--json"]
+    # Ray Client's proxy starts a server process for each client connection; with the rest of the suite on every
+    # core that start can miss the proxy's deadline ("Initialization failure from server", seen once in CI-like
+    # runs): a user would connect again, and so does this test, up to 3 times
     script = _CLI + f"""
-print(json.dumps([run("--ray", "ray://127.0.0.1:{cluster.client_port}"), run("--ray", "auto")]))
+import time
+def client():
+    for attempt in range(3):
+        out = run("--ray", "ray://127.0.0.1:{cluster.client_port}")
+        if out[0] != 7 or "Initialization failure from server" not in out[2]:
+            break
+        time.sleep(5)
+    return out
+print(json.dumps([client(), run("--ray", "auto")]))
 """
     proc = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True,
-                          env=_env() | {"RAY_ADDRESS": cluster.address}, timeout=120)
+                          env=_env() | {"RAY_ADDRESS": cluster.address}, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     sequential = _validate_json(*args[:-1])
     for (code, stdout, stderr), address in zip(json.loads(proc.stdout), (f"ray://127.0.0.1:{cluster.client_port}",
