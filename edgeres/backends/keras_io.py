@@ -123,6 +123,24 @@ def _from_savedmodel(path: Path) -> LoadedModel:
 _COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
+def save_for_worker(model, path: Path) -> None:
+    """``model`` as a ``.keras`` file for another process or machine to load with :func:`load_in_worker`."""
+    from edgeres.core.quiet import quiet
+
+    with quiet():
+        model.save(path)
+
+
+def load_in_worker(path: Path):
+    """A model :func:`save_for_worker` wrote: no compile, and Keras ``safe_mode`` on like every load here."""
+    import keras
+
+    from edgeres.core.quiet import quiet
+
+    with quiet():
+        return keras.saving.load_model(path, compile=False, safe_mode=True)
+
+
 def reference(model):
     """The model's inference as a compiled TensorFlow function (float32 in, numpy out).
 

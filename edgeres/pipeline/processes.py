@@ -144,10 +144,9 @@ def build_in_processes(build, cfg, settings, inputs, stage: Path, stages, names:
 
 def _share(inputs, tmp: Path) -> Path:
     """The model and the decoded images, written once for every child to read."""
-    from edgeres.core.quiet import quiet
+    from edgeres.backends.keras_io import save_for_worker
 
-    with quiet():
-        inputs.model.save(tmp / "model.keras")
+    save_for_worker(inputs.model, tmp / "model.keras")
     np.save(tmp / "calib.npy", inputs.calib)
     for split in ("holdout", "select"):
         s = getattr(inputs, split, None)
@@ -190,15 +189,14 @@ def _stop(procs) -> None:
 
 
 def _load(job: Job) -> _Inputs:
-    import keras
-
+    from edgeres.backends.keras_io import load_in_worker
     from edgeres.quant.evaluate import Split
 
     def array(name: str):
         path = job.shared / f"{name}.npy"
         return np.load(path, allow_pickle=False) if path.is_file() else None
 
-    model = keras.saving.load_model(job.shared / "model.keras", compile=False, safe_mode=True)
+    model = load_in_worker(job.shared / "model.keras")
     splits = {}
     for split in ("holdout", "select"):
         x = array(f"{split}_x")
@@ -215,11 +213,9 @@ def _child(send, job: Job) -> None:
     root.setLevel(job.log_level)
     root.propagate = False
     try:
-        from edgeres.core.quiet import quiet
         from edgeres.core.timing import Stages
 
-        with quiet():
-            inputs = _load(job)
+        inputs = _load(job)
         stages = Stages()
         part = job.build(job.cfg, job.settings, inputs, job.stage, stages, job.name)
         part.backend = None  # calibrated runtimes stay here; the parent rebuilds one if it ever needs it

@@ -19,7 +19,6 @@ from pathlib import Path
 from edgeres.core.data import Preprocess, Shard, effective_batch_size, judge_skipped
 from edgeres.core.executor import Executor
 from edgeres.core.metrics import Tally, default_topk, merge_tallies, tally_batches
-from edgeres.core.quiet import quiet
 from edgeres.measure.shards import SHARDS_PER_WORKER, ModelBytes
 from edgeres.pipeline.reference import reference_chunk, with_reference
 
@@ -47,14 +46,13 @@ class ConvertShardJob:
 
 def run_convert_shard(job: ConvertShardJob, shard: Shard) -> tuple[Tally, dict[str, Tally], list[str]]:
     """The task: the reference's tally, each artifact's, and the unreadable images of one shard."""
-    import keras
+    from edgeres.backends.keras_io import load_in_worker
 
     ds = shard.open("validation")
     skipped: list[str] = []
     with tempfile.TemporaryDirectory(prefix="edgeres-shard-") as tmp:
         (Path(tmp) / "model.keras").write_bytes(job.keras)
-        with quiet():
-            model = keras.saving.load_model(Path(tmp) / "model.keras", compile=False, safe_mode=True)
+        model = load_in_worker(Path(tmp) / "model.keras")
         runners = {a.name: a.model.open(Path(tmp) / a.name, job.threads, a.delegate) for a in job.artifacts}
         batches = ds.batches(job.hwc, job.batch_size, job.preprocess, job.on_error, skipped=skipped)
         ref_tally, tallies = tally_batches(with_reference(batches, model, job.hwc),
@@ -66,11 +64,11 @@ def run_convert_shard(job: ConvertShardJob, shard: Shard) -> tuple[Tally, dict[s
 def validate_in_shards(executor: Executor, cfg, inputs, artifacts, runners, progress) -> tuple[Tally, dict]:
     """The reference's tally and each artifact's over ``inputs.val_ds``, in shards on ``executor``."""
     from edgeres.backends.base import get_format
+    from edgeres.backends.keras_io import save_for_worker
 
     ds = inputs.val_ds
     with tempfile.TemporaryDirectory(prefix="edgeres-keras-") as tmp:
-        with quiet():
-            inputs.model.save(Path(tmp) / "model.keras")
+        save_for_worker(inputs.model, Path(tmp) / "model.keras")
         keras_bytes = (Path(tmp) / "model.keras").read_bytes()
     batch = effective_batch_size(inputs.hwc, cfg.batch_size)
     settings = cfg.settings()
