@@ -5,8 +5,11 @@
 Converts the model (`edgeres convert --int8 --recipe default`, 100 ImageNet
 sample images), then, in this process with 2 threads and batch 1:
 
-- p50 of the TFLite int8 model (XNNPACK) and of the ONNX int8 model with the
-  session options edgeres uses, and with the alternatives the issue names
+- p50 of the TFLite int8 model (XNNPACK) and of the ONNX int8 model as edgeres
+  wrote it (each convolution on the ORT kernel that was faster on this CPU,
+  `targets/x86-64.toml` `kernels = "measure"`) and on ORT's default symmetric
+  kernels only (`onnx_kernels.canonical`), with the session options edgeres
+  uses, and with the alternatives the issue names
   (no spinning, extended instead of full graph optimisation, sequential
   execution), as ratios to TFLite;
 - ONNX Runtime's own profiler: time per operator type of the optimised graph
@@ -28,6 +31,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import onnx
 from _common import shared, table
 
 
@@ -60,7 +64,14 @@ def main() -> int:
         x = np.random.default_rng(0).uniform(0, 255, (1, *tfl.hwc)).astype(np.float32)
         t_tfl = p50(tfl.timed_invoke(tfl.quantize_input(x)), a.runs)
 
-        def session(**config):
+        from edgeres.backends.onnx_kernels import canonical
+
+        report = json.loads((run / "report.json").read_text())
+        kernels = next(a["details"].get("kernels", {}) for a in report["artifacts"] if a["name"] == "onnx_int8")
+        symmetric = Path(tmp) / "symmetric.onnx"
+        symmetric.write_bytes(canonical(onnx.load(run / "model_int8.onnx")).SerializeToString())
+
+        def session(path=run / "model_int8.onnx", **config):
             so = ort.SessionOptions()
             so.intra_op_num_threads, so.inter_op_num_threads, so.log_severity_level = 2, 1, 3
             for k, v in config.items():
@@ -70,12 +81,13 @@ def main() -> int:
                     so.execution_mode = v
                 else:
                     so.add_session_config_entry(k, v)
-            s = ort.InferenceSession(str(run / "model_int8.onnx"), so, providers=["CPUExecutionProvider"])
+            s = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
             name = s.get_inputs()[0].name
             return lambda: s.run(None, {name: x})
 
         rows = [("TFLite int8, XNNPACK", f"{t_tfl:.2f}", "1.00x")]
         for label, cfg in (("ONNX int8, edgeres' session", {}),
+                           ("ONNX int8, ORT's symmetric kernels only", {"path": symmetric}),
                            ("ONNX int8, no spinning", {"session.intra_op.allow_spinning": "0"}),
                            ("ONNX int8, extended optimisation",
                             {"level": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED}),
@@ -98,6 +110,8 @@ def main() -> int:
     total = sum(spent.values())
     ops = [(op, count[op] // a.runs, f"{100 * d / total:.1f}%") for op, d in spent.most_common(8)]
     print(table(("model", "p50 ms", "vs TFLite"), rows))
+    gemm = f", {kernels['gemm_layers']} of {kernels['layers']} convolutions as GEMM" if "gemm_layers" in kernels else ""
+    print(f"\nkernel choice at convert: {kernels.get('choice')} ({kernels.get('why', '')}{gemm})")
     print()
     print(table(("ORT operator (optimised graph)", "nodes", "share of kernel time"), ops))
     return 0

@@ -41,9 +41,10 @@ STORED = ROOT / "tests" / "data" / "pre_redesign"
 TIMING_KEYS = {"latency_ms", "latency_samples_ms", "speedup_vs_fp32", "stages_seconds", "conversion_seconds",
                "p50_ms", "created", "schema_version", "machine", "resources"}
 #: keys schema 1 added after the stored reports were written (issue #9: what was measured, not requested; issue #10:
-#: the report images' 95% intervals, and each search trial's upper confidence bound)
+#: the report images' 95% intervals, and each search trial's upper confidence bound; issue #13: which of ORT's int8
+#: convolution kernels the ONNX artifact uses, and what was timed to choose)
 ADDED_KEYS = {".calibration.used", ".validation.measured", ".validation.skipped", "details.float_share",
-              "top1_drop_ci", "agreement_ci", "loss_upper"}
+              "top1_drop_ci", "agreement_ci", "loss_upper", "details.kernels"}
 NUMERIC_TOLERANCE = 0.5  # accuracy points, only when converter versions differ
 CONVERTERS = ("tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "ai-edge-litert", "numpy")
 

@@ -136,6 +136,7 @@ io_dtype = "float32"
 [onnx]
 activation_type = "int8"
 providers = ["CPUExecutionProvider", "Other"]
+kernels = "symmetric"
 [constraints]
 batch_one = true
 max_tensor_bytes = 1024
@@ -144,7 +145,7 @@ max_tensor_bytes = 1024
     assert t.name == "board"
     assert t.tflite.delegate == "none" and t.tflite.io_dtype == "float32"
     assert t.onnx.providers == ("CPUExecutionProvider", "Other")
-    assert t.onnx_scheme == "S8S8"
+    assert t.onnx_scheme == "S8S8" and t.onnx.kernels == "symmetric"
     assert t.constraints.batch_one and not t.constraints.full_int8
     assert t.constraints.max_tensor_bytes == 1024
 
@@ -204,6 +205,7 @@ def test_section_given_as_a_value(tmp_path):
     ('[tflite]\nio_dtype = "int4"', "tflite.io_dtype", "int8, uint8, float32"),
     ('[tflite]\ndelegate = "gpu"', "tflite.delegate", "xnnpack"),
     ('[onnx]\nactivation_type = "int16"', "onnx.activation_type", "uint8, int8"),
+    ('[onnx]\nkernels = "amx"', "onnx.kernels", "measure, symmetric"),
 ])
 def test_bad_choices(tmp_path, text, key, allowed):
     p = _write(tmp_path, text + "\n")

@@ -79,6 +79,9 @@ class Format(Protocol):
     def run_delegate(self, settings: Settings) -> str | None:
         """The delegate (TFLite) or providers (ONNX) its models run with on this machine."""
 
+    # Optional: ``tune_int8(data, settings, log=None) -> (data, details)``, an exact rewrite of the final
+    # int8 model for the target's speed, run after every format is built (nothing else runs then).
+
 
 def get_format(name: str) -> Format:
     if name not in FORMATS:

@@ -86,6 +86,23 @@ class OnnxFormat:
         return {"scheme": settings.target.onnx_scheme, "format": "QDQ",
                 "per_channel": recipe.weights == "per-channel"}
 
+    def tune_int8(self, data: bytes, settings, log=None) -> tuple[bytes, dict]:
+        """The int8 model with each convolution on ONNX Runtime's faster kernel here (exact;
+        :mod:`edgeres.backends.onnx_kernels`), when the target runs on this machine's kind of CPU."""
+        from edgeres.devices.targets import host_arch
+
+        target = settings.target
+        if target.onnx.kernels != "measure":
+            return data, {"choice": "symmetric", "why": f"target '{target.name}' asks for ORT's default kernels"}
+        if tuple(target.onnx.providers) != ("CPUExecutionProvider",):
+            return data, {"choice": "symmetric", "why": "measured for ORT's CPU provider only"}
+        if target.arch != host_arch():
+            return data, {"choice": "symmetric",
+                          "why": f"converted on {host_arch()} for {target.arch}: kernels are timed on the target's CPU"}
+        from edgeres.backends.onnx_kernels import tune
+
+        return tune(data, settings.threads, log=log)
+
     def run_delegate(self, settings) -> str | None:
         providers = settings.target.onnx.providers
         return None if tuple(providers) == ("CPUExecutionProvider",) else ",".join(providers)

@@ -17,6 +17,7 @@ from edgeres.core.typed_toml import load_typed, resolve_toml
 
 IO_DTYPES = ("int8", "uint8", "float32")
 ONNX_ACTIVATIONS = ("uint8", "int8")  # U8S8 / S8S8 (weights are always int8)
+ONNX_KERNELS = ("measure", "symmetric")  # see edgeres.backends.onnx_kernels
 TFLITE_DELEGATES = ("xnnpack", "none", "reference", "edgetpu")
 
 
@@ -30,6 +31,9 @@ class TFLiteSettings:
 class OnnxSettings:
     activation_type: str = "uint8"  # "uint8": U8S8, "int8": S8S8 (weights are always int8, per the recipe)
     providers: tuple[str, ...] = ("CPUExecutionProvider",)  # ONNX Runtime execution providers, in order
+    # "measure": when converting on the target's own architecture, time each int8 convolution on ORT's two
+    # kernels and keep the faster (an exact rewrite); "symmetric": ORT's default kernels, no measurement
+    kernels: str = "measure"
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,7 @@ _CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("tflite", "delegate"): TFLITE_DELEGATES,
     ("tflite", "io_dtype"): IO_DTYPES,
     ("onnx", "activation_type"): ONNX_ACTIVATIONS,
+    ("onnx", "kernels"): ONNX_KERNELS,
 }
 
 
@@ -79,6 +84,12 @@ def targets_dir() -> Path:
 
 def list_targets() -> list[Target]:
     return [load_target(p) for p in sorted(targets_dir().glob("*.toml"))]
+
+
+def host_arch() -> str:
+    """This machine's architecture, spelled as the profiles' ``arch``."""
+    machine = platform.machine().lower()
+    return {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
 
 
 def default_target_name() -> str:

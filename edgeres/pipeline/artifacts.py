@@ -64,6 +64,23 @@ def build_artifacts(cfg, settings: Settings, inputs, stage: Path, stages, execut
     return built
 
 
+def tune_artifacts(settings: Settings, built: Built, stage: Path, stages) -> None:
+    """Each int8 artifact whose format can, rewritten exactly for the target's speed (ONNX: each convolution
+    on ORT's faster kernel here).  Runs after every format is built, so nothing else competes for the cores
+    while it times; the choice and the figures go into the artifact's details under ``kernels``."""
+    for art in built.artifacts:
+        fmt = get_format(art.format)
+        tune = getattr(fmt, "tune_int8", None)
+        if art.precision != "int8" or tune is None:
+            continue
+        path = stage / art.path
+        with stages(f"{fmt.name}_kernels"):
+            data, details = tune(path.read_bytes(), settings, log=log.info)
+            if details.get("choice") == "measured":
+                write_bytes_atomic(path, data)
+        art.details["kernels"] = details
+
+
 @dataclass
 class Part:
     """One format's share of the convert stage."""

@@ -97,7 +97,7 @@ def run_convert(cfg: ConvertConfig, progress: Progress = no_progress, executor=N
     When ``cfg.max_drop`` is exceeded the run folder is still written (marked
     ``passed: false``) and BudgetExceededError, carrying the report, is raised afterwards.
     """
-    from edgeres.pipeline.artifacts import build_artifacts
+    from edgeres.pipeline.artifacts import build_artifacts, tune_artifacts
     from edgeres.pipeline.assemble import assemble
     from edgeres.pipeline.measure import bench, open_runners, validate
 
@@ -106,6 +106,7 @@ def run_convert(cfg: ConvertConfig, progress: Progress = no_progress, executor=N
     inputs = prepare(cfg, stages, progress)
     with staged_dir(cfg.output_dir, cfg.force) as stage:
         built = build_artifacts(cfg, settings, inputs, stage, stages, executor)
+        tune_artifacts(settings, built, stage, stages)
         device = _after_convert(settings, built.artifacts, stage, stages)
         runners = open_runners(settings, built.artifacts, stage)
         ref, collapsed = None, set()
