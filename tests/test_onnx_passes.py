@@ -73,3 +73,51 @@ def test_rewrites_leave_unmatched_graphs_alone():
     assert onnx_graph.fold_input_scale_into_conv(proto) is False
     assert onnx_graph.fold_pad_into_maxpool(proto) == 0  # reflect padding is not a zero border
     assert [n.op_type for n in proto.graph.node] == ["Relu", "Pad", "MaxPool"]
+
+
+class _Images:
+    def __init__(self, size: int):
+        rng = np.random.default_rng(4)
+        self._it = iter([{"input": rng.uniform(0, 255, (1, size, size, 3)).astype(np.float32)} for _ in range(3)])
+
+    def get_next(self):
+        return next(self._it, None)
+
+
+def test_int8_input_normalization_runs_on_nhwc_rows_with_identical_outputs(tmp_path):
+    """The int8 graph's float normalization moves in front of the input Transpose with (W, C) constants:
+    the same bits out, and ORT no longer broadcasts 3 values at a time."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    size = 64
+    _, _, ours = _raw_and_edgeres("resnet18", size)
+    onnx.save(ours, tmp_path / "f.onnx")
+    quantize_static(str(tmp_path / "f.onnx"), str(tmp_path / "q.onnx"), _Images(size), quant_format=QuantFormat.QDQ,
+                    per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    nodes_to_exclude=onnx_graph.input_normalization_nodes(ours))  # float, as edgeres keeps them
+    before = onnx.load(tmp_path / "q.onnx")
+    after = onnx.load(tmp_path / "q.onnx")
+    assert onnx_graph.widen_input_constants(after) is True
+    onnx.checker.check_model(after)
+    first = [n for n in after.graph.node if n.op_type != "DequantizeLinear"][:3]
+    assert [n.op_type for n in first] == ["Add", "Transpose", "QuantizeLinear"]
+    assert first[0].input[0] == "input"
+    row = next(i for i in after.graph.initializer if i.name == first[0].input[1])
+    assert list(row.dims) == [size, 3]
+    x = np.random.default_rng(5).uniform(0, 255, (2, size, size, 3)).astype(np.float32)
+    np.testing.assert_array_equal(_run(after, x), _run(before, x))
+    assert onnx_graph.widen_input_constants(after) is False  # nothing left to move
+
+
+def test_widening_needs_a_static_width():
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("Transpose", ["input"], ["t"], perm=[0, 3, 1, 2]),
+             helper.make_node("Add", ["t", "c"], ["y"])]
+    c = onnx.numpy_helper.from_array(np.ones((3, 1, 1), np.float32), "c")
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
+                                                                          [1, "h", "w", 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializer=[c])
+    proto = helper.make_model(graph)
+    assert onnx_graph.widen_input_constants(proto) is False
+    assert [n.op_type for n in proto.graph.node] == ["Transpose", "Add"]
