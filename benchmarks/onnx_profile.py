@@ -1,15 +1,17 @@
 """Issue #13 part 2: where edgeres' ONNX int8 time goes, against TFLite int8, in one run.
 
-    python benchmarks/onnx_profile.py [--model resnet50] [--runs 40]
+    python benchmarks/onnx_profile.py [--model resnet50] [--runs 200]
 
 Converts the model (`edgeres convert --int8 --recipe default`, 100 ImageNet
 sample images), then, in this process with 2 threads and batch 1:
 
-- p50 of the TFLite int8 model (XNNPACK) and of the ONNX int8 model as edgeres
+- p50 (interleaved blocks of 10 runs, so drift hits all alike) of the TFLite
+  int8 model (XNNPACK) and of the ONNX int8 model as edgeres
   wrote it (each convolution on the ORT kernel that was faster on this CPU,
   `targets/x86-64.toml` `kernels = "measure"`) and on ORT's default symmetric
-  kernels only (`onnx_kernels.canonical`), with the session options edgeres
-  uses, and with the alternatives the issue names
+  kernels only (`onnx_kernels.canonical`), with its input normalization
+  broadcast per channel as before (`onnx_graph.widen_input_constants` undone),
+  with the session options edgeres uses, and with the alternatives the issue names
   (no spinning, extended instead of full graph optimisation, sequential
   execution), as ratios to TFLite;
 - ONNX Runtime's own profiler: time per operator type of the optimised graph
@@ -27,7 +29,6 @@ import json
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -35,25 +36,43 @@ import onnx
 from _common import shared, table
 
 
-def p50(fn, runs: int) -> float:
-    for _ in range(10):
-        fn()
-    t = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        t.append(time.perf_counter() - t0)
-    return 1000 * float(np.median(t))
+def broadcast_normalization(proto):
+    """The graph as edgeres wrote it before the normalization ran on NHWC rows: the input Transpose first,
+    then each per-channel constant as (C, 1, 1), which ORT's layout pass turns into a 3-value broadcast."""
+    from onnx import numpy_helper
+
+    g = proto.graph
+    users = {i: n for n in g.node for i in n.input}
+    chain, cur = [], g.input[0].name
+    while users.get(cur) is not None and users[cur].op_type in ("Add", "Mul", "Sub", "Div"):
+        chain.append(users[cur])
+        cur = users[cur].output[0]
+    transpose = users.get(cur)
+    if not chain or transpose is None or transpose.op_type != "Transpose":
+        return None
+    inits = {i.name: i for i in g.initializer}
+    for node in chain:
+        row = numpy_helper.to_array(inits[node.input[1]])
+        inits[node.input[1]].CopyFrom(numpy_helper.from_array(row[0].reshape(-1, 1, 1), node.input[1]))
+    after = transpose.output[0]
+    for n in g.node:
+        n.input[:] = [chain[-1].output[0] if i == after else i for i in n.input]
+    chain[0].input[0], transpose.input[0] = after, g.input[0].name
+    nodes = [transpose, *[n for n in g.node if n is not transpose]]
+    del g.node[:]
+    g.node.extend(nodes)
+    return proto
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="resnet50")
-    ap.add_argument("--runs", type=int, default=40)
+    ap.add_argument("--runs", type=int, default=200)
     a = ap.parse_args()
     import onnxruntime as ort
 
     from edgeres.core.runtime import open_runner
+    from edgeres.core.timing import measure_interleaved
 
     with tempfile.TemporaryDirectory(prefix="edgeres-prof-") as tmp:
         run = Path(tmp) / "run"
@@ -62,7 +81,6 @@ def main() -> int:
                        check=True, capture_output=True)
         tfl = open_runner(run / "model_int8.tflite", threads=2)
         x = np.random.default_rng(0).uniform(0, 255, (1, *tfl.hwc)).astype(np.float32)
-        t_tfl = p50(tfl.timed_invoke(tfl.quantize_input(x)), a.runs)
 
         from edgeres.backends.onnx_kernels import canonical
 
@@ -70,6 +88,9 @@ def main() -> int:
         kernels = next(a["details"].get("kernels", {}) for a in report["artifacts"] if a["name"] == "onnx_int8")
         symmetric = Path(tmp) / "symmetric.onnx"
         symmetric.write_bytes(canonical(onnx.load(run / "model_int8.onnx")).SerializeToString())
+        broadcast = broadcast_normalization(onnx.load(run / "model_int8.onnx"))
+        if broadcast is not None:
+            onnx.save(broadcast, Path(tmp) / "broadcast.onnx")
 
         def session(path=run / "model_int8.onnx", **config):
             so = ort.SessionOptions()
@@ -85,15 +106,19 @@ def main() -> int:
             name = s.get_inputs()[0].name
             return lambda: s.run(None, {name: x})
 
-        rows = [("TFLite int8, XNNPACK", f"{t_tfl:.2f}", "1.00x")]
-        for label, cfg in (("ONNX int8, edgeres' session", {}),
-                           ("ONNX int8, ORT's symmetric kernels only", {"path": symmetric}),
-                           ("ONNX int8, no spinning", {"session.intra_op.allow_spinning": "0"}),
-                           ("ONNX int8, extended optimisation",
-                            {"level": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED}),
-                           ("ONNX int8, sequential execution", {"mode": ort.ExecutionMode.ORT_SEQUENTIAL})):
-            t = p50(session(**cfg), a.runs)
-            rows.append((label, f"{t:.2f}", f"{t / t_tfl:.2f}x"))
+        configs = {"ONNX int8 as edgeres wrote it": {},
+                   "ONNX int8, ORT's symmetric kernels only": {"path": symmetric},
+                   "ONNX int8, normalization broadcast per channel (before)": {"path": Path(tmp) / "broadcast.onnx"},
+                   "ONNX int8, no spinning": {"session.intra_op.allow_spinning": "0"},
+                   "ONNX int8, extended optimisation": {"level": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED},
+                   "ONNX int8, sequential execution": {"mode": ort.ExecutionMode.ORT_SEQUENTIAL}}
+        if broadcast is None:
+            del configs["ONNX int8, normalization broadcast per channel (before)"]
+        fns = {"TFLite int8, XNNPACK": tfl.timed_invoke(tfl.quantize_input(x))}
+        fns.update((label, session(**cfg)) for label, cfg in configs.items())
+        stats = measure_interleaved(fns, runs=a.runs, warmup=10, block=10)
+        t_tfl = stats["TFLite int8, XNNPACK"][0].p50
+        rows = [(label, f"{st.p50:.2f}", f"{st.p50 / t_tfl:.3f}x") for label, (st, _) in stats.items()]
         so = ort.SessionOptions()
         so.intra_op_num_threads, so.log_severity_level, so.enable_profiling = 2, 3, True
         so.profile_file_prefix = str(Path(tmp) / "ort")

@@ -1,6 +1,6 @@
 """Issue #13 parts 4-5: convert with the formats in their own processes, against one process, in one run.
 
-    python benchmarks/parallel_backends.py [--skip-resnet20] [--skip-300]
+    python benchmarks/parallel_backends.py [--skip-resnet20] [--skip-300] [--baseline [COMMIT]]
 
 Each run is a fresh `edgeres convert --int8` process (no --data: the
 conversion stages and the benchmark), sampled every 0.1 s for the resident
@@ -12,6 +12,10 @@ processes) and of its largest single process (what `/usr/bin/time -v` reports).
   old way) and the default (here: both formats side by side).  Ratio of wall
   times; the artifacts must be identical (TFLite byte for byte; ONNX the same
   graph, weights and outputs, see tests/test_processes.py).
+- `--baseline` (default commit 1c6bf5e, the code when issue #13 was filed):
+  the same ResNet-50 conversion with that commit's code, checked out in a git
+  worktree and run with the same Python, in the same run: the issue's "1.3x
+  faster than today's sequential run" and its peak memory, as ratios.
 - ResNet-50 with 300 calibration images (CIFAR-10 calib/ as a flat folder, resized to 224):
   memory within 10% of the run with 100 (statistics are streamed).
 - ResNet-20 at 32x32 with 300 images, `--jobs 1` against `--jobs 2`: where a
@@ -33,14 +37,19 @@ from pathlib import Path
 from _common import shared, table
 
 
-def run(args: list[str]) -> dict:
-    """One convert in a fresh process: wall seconds, peak tree RSS and peak single-process RSS (GB)."""
+def run(args: list[str], code: Path | None = None) -> dict:
+    """One convert in a fresh process: wall seconds, peak tree RSS and peak single-process RSS (GB).
+    ``code``: a checkout whose ``edgeres`` package runs instead of this one."""
+    import os
+
     import psutil
 
     cmd = [sys.executable, "-m", "edgeres", "convert", "--int8", *map(str, args)]
-    print("$", " ".join(cmd[2:]), file=sys.stderr, flush=True)
+    print("$", " ".join(cmd[2:]), f"(code: {code})" if code else "", file=sys.stderr, flush=True)
+    env = dict(os.environ, PYTHONPATH=str(code)) if code else None
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+                            cwd=code)
     root, tree, single = psutil.Process(proc.pid), 0, 0
     while proc.poll() is None:
         try:
@@ -77,16 +86,31 @@ def same_artifacts(a: Path, b: Path) -> bool:
 
 
 def row(name: str, r: dict) -> tuple:
-    res = r["report"]["resources"]
-    peaks = ", ".join(f"{k} {v / 1024:.2f}" for k, v in res["peak_rss_mb"].items())
+    res = r["report"].get("resources", {"peak_rss_mb": {}, "formats_built": "in one process (not recorded)"})
+    peaks = ", ".join(f"{k} {v / 1024:.2f}" for k, v in res["peak_rss_mb"].items()) or "-"
     return (name, f"{r['wall']:.1f}", f"{r['report']['conversion_seconds']:.1f}", f"{r['tree_gb']:.2f}",
             f"{r['single_gb']:.2f}", peaks, res["formats_built"])
+
+
+def worktree(commit: str, where: Path) -> Path:
+    """``commit`` of this repository checked out (detached) at ``where``."""
+    repo = Path(__file__).resolve().parents[1]
+    subprocess.run(["git", "-C", str(repo), "worktree", "add", "--detach", "-f", str(where), commit], check=True,
+                   capture_output=True)
+    return where
+
+
+def drop_worktree(where: Path) -> None:
+    repo = Path(__file__).resolve().parents[1]
+    subprocess.run(["git", "-C", str(repo), "worktree", "remove", "--force", str(where)], capture_output=True)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--skip-resnet20", action="store_true")
     ap.add_argument("--skip-300", action="store_true")
+    ap.add_argument("--baseline", nargs="?", const="1c6bf5e", default=None, metavar="COMMIT",
+                    help="also convert with this commit's code (default 1c6bf5e: before issue #13)")
     a = ap.parse_args()
     samples, cifar = shared("imagenet-samples"), shared("cifar10", "calib")
     rows, lines = [], []
@@ -103,6 +127,16 @@ def main() -> int:
         lines.append(f"ResNet-50 convert wall time, --jobs 1 / default: {one['wall'] / auto['wall']:.2f}x "
                      f"(conversion stages {stages:.2f}x)")
         lines.append(f"identical artifacts: {same_artifacts(one['out'], auto['out'])}")
+        if a.baseline:
+            code = worktree(a.baseline, tmp / "baseline-code")
+            try:
+                old = run([*common, "--calib", samples, "--calib-size", 100, "-o", tmp / "old"], code=code)
+            finally:
+                drop_worktree(code)
+            rows.append(row(f"ResNet-50, 100 images, code of {a.baseline}", old))
+            lines.append(f"ResNet-50 convert wall time, {a.baseline} / default: {old['wall'] / auto['wall']:.2f}x; "
+                         f"largest process {old['single_gb'] / auto['single_gb']:.2f}x, "
+                         f"tree {old['tree_gb'] / auto['tree_gb']:.2f}x")
         if not a.skip_300:  # a flat folder: the CIFAR-10 class folders would not match ResNet-50's 1,000 classes
             flat = tmp / "flat"
             flat.mkdir()

@@ -17,7 +17,7 @@ pytest.importorskip("ray", reason="needs Ray: pip install 'edgeres[cluster]' (th
 #: what differs between two runs of the same conversion: timings, paths, the hardware and the executor;
 #: ONNX hashes (tf2onnx numbers the nodes it adds per process)
 VOLATILE = {"latency_ms", "latency_samples_ms", "speedup_vs_fp32", "stages_seconds", "conversion_seconds", "p50_ms",
-            "created", "machine", "resources", "seconds", "path", "source"}
+            "created", "machine", "resources", "seconds", "path", "source", "timed_ms"}
 
 
 def _stable(o, key: str = ""):

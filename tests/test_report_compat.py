@@ -39,7 +39,7 @@ from tests.conftest import ROOT, invoke, shared
 
 STORED = ROOT / "tests" / "data" / "pre_redesign"
 TIMING_KEYS = {"latency_ms", "latency_samples_ms", "speedup_vs_fp32", "stages_seconds", "conversion_seconds",
-               "p50_ms", "created", "schema_version", "machine", "resources"}
+               "p50_ms", "created", "schema_version", "machine", "resources", "timed_ms"}
 #: keys schema 1 added after the stored reports were written (issue #9: what was measured, not requested; issue #10:
 #: the report images' 95% intervals, and each search trial's upper confidence bound; issue #13: which of ORT's int8
 #: convolution kernels the ONNX artifact uses, and what was timed to choose)

@@ -179,17 +179,18 @@ def tune(data: bytes, threads: int, log=None) -> tuple[bytes, dict]:
     total = sum(sym.values())
     if total < MIN_CONV_MS:
         return data, {"choice": "symmetric", "why": f"under {MIN_CONV_MS} ms of convolutions: too little to time",
-                      "conv_ms_symmetric": round(total, 3), **where}
+                      "layers": len(layers), "timed_ms": {"conv_symmetric": round(total, 3)}, **where}
     gemm = conv_times(as_gemm(proto).SerializeToString(), threads)
     faster = {w for w in sym if w in gemm and gemm[w] <= FASTER * sym[w]}
-    summary = {"layers": len(layers), "conv_ms_symmetric": round(total, 3),
-               "conv_ms_gemm": round(sum(gemm.values()), 3),
-               "conv_ms_best": round(sum(min(sym[w], gemm.get(w, sym[w])) for w in sym), 3), **where}
+    timed = {"conv_symmetric": round(total, 3), "conv_gemm": round(sum(gemm.values()), 3),
+             "conv_best": round(sum(min(sym[w], gemm.get(w, sym[w])) for w in sym), 3)}
+    summary = {"layers": len(layers), "timed_ms": timed, **where}  # timed_ms: figures of this run, not settings
     if not faster:
         return data, {"choice": "symmetric", "why": "no convolution was faster as GEMM", **summary}
     tuned = as_gemm(proto, faster).SerializeToString()
     before, after = whole_times([data, tuned], threads)
-    summary.update(gemm_layers=len(faster), model_ms_symmetric=round(before, 3), model_ms_tuned=round(after, 3))
+    timed.update(model_symmetric=round(before, 3), model_tuned=round(after, 3))
+    summary["gemm_layers"] = len(faster)
     if after > WHOLE_FASTER * before:
         return data, {"choice": "symmetric", "why": "the mixed model was not faster as a whole", **summary}
     if log is not None:

@@ -105,8 +105,8 @@ def _notes(cfg, settings: Settings, inputs, artifacts) -> list[str]:
         k = a.details.get("kernels") or {}
         if k.get("choice") == "measured":
             notes.append(f"{a.name}: {k['gemm_layers']} of {k['layers']} convolutions run on ONNX Runtime's GEMM "
-                         f"kernels, which timed faster on this CPU ({k['model_ms_symmetric']:.2f} -> "
-                         f"{k['model_ms_tuned']:.2f} ms a run; an exact rewrite, same outputs)")
+                         f"kernels, which timed faster on this CPU ({k['timed_ms']['model_symmetric']:.2f} -> "
+                         f"{k['timed_ms']['model_tuned']:.2f} ms a run; an exact rewrite, same outputs)")
     floaty = [f"{a.name} {100 * a.details['float_share']:.0f}%" for a in artifacts if a.details.get("float_share")]
     if floaty:
         notes.append("layers kept in float (share of quantizable layers): " + ", ".join(floaty))
