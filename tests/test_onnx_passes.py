@@ -12,7 +12,7 @@ import tensorflow as tf
 import tf2onnx
 
 from edgeres.backends import onnx as onnx_conv
-from edgeres.backends import onnx_graph
+from edgeres.backends import onnx_graph, onnx_int8_graph
 from edgeres.zoo import create_model
 
 
@@ -76,28 +76,43 @@ def test_rewrites_leave_unmatched_graphs_alone():
 
 
 class _Images:
-    def __init__(self, size: int):
+    def __init__(self, size: int, channels: int = 3):
         rng = np.random.default_rng(4)
-        self._it = iter([{"input": rng.uniform(0, 255, (1, size, size, 3)).astype(np.float32)} for _ in range(3)])
+        self._it = iter([{"input": rng.uniform(0, 255, (1, size, size, channels)).astype(np.float32)}
+                         for _ in range(3)])
 
     def get_next(self):
         return next(self._it, None)
 
 
-def test_int8_input_normalization_runs_on_nhwc_rows_with_identical_outputs(tmp_path):
-    """The int8 graph's float normalization moves in front of the input Transpose with (W, C) constants:
-    the same bits out, and ORT no longer broadcasts 3 values at a time."""
+def _quantized(proto, size: int, channels: int = 3) -> bytes:
+    """``proto`` quantized by ORT's ``quantize_static`` as edgeres asks for it (QDQ U8S8 per-channel, the input
+    normalization kept float)."""
+    import tempfile
+    from pathlib import Path
+
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx.save(proto, Path(tmp, "f.onnx"))
+        quantize_static(str(Path(tmp, "f.onnx")), str(Path(tmp, "q.onnx")), _Images(size, channels),
+                        quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8, nodes_to_exclude=onnx_graph.input_normalization_nodes(proto))
+        return Path(tmp, "q.onnx").read_bytes()
+
+
+@functools.cache
+def _quantized_zoo(name: str, size: int) -> bytes:
+    return _quantized(_raw_and_edgeres(name, size)[2], size)
+
+
+def test_int8_input_normalization_runs_on_nhwc_rows_with_identical_outputs():
+    """The int8 graph's float normalization moves in front of the input Transpose with (W, C) constants:
+    the same bits out, and ORT no longer broadcasts 3 values at a time."""
     size = 64
-    _, _, ours = _raw_and_edgeres("resnet18", size)
-    onnx.save(ours, tmp_path / "f.onnx")
-    quantize_static(str(tmp_path / "f.onnx"), str(tmp_path / "q.onnx"), _Images(size), quant_format=QuantFormat.QDQ,
-                    per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    nodes_to_exclude=onnx_graph.input_normalization_nodes(ours))  # float, as edgeres keeps them
-    before = onnx.load(tmp_path / "q.onnx")
-    after = onnx.load(tmp_path / "q.onnx")
-    assert onnx_graph.widen_input_constants(after) is True
+    before = onnx.load_from_string(_quantized_zoo("resnet18", size))
+    after = onnx.load_from_string(_quantized_zoo("resnet18", size))
+    assert onnx_int8_graph.widen_input_constants(after) is True
     onnx.checker.check_model(after)
     first = [n for n in after.graph.node if n.op_type != "DequantizeLinear"][:3]
     assert [n.op_type for n in first] == ["Add", "Transpose", "QuantizeLinear"]
@@ -106,7 +121,7 @@ def test_int8_input_normalization_runs_on_nhwc_rows_with_identical_outputs(tmp_p
     assert list(row.dims) == [size, 3]
     x = np.random.default_rng(5).uniform(0, 255, (2, size, size, 3)).astype(np.float32)
     np.testing.assert_array_equal(_run(after, x), _run(before, x))
-    assert onnx_graph.widen_input_constants(after) is False  # nothing left to move
+    assert onnx_int8_graph.widen_input_constants(after) is False  # nothing left to move
 
 
 def test_widening_needs_a_static_width():
@@ -119,5 +134,65 @@ def test_widening_needs_a_static_width():
                                                                           [1, "h", "w", 3])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializer=[c])
     proto = helper.make_model(graph)
-    assert onnx_graph.widen_input_constants(proto) is False
+    assert onnx_int8_graph.widen_input_constants(proto) is False
     assert [n.op_type for n in proto.graph.node] == ["Transpose", "Add"]
+
+
+def _stem(proto):
+    return next(n for n in proto.graph.node if n.op_type == "Conv")
+
+
+def _attr(node, name):
+    return next(list(a.ints) for a in node.attribute if a.name == name)
+
+
+def test_resnet_stem_runs_as_a_stride_1_convolution_on_space_to_depth_blocks():
+    """ResNet's 7x7 stride-2 stem on 3 channels becomes 4x4 stride 1 on 12: bit-identical outputs, batch 1 and 2."""
+    size = 96
+    before = onnx.load_from_string(_quantized_zoo("resnet18", size))
+    after = onnx.load_from_string(_quantized_zoo("resnet18", size))
+    assert onnx_int8_graph.apply_all(after) == ["widen_input_constants", "space_to_depth_stem"]
+    onnx.checker.check_model(after)
+    stem = _stem(after)
+    assert _attr(stem, "kernel_shape") == [4, 4] and _attr(stem, "strides") == [1, 1]
+    assert _attr(stem, "pads") == [0, 0, 0, 0]
+    assert _attr(_stem(before), "kernel_shape") == [7, 7]
+    for batch in (1, 2):
+        x = np.random.default_rng(batch).uniform(0, 255, (batch, size, size, 3)).astype(np.float32)
+        np.testing.assert_array_equal(_run(after, x), _run(before, x))
+    assert onnx_int8_graph.space_to_depth_stem(after) is False  # the stem is stride 1 now
+
+
+@pytest.mark.parametrize("size, kernel, pads", [(129, 3, [1, 1, 1, 1]), (128, 5, [2, 1, 2, 1]), (130, 4, [0, 0, 0, 0])])
+def test_space_to_depth_on_odd_sizes_kernels_and_pads(size, kernel, pads, monkeypatch):
+    """Grayscale, odd and even sizes, odd and even kernels, asymmetric padding: the padded border quantizes to
+    the zero point as the convolution's own padding did, so every output is the same."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(kernel)
+    w = rng.normal(0, 0.3, (16, 1, kernel, kernel)).astype(np.float32)
+    nodes = [helper.make_node("Transpose", ["input"], ["t"], perm=[0, 3, 1, 2]),
+             helper.make_node("Conv", ["t", "w", "b"], ["c"], strides=[2, 2], pads=pads),
+             helper.make_node("Relu", ["c"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
+                                                                          ["n", size, size, 1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [onnx.numpy_helper.from_array(w, "w"),
+                               onnx.numpy_helper.from_array(rng.normal(0, 1, 16).astype(np.float32), "b")])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    q = _quantized(proto, size, channels=1)
+    before, after = onnx.load_from_string(q), onnx.load_from_string(q)
+    monkeypatch.setattr(onnx_int8_graph, "MIN_STEM_MACS", 0)  # a small test model
+    assert onnx_int8_graph.space_to_depth_stem(after) is True
+    onnx.checker.check_model(after)
+    assert _attr(_stem(after), "kernel_shape") == [-(-kernel // 2)] * 2
+    x = np.random.default_rng(9).uniform(0, 255, (2, size, size, 1)).astype(np.float32)
+    want = _run(before, x)
+    assert want.shape[0] == 2 and want.any()
+    np.testing.assert_array_equal(_run(after, x), want)
+
+
+def test_small_stems_are_left_alone():
+    q = _quantized_zoo("resnet18", 64)  # 64x64 input: a 32x32 stem output, under MIN_STEM_MACS
+    proto = onnx.load_from_string(q)
+    assert onnx_int8_graph.space_to_depth_stem(proto) is False

@@ -44,7 +44,8 @@ TIMING_KEYS = {"latency_ms", "latency_samples_ms", "speedup_vs_fp32", "stages_se
 #: the report images' 95% intervals, and each search trial's upper confidence bound; issue #13: which of ORT's int8
 #: convolution kernels the ONNX artifact uses, and what was timed to choose)
 ADDED_KEYS = {".calibration.used", ".validation.measured", ".validation.skipped", "details.float_share",
-              "top1_drop_ci", "agreement_ci", "loss_upper", "details.kernels"}
+              "top1_drop_ci", "agreement_ci", "loss_upper", "details.kernels",
+              "details.int8_graph_rewrites"}
 NUMERIC_TOLERANCE = 0.5  # accuracy points, only when converter versions differ
 CONVERTERS = ("tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "ai-edge-litert", "numpy")
 

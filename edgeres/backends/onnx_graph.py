@@ -3,9 +3,10 @@
 Each rewrite changes how ONNX Runtime runs a graph, never what it computes
 (tests/test_onnx_passes.py checks identical outputs): the input
 normalisation moved behind the layout Transpose and its scale folded into the
-first convolution (and in int8 graphs back in front, with row-wide constants),
-zero padding folded into MaxPool, and the final Q/DQ pair dropped so the
-classifier's integer accumulator is dequantized straight to float.
+first convolution, zero padding folded into MaxPool, and the final Q/DQ pair dropped so the
+classifier's integer accumulator is dequantized straight to float.  The
+rewrites of the quantized graph for ORT's int8 kernels are in
+:mod:`.onnx_int8_graph`.
 """
 
 from __future__ import annotations
@@ -213,70 +214,6 @@ def input_normalization_nodes(proto) -> list[str]:
     QuantizeLinear before the first Conv quantizes the normalized input.
     """
     return [n.name for n in proto.graph.node if n.op_type in _AFFINE_OPS and "preprocess_" in n.name]
-
-
-def widen_input_constants(qproto) -> bool:
-    """Run the int8 graph's float input normalization on NHWC with row-wide constants.
-
-    In a QDQ graph ORT's NHWC layout pass moves the input Transpose behind the
-    per-channel ``Add``/``Mul`` that :func:`hoist_input_transpose` put after it,
-    and its constant becomes 3 values broadcast over the last NHWC axis: ORT's
-    slow broadcast, 3 elements at a time (0.21 ms for one Add at 224x224 on 2
-    threads, ~5% of ResNet-50 int8).  This writes the chain in front of the
-    Transpose with each constant tiled to a full image row, shape (W, C): the
-    same values added to the same elements, so the outputs are bit-identical,
-    and ORT's broadcast runs W*C elements at a time (0.014 ms).  Needs a static
-    input width.  Returns True when the graph changed.
-    """
-    from onnx import numpy_helper
-
-    g = qproto.graph
-    inits, consumers = _index(g)
-    dims = [d.dim_value if d.HasField("dim_value") else 0 for d in g.input[0].type.tensor_type.shape.dim]
-    users = consumers[g.input[0].name]
-    if len(dims) != 4 or not dims[2] or not dims[3] or len(users) != 1 or users[0].op_type != "Transpose":
-        return False
-    transpose = users[0]
-    if next((list(a.ints) for a in transpose.attribute if a.name == "perm"), None) != _NCHW:
-        return False
-    width, channels = dims[2], dims[3]
-    chain, cur = [], transpose.output[0]
-    while len(consumers[cur]) == 1:
-        node = consumers[cur][0]
-        const = inits.get(node.input[1]) if len(node.input) == 2 and node.input[0] == cur else None
-        if node.op_type not in _AFFINE_OPS or const is None or len(consumers[const.name]) != 1:
-            break
-        arr = numpy_helper.to_array(const)
-        if arr.size not in (1, channels) or (arr.size == channels and arr.shape[-3:] != (channels, 1, 1)):
-            break
-        chain.append(node)
-        cur = node.output[0]
-    if not chain or cur in {o.name for o in g.output}:
-        return False
-    for node in chain:
-        arr = numpy_helper.to_array(inits[node.input[1]])
-        row = np.ascontiguousarray(np.broadcast_to(arr.reshape(-1), (width, channels)))
-        new = numpy_helper.from_array(row.astype(arr.dtype), f"{node.input[1]}__nhwc_row")
-        g.initializer.append(new)
-        node.input[1] = new.name
-    last = chain[-1].output[0]
-    for node in g.node:  # what read the chain's output now reads the Transpose's
-        for i, name in enumerate(node.input):
-            if name == last:
-                node.input[i] = transpose.output[0]
-    chain[0].input[0] = g.input[0].name
-    transpose.input[0] = last
-    _drop_unused_initializers(g)
-    stale = {n.output[0] for n in chain} | {transpose.output[0]}
-    keep = [v for v in g.value_info if v.name not in stale]
-    del g.value_info[:]
-    g.value_info.extend(keep)
-    nodes = [n for n in g.node if n is not transpose]
-    at = next(i for i, n in enumerate(nodes) if n is chain[-1]) + 1
-    nodes.insert(at, transpose)
-    del g.node[:]
-    g.node.extend(nodes)
-    return True
 
 
 _FLOAT_OUTPUT_OPS = {"Gemm", "MatMul"}  # ORT has integer kernels with float output for these

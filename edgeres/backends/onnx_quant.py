@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeres.backends.onnx_graph import check, dequantize_output, input_normalization_nodes, widen_input_constants
+from edgeres.backends.onnx_graph import check, dequantize_output, input_normalization_nodes
+from edgeres.backends.onnx_int8_graph import apply_all
 from edgeres.core.errors import ConversionError, first_line
 
 
@@ -190,7 +191,7 @@ class OnnxQuantizer:
                 details["output_range"] = "float (integer kernel, dequantized accumulator)"
         if recipe.bias_correction:
             details["bias_corrected_layers"] = self._bias_correct(qproto)
-        widen_input_constants(qproto)  # exact; after bias correction, which runs the graph as quantized
+        details["int8_graph_rewrites"] = apply_all(qproto)  # exact; after bias correction, which runs the graph
         data = qproto.SerializeToString()
         check(data)
         # ORT's CPU provider has no int16 kernels: int16 QDQ runs as DequantizeLinear -> float op.
