@@ -9,9 +9,10 @@ sample images), then, in this process with 2 threads and batch 1:
   int8 model (XNNPACK) and of the ONNX int8 model as edgeres
   wrote it (each convolution on the ORT kernel that was faster on this CPU,
   `targets/x86-64.toml` `kernels = "measure"`) and on ORT's default symmetric
-  kernels only (`onnx_kernels.canonical`), with its input normalization
-  broadcast per channel as before (`onnx_graph.widen_input_constants` undone),
-  with the session options edgeres uses, and with the alternatives the issue names
+  kernels only (`onnx_kernels.canonical`), without the int8-graph rewrites
+  (`edgeres.backends.onnx_int8_graph`, from a second conversion with them
+  switched off) and with each added in turn, with the session options edgeres
+  uses, and with the alternatives the issue names
   (no spinning, extended instead of full graph optimisation, sequential
   execution), as ratios to TFLite;
 - ONNX Runtime's own profiler: time per operator type of the optimised graph
@@ -35,33 +36,8 @@ import numpy as np
 import onnx
 from _common import shared, table
 
-
-def broadcast_normalization(proto):
-    """The graph as edgeres wrote it before the normalization ran on NHWC rows: the input Transpose first,
-    then each per-channel constant as (C, 1, 1), which ORT's layout pass turns into a 3-value broadcast."""
-    from onnx import numpy_helper
-
-    g = proto.graph
-    users = {i: n for n in g.node for i in n.input}
-    chain, cur = [], g.input[0].name
-    while users.get(cur) is not None and users[cur].op_type in ("Add", "Mul", "Sub", "Div"):
-        chain.append(users[cur])
-        cur = users[cur].output[0]
-    transpose = users.get(cur)
-    if not chain or transpose is None or transpose.op_type != "Transpose":
-        return None
-    inits = {i.name: i for i in g.initializer}
-    for node in chain:
-        row = numpy_helper.to_array(inits[node.input[1]])
-        inits[node.input[1]].CopyFrom(numpy_helper.from_array(row[0].reshape(-1, 1, 1), node.input[1]))
-    after = transpose.output[0]
-    for n in g.node:
-        n.input[:] = [chain[-1].output[0] if i == after else i for i in n.input]
-    chain[0].input[0], transpose.input[0] = after, g.input[0].name
-    nodes = [transpose, *[n for n in g.node if n is not transpose]]
-    del g.node[:]
-    g.node.extend(nodes)
-    return proto
+WITHOUT_REWRITES = ("import sys; import edgeres.backends.onnx_int8_graph as g; g.apply_all = lambda q: []; "
+                    "from edgeres.cli import main; sys.argv[0] = 'edgeres'; main()")
 
 
 def main() -> int:
@@ -76,9 +52,20 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="edgeres-prof-") as tmp:
         run = Path(tmp) / "run"
-        subprocess.run([sys.executable, "-m", "edgeres", "convert", a.model, "--int8", "--recipe", "default",
-                        "--calib", str(shared("imagenet-samples")), "--calib-size", "100", "-o", str(run)],
-                       check=True, capture_output=True)
+        args = ["convert", a.model, "--int8", "--recipe", "default", "--calib", str(shared("imagenet-samples")),
+                "--calib-size", "100", "--jobs", "1"]
+        subprocess.run([sys.executable, "-m", "edgeres", *args, "-o", str(run)], check=True, capture_output=True)
+        # the same conversion with the int8-graph rewrites switched off (one process, so the patch holds)
+        subprocess.run([sys.executable, "-c", WITHOUT_REWRITES, *args, "-o", str(Path(tmp) / "plain")], check=True,
+                       capture_output=True)
+        from edgeres.backends import onnx_int8_graph
+
+        plain = onnx.load(Path(tmp) / "plain" / "model_int8.onnx")
+        steps = {"ONNX int8, no int8-graph rewrites (before)": Path(tmp) / "plain" / "model_int8.onnx"}
+        for rewrite in (onnx_int8_graph.widen_input_constants, onnx_int8_graph.space_to_depth_stem):
+            if rewrite(plain):
+                steps[f"  + {rewrite.__name__}"] = Path(tmp) / f"{rewrite.__name__}.onnx"
+                onnx.save(plain, steps[f"  + {rewrite.__name__}"])
         tfl = open_runner(run / "model_int8.tflite", threads=2)
         x = np.random.default_rng(0).uniform(0, 255, (1, *tfl.hwc)).astype(np.float32)
 
@@ -88,9 +75,6 @@ def main() -> int:
         kernels = next(a["details"].get("kernels", {}) for a in report["artifacts"] if a["name"] == "onnx_int8")
         symmetric = Path(tmp) / "symmetric.onnx"
         symmetric.write_bytes(canonical(onnx.load(run / "model_int8.onnx")).SerializeToString())
-        broadcast = broadcast_normalization(onnx.load(run / "model_int8.onnx"))
-        if broadcast is not None:
-            onnx.save(broadcast, Path(tmp) / "broadcast.onnx")
 
         def session(path=run / "model_int8.onnx", **config):
             so = ort.SessionOptions()
@@ -108,12 +92,10 @@ def main() -> int:
 
         configs = {"ONNX int8 as edgeres wrote it": {},
                    "ONNX int8, ORT's symmetric kernels only": {"path": symmetric},
-                   "ONNX int8, normalization broadcast per channel (before)": {"path": Path(tmp) / "broadcast.onnx"},
+                   **{label: {"path": path} for label, path in steps.items()},
                    "ONNX int8, no spinning": {"session.intra_op.allow_spinning": "0"},
                    "ONNX int8, extended optimisation": {"level": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED},
                    "ONNX int8, sequential execution": {"mode": ort.ExecutionMode.ORT_SEQUENTIAL}}
-        if broadcast is None:
-            del configs["ONNX int8, normalization broadcast per channel (before)"]
         fns = {"TFLite int8, XNNPACK": tfl.timed_invoke(tfl.quantize_input(x))}
         fns.update((label, session(**cfg)) for label, cfg in configs.items())
         stats = measure_interleaved(fns, runs=a.runs, warmup=10, block=10)
