@@ -104,7 +104,8 @@ class TFLiteQuantizer:
         from edgeres.quant.stats import tap_batch
 
         per_image = sum(4 * int(np.prod(g.tensors[i].shape[1:])) for i in self.ranged)
-        self.batch = tap_batch(per_image, batch)
+        # twice: the interpreter keeps every tensor of the batch, and get_tensor hands back a copy of each
+        self.batch = tap_batch(2 * per_image, batch)
         self.stats = self.collect_stats(calib, histograms=True)
 
     def __getstate__(self) -> dict:

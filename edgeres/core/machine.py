@@ -142,3 +142,22 @@ def tool_versions() -> dict:
         except PackageNotFoundError:
             continue
     return out
+
+
+def release_memory() -> None:
+    """Give freed memory back to the system between the heavy stages of a conversion.
+
+    The cyclic collector frees the graph copies TensorFlow and tf2onnx leave
+    behind, then glibc's ``malloc_trim`` returns the freed heap pages, which it
+    otherwise keeps for reuse. They would count towards the next stage's peak:
+    on ResNet-50 the ONNX statistics peaked 1.1 GB higher without it (docs/scale.md).
+    Nothing else changes; a no-op where the C library has no ``malloc_trim``.
+    """
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL(None).malloc_trim(0)  # the process's own symbols, which include the C library's
+    except (OSError, AttributeError):  # not glibc (macOS, musl): the collector's work is all there is
+        pass

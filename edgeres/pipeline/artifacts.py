@@ -14,6 +14,7 @@ from pathlib import Path
 
 from edgeres.backends.base import Format, Settings, create_backend, formats, get_format
 from edgeres.core.fs import write_bytes_atomic
+from edgeres.core.machine import release_memory
 from edgeres.core.quiet import quiet
 from edgeres.quant.backend import Backend
 from edgeres.quant.search import Trial
@@ -102,6 +103,7 @@ def build_format(cfg, settings: Settings, inputs, stage: Path, stages, name: str
     with stages(f"{fmt.name}_fp32"), quiet():
         float_model, details = fmt.export_float(inputs.model, inputs.hwc, settings)
     _emit(part, stage, fmt, "float32", float_model, details)
+    release_memory()  # the exporter's garbage would count towards the statistics' peak
     if not cfg.int8:
         return part
     with stages(f"{fmt.name}_int8"):
@@ -110,6 +112,7 @@ def build_format(cfg, settings: Settings, inputs, stage: Path, stages, name: str
             with quiet():
                 model, base = head.logits, fmt.export_float(head.logits, inputs.hwc, settings)[0]
         backend = create_backend(fmt, model, inputs.hwc, inputs.calib, settings, float_model=base, head=head)
+        release_memory()  # and the statistics' batches towards the quantizer's
         data, details, part.search = _int8(cfg, backend, inputs, head.logits if head is not None else None,
                                            executor)
         if getattr(inputs, "holdout_carved", False) and "adaptive" in details:
