@@ -196,3 +196,12 @@ def test_small_stems_are_left_alone():
     q = _quantized_zoo("resnet18", 64)  # 64x64 input: a 32x32 stem output, under MIN_STEM_MACS
     proto = onnx.load_from_string(q)
     assert onnx_int8_graph.space_to_depth_stem(proto) is False
+
+
+def test_stem_with_nonzero_weight_zero_points_is_left_alone():
+    """The grown kernel is zero-filled: with another weight zero point those zeros would not dequantize to 0."""
+    from edgeres.backends.onnx_kernels import as_gemm
+
+    shifted = as_gemm(onnx.load_from_string(_quantized_zoo("resnet18", 96)))  # every weight zero point -1
+    assert onnx_int8_graph.space_to_depth_stem(shifted) is False
+    assert _attr(_stem(shifted), "kernel_shape") == [7, 7]

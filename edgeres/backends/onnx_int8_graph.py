@@ -84,6 +84,17 @@ def widen_input_constants(qproto) -> bool:
 MIN_STEM_MACS = 10_000_000  # below this the three added data-movement ops cost more than the denser kernel saves
 
 
+def _reaches_input(node, producer, inits, input_name: str) -> bool:
+    """Whether ``node`` reads the graph input through per-channel constant ops only."""
+    name = node.input[0]
+    while name != input_name:
+        feed = producer.get(name)
+        if feed is None or feed.op_type not in _AFFINE_OPS or feed.input[1] not in inits:
+            return False
+        name = feed.input[0]
+    return True
+
+
 def space_to_depth_stem(qproto, max_channels: int = 16) -> bool:
     """Run a stride-2 stem convolution on few input channels as a stride-1 one on 4x as many (exact).
 
@@ -104,6 +115,8 @@ def space_to_depth_stem(qproto, max_channels: int = 16) -> bool:
         return False
     height, width, channels = dims[1:]
     for transpose in [n for n in g.node if n.op_type == "Transpose"]:
+        if not _reaches_input(transpose, producer, inits, g.input[0].name):
+            continue  # only the model's input, or its float normalization, has the input's shape
         attrs = {a.name: helper.get_attribute_value(a) for a in transpose.attribute}
         q = consumers[transpose.output[0]]
         dq = len(q) == 1 and q[0].op_type == "QuantizeLinear" and consumers[q[0].output[0]]
@@ -114,6 +127,9 @@ def space_to_depth_stem(qproto, max_channels: int = 16) -> bool:
         wdq = producer.get(conv.input[1])
         w = wdq is not None and wdq.op_type == "DequantizeLinear" and inits.get(wdq.input[0])
         c = {a.name: helper.get_attribute_value(a) for a in conv.attribute}
+        wzp = inits.get(wdq.input[2]) if w and len(wdq.input) > 2 else None
+        if wzp is not None and np.any(numpy_helper.to_array(wzp) != 0):
+            continue  # the grown kernel's zeros must dequantize to zero
         if (not w or len(consumers[w.name]) != 1 or c.get("strides") != [2, 2] or c.get("group", 1) != 1
                 or any(d != 1 for d in c.get("dilations", [1, 1])) or c.get("auto_pad", b"NOTSET") != b"NOTSET"):
             continue
