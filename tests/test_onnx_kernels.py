@@ -175,3 +175,13 @@ def test_targets_that_are_not_timed_here(tmp_path, text, why):
 def test_host_target_is_timed(tmp_path):
     out, details = OnnxFormat().tune_int8(_qdq(8, 8, 2), _Settings(_target(tmp_path, f'arch = "{host_arch()}"\n')))
     assert "too little to time" in details["why"]  # it got as far as timing
+
+
+def test_whole_times_times_each_model_and_refuses_changed_outputs():
+    data = _qdq(16, 16, 3)
+    gemm = onnx_kernels.as_gemm(onnx.load_from_string(data)).SerializeToString()
+    times = onnx_kernels.whole_times([data, gemm], threads=1, rounds=2, per_round=3)
+    assert len(times) == 2 and all(t > 0 for t in times)
+    other = _qdq(16, 16, 2)  # another network: other outputs
+    with pytest.raises(AssertionError, match="changed the outputs"):
+        onnx_kernels.whole_times([data, other], threads=1, rounds=1, per_round=1)

@@ -94,7 +94,7 @@ class OnnxFormat:
         target = settings.target
         if target.onnx.kernels != "measure":
             return data, {"choice": "symmetric", "why": f"target '{target.name}' asks for ORT's default kernels"}
-        if tuple(target.onnx.providers) != ("CPUExecutionProvider",):
+        if self.run_delegate(settings) is not None:
             return data, {"choice": "symmetric", "why": "measured for ORT's CPU provider only"}
         if target.arch != host_arch():
             return data, {"choice": "symmetric",

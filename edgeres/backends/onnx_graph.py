@@ -35,6 +35,18 @@ def _drop_unused_initializers(g) -> None:
         g.initializer.remove(init)
 
 
+def _drop_value_info(g, names) -> None:
+    """Forget the recorded shapes of ``names``: a rewrite changed those tensors' layout."""
+    keep = [v for v in g.value_info if v.name not in names]
+    del g.value_info[:]
+    g.value_info.extend(keep)
+
+
+def _input_dims(g) -> list[int]:
+    """The graph input's dimensions, 0 where not static."""
+    return [d.dim_value if d.HasField("dim_value") else 0 for d in g.input[0].type.tensor_type.shape.dim]
+
+
 def hoist_input_transpose(proto) -> bool:
     """Move the model's input normalization after tf2onnx's NHWC->NCHW Transpose.
 
@@ -91,10 +103,7 @@ def hoist_input_transpose(proto) -> bool:
             g.initializer.append(new)
             node.input[1] = new.name
     _drop_unused_initializers(g)
-    stale = {n.output[0] for n in chain}
-    keep = [v for v in g.value_info if v.name not in stale]
-    del g.value_info[:]
-    g.value_info.extend(keep)
+    _drop_value_info(g, {n.output[0] for n in chain})
     nodes = [n for n in g.node if n is not transpose]
     at = next(i for i, n in enumerate(nodes) if n is chain[0])
     nodes.insert(at, transpose)

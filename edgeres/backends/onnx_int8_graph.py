@@ -9,7 +9,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgeres.backends.onnx_graph import _AFFINE_OPS, _NCHW, _drop_unused_initializers, _index
+from edgeres.backends.onnx_graph import (
+    _AFFINE_OPS,
+    _NCHW,
+    _drop_unused_initializers,
+    _drop_value_info,
+    _index,
+    _input_dims,
+)
 
 
 def apply_all(qproto) -> list[str]:
@@ -34,7 +41,7 @@ def widen_input_constants(qproto) -> bool:
 
     g = qproto.graph
     inits, consumers = _index(g)
-    dims = [d.dim_value if d.HasField("dim_value") else 0 for d in g.input[0].type.tensor_type.shape.dim]
+    dims = _input_dims(g)
     users = consumers[g.input[0].name]
     if len(dims) != 4 or not dims[2] or not dims[3] or len(users) != 1 or users[0].op_type != "Transpose":
         return False
@@ -69,10 +76,7 @@ def widen_input_constants(qproto) -> bool:
     chain[0].input[0] = g.input[0].name
     transpose.input[0] = last
     _drop_unused_initializers(g)
-    stale = {n.output[0] for n in chain} | {transpose.output[0]}
-    keep = [v for v in g.value_info if v.name not in stale]
-    del g.value_info[:]
-    g.value_info.extend(keep)
+    _drop_value_info(g, {n.output[0] for n in chain} | {transpose.output[0]})
     nodes = [n for n in g.node if n is not transpose]
     at = next(i for i, n in enumerate(nodes) if n is chain[-1]) + 1
     nodes.insert(at, transpose)
@@ -110,7 +114,7 @@ def space_to_depth_stem(qproto, max_channels: int = 16) -> bool:
     g = qproto.graph
     inits, consumers = _index(g)
     producer = {o: n for n in g.node for o in n.output}
-    dims = [d.dim_value if d.HasField("dim_value") else 0 for d in g.input[0].type.tensor_type.shape.dim]
+    dims = _input_dims(g)
     if len(dims) != 4 or not all(dims[1:]) or 4 * dims[3] > max_channels:
         return False
     height, width, channels = dims[1:]
@@ -170,9 +174,6 @@ def space_to_depth_stem(qproto, max_channels: int = 16) -> bool:
         for i, node in enumerate(chain):
             g.node.insert(at + i, node)
         _drop_unused_initializers(g)
-        stale = {transpose.output[0], conv.output[0], *q.output, *dq[0].output}
-        keep = [v for v in g.value_info if v.name not in stale]
-        del g.value_info[:]
-        g.value_info.extend(keep)
+        _drop_value_info(g, {transpose.output[0], conv.output[0], *q.output, *dq[0].output})
         return True
     return False

@@ -32,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeres.core.runtime import _ORT_TYPES
+
 FASTER = 0.9        # a layer moves to GEMM when it ran in at most 90% of its symmetric time ...
 WHOLE_FASTER = 0.97  # ... and the tuned model is kept when it ran in at most 97% of the untuned one
 MIN_CONV_MS = 0.5   # below this much convolution time per image, timer noise outweighs any gain
@@ -114,7 +116,7 @@ def _session(data: bytes, threads: int, profile_dir: str | None = None, optimize
 def _feed(sess) -> dict:
     inp = sess.get_inputs()[0]
     shape = [d if isinstance(d, int) and d > 0 else 1 for d in inp.shape]
-    dtype = {"tensor(float)": np.float32, "tensor(uint8)": np.uint8, "tensor(int8)": np.int8}.get(inp.type, np.float32)
+    dtype = _ORT_TYPES.get(inp.type, np.float32)
     x = np.random.default_rng(0).uniform(0, 1, shape)  # kernel times do not depend on the values
     return {inp.name: x.astype(dtype)}
 
@@ -141,9 +143,10 @@ def conv_times(data: bytes, threads: int, runs: int = RUNS) -> dict[str, float]:
 
 
 def whole_times(models: list[bytes], threads: int, rounds: int = 6, per_round: int = 8) -> list[float]:
-    """Median latency (ms) of each model, in alternating blocks so drift hits them alike; and their outputs
-    on one input must be identical, or this raises."""
-    import time
+    """Median latency (ms) of each model, in alternating blocks so drift hits them alike
+    (:func:`edgeres.core.timing.measure_interleaved`); and their outputs on one input must be identical, or
+    this raises."""
+    from edgeres.core.timing import measure_interleaved
 
     sessions = [_session(m, threads) for m in models]
     feed = _feed(sessions[0])
@@ -151,15 +154,9 @@ def whole_times(models: list[bytes], threads: int, rounds: int = 6, per_round: i
     for other in outputs[1:]:
         if any(not np.array_equal(a, b) for a, b in zip(outputs[0], other)):
             raise AssertionError("an exact kernel rewrite changed the outputs")
-    times: list[list[float]] = [[] for _ in sessions]
-    for _ in range(rounds):
-        for s, t in zip(sessions, times):
-            s.run(None, feed)
-            for _ in range(per_round):
-                start = time.perf_counter()
-                s.run(None, feed)
-                t.append((time.perf_counter() - start) * 1000.0)
-    return [float(np.median(t)) for t in times]
+    fns = {i: (lambda s=s: s.run(None, feed)) for i, s in enumerate(sessions)}
+    stats = measure_interleaved(fns, runs=rounds * per_round, warmup=1, block=per_round, settle=1)
+    return [stats[i][0].p50 for i in range(len(sessions))]
 
 
 def tune(data: bytes, threads: int, log=None) -> tuple[bytes, dict]:

@@ -94,8 +94,7 @@ def host_arch() -> str:
 
 def default_target_name() -> str:
     """The profile for the machine edgeres runs on."""
-    machine = platform.machine().lower()
-    return "aarch64" if machine in ("aarch64", "arm64") else "x86-64"
+    return "aarch64" if host_arch() == "aarch64" else "x86-64"
 
 
 def resolve_target(spec: str | None) -> Target:
