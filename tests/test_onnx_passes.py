@@ -155,7 +155,9 @@ def test_resnet_stem_runs_as_a_stride_1_convolution_on_space_to_depth_blocks():
     onnx.checker.check_model(after)
     stem = _stem(after)
     assert _attr(stem, "kernel_shape") == [4, 4] and _attr(stem, "strides") == [1, 1]
-    assert _attr(stem, "pads") == [0, 0, 0, 0]
+    assert _attr(stem, "pads") == [2, 2, 1, 1]  # 3 pixels + one leading zero tap = 2 blocks; 1 block after
+    ops = [n.op_type for n in after.graph.node if n.op_type not in ("DequantizeLinear", "Conv")]
+    assert ops[:8] == ["Add", "QuantizeLinear", "Slice", "Reshape", "Slice", "Reshape", "Concat", "Transpose"]
     assert _attr(_stem(before), "kernel_shape") == [7, 7]
     for batch in (1, 2):
         x = np.random.default_rng(batch).uniform(0, 255, (batch, size, size, 3)).astype(np.float32)
@@ -163,10 +165,14 @@ def test_resnet_stem_runs_as_a_stride_1_convolution_on_space_to_depth_blocks():
     assert onnx_int8_graph.space_to_depth_stem(after) is False  # the stem is stride 1 now
 
 
-@pytest.mark.parametrize("size, kernel, pads", [(129, 3, [1, 1, 1, 1]), (128, 5, [2, 1, 2, 1]), (130, 4, [0, 0, 0, 0])])
+@pytest.mark.parametrize("size, kernel, pads", [
+    (129, 3, [1, 1, 1, 1]), (128, 5, [2, 1, 2, 1]), (130, 4, [0, 0, 0, 0]), (128, 7, [3, 3, 3, 3]),
+    (127, 4, [1, 2, 2, 1]), (33, 1, [0, 0, 0, 0]), (34, 2, [0, 1, 1, 0]), (31, 6, [3, 0, 0, 3]),
+    (32, 3, [0, 0, 0, 0]), (33, 7, [2, 3, 4, 3])])
 def test_space_to_depth_on_odd_sizes_kernels_and_pads(size, kernel, pads, monkeypatch):
-    """Grayscale, odd and even sizes, odd and even kernels, asymmetric padding: the padded border quantizes to
-    the zero point as the convolution's own padding did, so every output is the same."""
+    """Grayscale, odd and even sizes, odd and even kernels, odd, even and asymmetric padding: the padding
+    becomes whole blocks (a leading zero tap where it was odd), an odd size gets zeros that quantize to the
+    zero point as the convolution's own padding does, so every output is the same."""
     from onnx import TensorProto, helper
 
     rng = np.random.default_rng(kernel)
@@ -185,7 +191,8 @@ def test_space_to_depth_on_odd_sizes_kernels_and_pads(size, kernel, pads, monkey
     monkeypatch.setattr(onnx_int8_graph, "MIN_STEM_MACS", 0)  # a small test model
     assert onnx_int8_graph.space_to_depth_stem(after) is True
     onnx.checker.check_model(after)
-    assert _attr(_stem(after), "kernel_shape") == [-(-kernel // 2)] * 2
+    assert _attr(_stem(after), "kernel_shape") == [-(-(kernel + pads[0] % 2) // 2), -(-(kernel + pads[1] % 2) // 2)]
+    assert ("Pad" in [n.op_type for n in after.graph.node]) == (size % 2 == 1)
     x = np.random.default_rng(9).uniform(0, 255, (2, size, size, 1)).astype(np.float32)
     want = _run(before, x)
     assert want.shape[0] == 2 and want.any()
@@ -205,3 +212,28 @@ def test_stem_with_nonzero_weight_zero_points_is_left_alone():
     shifted = as_gemm(onnx.load_from_string(_quantized_zoo("resnet18", 96)))  # every weight zero point -1
     assert onnx_int8_graph.space_to_depth_stem(shifted) is False
     assert _attr(_stem(shifted), "kernel_shape") == [7, 7]
+
+
+def test_block_plan_reads_the_same_pixels_for_every_size_kernel_and_pad():
+    """Over every small case: each output's grown window, in blocks, covers exactly the original taps (the
+    extra taps are the zero-filled ones), and the output count is the same; or the plan declines."""
+    declined = 0
+    for n in range(2, 14):
+        for k in range(1, 8):
+            for before in range(0, 4):
+                for after in range(0, 4):
+                    if n + before + after < k:
+                        continue
+                    plan = onnx_int8_graph._block_plan((n, n), (k, k), [before, before, after, after])
+                    out = (n + before + after - k) // 2 + 1
+                    if plan is None:
+                        declined += 1
+                        assert n % 2 == 1  # only an odd size can leave a block that no output reads
+                        continue
+                    lead, kb, first, last = plan["lead"][0], plan["kernel"][0], plan["pads"][0], plan["pads"][2]
+                    assert plan["sizes"][0] % 2 == 0 and plan["sizes"][0] - n in (0, 1)
+                    assert plan["sizes"][0] // 2 + first + last - kb + 1 == out
+                    for i in range(out):
+                        real = {2 * (i - first) + t for t in range(lead, lead + k)}  # the grown kernel's taps
+                        assert real == {2 * i - before + t for t in range(k)}
+    assert declined  # the odd sizes whose last block no output reads

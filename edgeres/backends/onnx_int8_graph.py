@@ -85,7 +85,7 @@ def widen_input_constants(qproto) -> bool:
     return True
 
 
-MIN_STEM_MACS = 10_000_000  # below this the three added data-movement ops cost more than the denser kernel saves
+MIN_STEM_MACS = 10_000_000  # below this the added data-movement ops cost more than the denser kernel saves
 
 
 def _reaches_input(node, producer, inits, input_name: str) -> bool:
@@ -103,11 +103,17 @@ def space_to_depth_stem(qproto, max_channels: int = 16) -> bool:
     """Run a stride-2 stem convolution on few input channels as a stride-1 one on 4x as many (exact).
 
     ``Transpose -> QuantizeLinear -> DequantizeLinear -> Conv(k x k, stride 2, C in)`` on the model's
-    NHWC input becomes ``Pad(0) -> Reshape -> Transpose -> Reshape -> Q -> DQ -> Conv(ceil(k/2), stride
-    1, 4C in)``, with the int8 weights rearranged and zero where the kernel grew: ResNet's 7x7 stem on 3
-    channels runs in ORT's direct kernels at about half the time (0.47 -> 0.24 ms at 224 on 2 threads;
-    ``benchmarks/onnx_profile.py``).  The padded border quantizes to the zero point, as the convolution's
-    own padding does, and every product is the same integer: the outputs are bit-identical.
+    NHWC input becomes ``QuantizeLinear -> Slice(even rows), Slice(odd rows) -> Reshape -> Concat ->
+    Transpose -> DequantizeLinear -> Conv(stride 1, 4C in)`` on the input's 2x2 space-to-depth blocks.
+    Quantizing first moves bytes, not floats (the scale is per tensor, so the layout does not matter), and
+    a row of NHWC pixel pairs is already a row of (column offset, channel) blocks: the only interleaving
+    left is the Concat of even and odd rows, ORT's cheapest way to move these bytes (0.07 ms at 224 on 2
+    threads; a 6-D Transpose took 0.14, a Pad 0.06 more).  The padding stays the convolution's own, in
+    whole blocks: an odd leading pad gets one leading zero tap in the grown kernel.  ResNet's 7x7 stem on 3
+    channels runs in ORT's direct kernels at about half the time (0.47 -> 0.24 ms;
+    ``benchmarks/onnx_profile.py``).  An odd height or width gets a float Pad of zeros at its end, which
+    quantizes to the zero point as the convolution's padding does.  Every product is the same integer:
+    the outputs are bit-identical.
     """
     from onnx import helper, numpy_helper
 
@@ -127,7 +133,10 @@ def space_to_depth_stem(qproto, max_channels: int = 16) -> bool:
         conv = dq and len(dq) == 1 and dq[0].op_type == "DequantizeLinear" and consumers[dq[0].output[0]]
         if attrs.get("perm") != _NCHW or not conv or len(conv) != 1 or conv[0].op_type != "Conv":
             continue
-        q, conv = q[0], conv[0]
+        q, dq, conv = q[0], dq[0], conv[0]
+        scale = inits.get(q.input[1])
+        if scale is None or int(np.prod(scale.dims)) != 1:
+            continue  # quantizing before the rearrangement needs one scale for the whole tensor
         wdq = producer.get(conv.input[1])
         w = wdq is not None and wdq.op_type == "DequantizeLinear" and inits.get(wdq.input[0])
         c = {a.name: helper.get_attribute_value(a) for a in conv.attribute}
@@ -138,42 +147,72 @@ def space_to_depth_stem(qproto, max_channels: int = 16) -> bool:
                 or any(d != 1 for d in c.get("dilations", [1, 1])) or c.get("auto_pad", b"NOTSET") != b"NOTSET"):
             continue
         weight = numpy_helper.to_array(w)
-        k = weight.shape[2:]
-        top, left, bottom, right = c.get("pads", [0, 0, 0, 0])
-        out = [(size + a + b - kk) // 2 + 1 for size, a, b, kk in zip((height, width), (top, left), (bottom, right), k)]
-        padded = [2 * -(-(2 * (o - 1) + kk) // 2) for o, kk in zip(out, k)]  # even, and covers every window
-        pad_end = [p - size - a for p, size, a in zip(padded, (height, width), (top, left))]
-        if min(pad_end) < 0 or weight.shape[1] != channels or out[0] * out[1] * weight.size < MIN_STEM_MACS:
+        if weight.shape[1] != channels:
             continue
-        kh, kw = (-(-kk // 2) for kk in k)
-        grown = np.zeros((weight.shape[0], 2, 2, channels, kh, kw), weight.dtype)
-        for p in range(2):
-            for r in range(2):
-                part = weight[:, :, p::2, r::2]
-                grown[:, p, r, :, :part.shape[2], :part.shape[3]] = part
+        plan = _block_plan((height, width), weight.shape[2:], c.get("pads", [0, 0, 0, 0]))
+        if plan is None or plan["macs_per_weight"] * weight.size < MIN_STEM_MACS:
+            continue
+        lead, (kh, kw), sizes = plan["lead"], plan["kernel"], plan["sizes"]
+        shifted = np.zeros((*weight.shape[:2], 2 * kh, 2 * kw), weight.dtype)
+        shifted[:, :, lead[0]:lead[0] + weight.shape[2], lead[1]:lead[1] + weight.shape[3]] = weight
+        grown = np.stack([shifted[:, :, p::2, r::2] for p in range(2) for r in range(2)], axis=1)
         name = conv.name or conv.output[0]
-        consts = {f"{name}__s2d_pads": np.array([0, top, left, 0, 0, pad_end[0], pad_end[1], 0], np.int64),
-                  f"{name}__s2d_blocks": np.array([-1, padded[0] // 2, 2, padded[1] // 2, 2, channels], np.int64),
-                  f"{name}__s2d_nhwc": np.array([-1, padded[0] // 2, padded[1] // 2, 4 * channels], np.int64),
-                  f"{w.name}__s2d": grown.reshape(weight.shape[0], 4 * channels, kh, kw)}
-        g.initializer.extend(numpy_helper.from_array(v, n) for n, v in consts.items())
-        src, t = transpose.input[0], f"{name}__s2d_t"
-        chain = [helper.make_node("Pad", [src, f"{name}__s2d_pads"], [f"{t}_padded"], name=f"{t}_pad"),
-                 helper.make_node("Reshape", [f"{t}_padded", f"{name}__s2d_blocks"], [f"{t}_blocks"], name=f"{t}_r1"),
-                 helper.make_node("Transpose", [f"{t}_blocks"], [f"{t}_moved"], perm=[0, 1, 3, 2, 4, 5],
-                                  name=f"{t}_move"),
-                 helper.make_node("Reshape", [f"{t}_moved", f"{name}__s2d_nhwc"], [f"{t}_nhwc"], name=f"{t}_r2"),
-                 helper.make_node("Transpose", [f"{t}_nhwc"], [f"{t}_nchw"], perm=_NCHW, name=f"{t}_layout")]
-        q.input[0] = f"{t}_nchw"
+        t = f"{name}__s2d"
+        consts = {f"{t}_starts0": [0], f"{t}_starts1": [1], f"{t}_ends": [sizes[0]], f"{t}_axes": [1],
+                  f"{t}_steps": [2], f"{t}_half": [-1, sizes[0] // 2, sizes[1] // 2, 2 * channels]}
+        g.initializer.extend(numpy_helper.from_array(np.array(v, np.int64), n) for n, v in consts.items())
+        g.initializer.append(numpy_helper.from_array(grown.reshape(weight.shape[0], 4 * channels, kh, kw),
+                                                     f"{w.name}__s2d"))
+        src, chain = transpose.input[0], []
+        if sizes != [height, width]:  # odd: zeros at the end, which quantize to the zero point
+            g.initializer.append(numpy_helper.from_array(
+                np.array([0, 0, 0, 0, 0, sizes[0] - height, sizes[1] - width, 0], np.int64), f"{t}_pads"))
+            chain.append(helper.make_node("Pad", [src, f"{t}_pads"], [f"{t}_even"], name=f"{t}_pad"))
+            src = f"{t}_even"
+        q.input[0] = src
+        chain.append(q)
+        for p in range(2):
+            chain += [helper.make_node("Slice", [q.output[0], f"{t}_starts{p}", f"{t}_ends", f"{t}_axes",
+                                                 f"{t}_steps"], [f"{t}_rows{p}"], name=f"{t}_rows{p}"),
+                      helper.make_node("Reshape", [f"{t}_rows{p}", f"{t}_half"], [f"{t}_half{p}"],
+                                       name=f"{t}_half{p}")]
+        chain += [helper.make_node("Concat", [f"{t}_half0", f"{t}_half1"], [f"{t}_nhwc"], axis=3,
+                                   name=f"{t}_blocks"),
+                  helper.make_node("Transpose", [f"{t}_nhwc"], [f"{t}_nchw"], perm=_NCHW, name=f"{t}_layout")]
+        dq.input[0] = f"{t}_nchw"
         wdq.input[0] = f"{w.name}__s2d"
         del conv.attribute[:]
         conv.attribute.extend([helper.make_attribute("kernel_shape", [kh, kw]),
-                               helper.make_attribute("strides", [1, 1]), helper.make_attribute("pads", [0, 0, 0, 0])])
+                               helper.make_attribute("strides", [1, 1]),
+                               helper.make_attribute("pads", plan["pads"])])
         at = list(g.node).index(transpose)
         g.node.remove(transpose)
+        g.node.remove(q)
         for i, node in enumerate(chain):
             g.node.insert(at + i, node)
         _drop_unused_initializers(g)
-        _drop_value_info(g, {transpose.output[0], conv.output[0], *q.output, *dq[0].output})
+        _drop_value_info(g, {transpose.output[0], conv.output[0], *q.output, *dq.output})
         return True
     return False
+
+
+def _block_plan(size, kernel, pads) -> dict | None:
+    """How a stride-2 convolution reads 2x2 blocks: the even input size, the leading zero taps, the grown
+    kernel and the pads (in blocks) that give the same output positions; None when it cannot."""
+    top, left, bottom, right = pads
+    plan = {"sizes": [s + s % 2 for s in size], "lead": [], "kernel": [], "pads": [0, 0, 0, 0]}
+    outs = []
+    for axis, (n, k, before, after) in enumerate(zip(size, kernel, (top, left), (bottom, right))):
+        out = (n + before + after - k) // 2 + 1  # the original output size
+        lead = before % 2                         # one zero tap in front makes the leading pad whole blocks
+        kb = -(-(k + lead) // 2)
+        first = (before + lead) // 2
+        last = out - 1 + kb - plan["sizes"][axis] // 2 - first  # blocks of padding after the input
+        if out < 1 or last < 0:
+            return None
+        plan["lead"].append(lead)
+        plan["kernel"].append(kb)
+        plan["pads"][axis], plan["pads"][axis + 2] = first, last
+        outs.append(out)
+    plan["macs_per_weight"] = outs[0] * outs[1]
+    return plan
