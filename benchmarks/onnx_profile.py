@@ -15,6 +15,8 @@ sample images), then, in this process with 2 threads and batch 1:
   uses, and with the alternatives the issue names
   (no spinning, extended instead of full graph optimisation, sequential
   execution), as ratios to TFLite;
+- head to head: TFLite int8 and edgeres' ONNX int8 alone, in ``--rounds`` rounds
+  of interleaved blocks; the median of the rounds' p50 ratios, and every round's;
 - ONNX Runtime's own profiler: time per operator type of the optimised graph
   (what ORT fused the QDQ graph into), as shares of the total.
 
@@ -44,6 +46,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="resnet50")
     ap.add_argument("--runs", type=int, default=200)
+    ap.add_argument("--rounds", type=int, default=7,
+                    help="head-to-head rounds of TFLite int8 against the ONNX int8 edgeres wrote, alone")
     a = ap.parse_args()
     import onnxruntime as ort
 
@@ -100,6 +104,13 @@ def main() -> int:
         fns.update((label, session(**cfg)) for label, cfg in configs.items())
         stats = measure_interleaved(fns, runs=a.runs, warmup=10, block=10)
         t_tfl = stats["TFLite int8, XNNPACK"][0].p50
+        # the figure itself: the two models timed alone (the other sessions idle), in repeated rounds,
+        # since one round's ratio moves by a few percent on a shared VM
+        pair = {k: fns[k] for k in ("TFLite int8, XNNPACK", "ONNX int8 as edgeres wrote it")}
+        ratios = []
+        for _ in range(a.rounds):
+            two = measure_interleaved(pair, runs=a.runs, warmup=10, block=10)
+            ratios.append(two["ONNX int8 as edgeres wrote it"][0].p50 / two["TFLite int8, XNNPACK"][0].p50)
         rows = [(label, f"{st.p50:.2f}", f"{st.p50 / t_tfl:.3f}x") for label, (st, _) in stats.items()]
         so = ort.SessionOptions()
         so.intra_op_num_threads, so.log_severity_level, so.enable_profiling = 2, 3, True
@@ -117,6 +128,9 @@ def main() -> int:
     total = sum(spent.values())
     ops = [(op, count[op] // a.runs, f"{100 * d / total:.1f}%") for op, d in spent.most_common(8)]
     print(table(("model", "p50 ms", "vs TFLite"), rows))
+    if ratios:
+        print(f"\nhead to head, TFLite int8 and edgeres' ONNX int8 alone, {len(ratios)} rounds of {a.runs} runs each: "
+              f"ONNX/TFLite p50 median {np.median(ratios):.3f}x (rounds: {', '.join(f'{r:.3f}' for r in ratios)})")
     gemm = f", {kernels['gemm_layers']} of {kernels['layers']} convolutions as GEMM" if "gemm_layers" in kernels else ""
     print(f"\nkernel choice at convert: {kernels.get('choice')} ({kernels.get('why', '')}{gemm})")
     print()

@@ -237,3 +237,33 @@ def test_block_plan_reads_the_same_pixels_for_every_size_kernel_and_pad():
                         real = {2 * (i - first) + t for t in range(lead, lead + k)}  # the grown kernel's taps
                         assert real == {2 * i - before + t for t in range(k)}
     assert declined  # the odd sizes whose last block no output reads
+
+
+def _structure(proto):
+    """A graph without its names (tf2onnx numbers them from a process-wide counter): each node's op and
+    attributes in order, and every constant's bytes."""
+    nodes = [(n.op_type, [(a.name, onnx.helper.get_attribute_value(a)) for a in n.attribute if a.name != "value"])
+             for n in proto.graph.node]
+    consts = sorted((i.data_type, tuple(i.dims), onnx.numpy_helper.to_array(i).tobytes())
+                    for i in proto.graph.initializer)
+    return nodes, consts
+
+
+def test_lean_freezing_exports_the_same_graph():
+    """``_lean_freezing`` frees tf2onnx's intermediate copies earlier; the exported graph must not change."""
+    import keras
+
+    keras.utils.set_random_seed(3)
+    model = create_model("resnet8", input_size=32, num_classes=7)
+    spec = (tf.TensorSpec((None, 32, 32, 3), tf.float32, name="input"),)
+    plain, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=onnx_conv.OPSET)
+    from tf2onnx import tf_loader
+
+    original = tf_loader.from_function
+    with onnx_conv._lean_freezing():
+        assert tf_loader.from_function is not original  # this tf2onnx has every part it calls
+        lean, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=onnx_conv.OPSET)
+    assert tf_loader.from_function is original
+    assert _structure(lean) == _structure(plain)
+    x = np.random.default_rng(4).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
+    np.testing.assert_array_equal(_run(lean, x), _run(plain, x))
