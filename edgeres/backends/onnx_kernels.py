@@ -10,9 +10,9 @@ ONNX Runtime runs an int8 convolution (a QDQ ``Conv``, fused into a
   with Intel AMX runs on the tile units.
 
 Which one is faster depends on the CPU and on the layer.  On a 2-core Xeon
-with AMX, ResNet-50's late, wide layers ran up to 2x faster as GEMM and its
-early, narrow ones 2x slower (``benchmarks/onnx_kernels.py``); on a CPU
-without AMX the direct kernels may win everywhere.  So nothing is assumed:
+with AMX, 34 of ResNet-50's 53 convolutions ran faster as GEMM (7.60 -> 6.16
+ms for the model); on an AMD EPYC Zen 5 without AMX, none did (``edgeres
+convert`` reports, ``details.kernels``; docs/bench.md).  So nothing is assumed:
 :func:`tune` times every convolution both ways on this machine, with ORT's
 own profiler, and moves to GEMM only the layers that were clearly faster,
 then keeps the result only if the whole model ran faster too.
