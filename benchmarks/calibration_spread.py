@@ -27,7 +27,6 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-
 from _common import edgeres_json, shared, table
 
 
