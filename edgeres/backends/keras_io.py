@@ -210,30 +210,51 @@ def _check_classifier(model, where: str) -> None:
 
 
 def count_macs(model) -> int | None:
-    """Multiply-accumulates for one image: convolutions and dense layers (None with a dynamic input size)."""
-    import keras
+    """Multiply-accumulates for one image in the convolution and dense layers.
 
+    None when it cannot be known: a dynamic input size, a layer whose kernel this does not recognise, or
+    a model with no countable layer (a SavedModel wrapped as one opaque layer).
+    """
     macs = 0
     for layer in _flat_layers(model):
         try:
-            out = layer.output.shape
+            out = tuple(layer.output.shape)
         except (AttributeError, ValueError):
             continue
-        if any(d is None for d in tuple(out)[1:]):
+        if any(d is None for d in out[1:]):
             return None  # the spatial size is only known when the model is fed
-        if isinstance(layer, keras.layers.DepthwiseConv2D):
-            kh, kw, cin, mult = layer.depthwise_kernel.shape
-            macs += int(out[1]) * int(out[2]) * kh * kw * cin * mult
-        elif isinstance(layer, keras.layers.Conv2D):  # includes SeparableConv2D's pointwise part poorly
-            kh, kw, cin_g, cout = layer.kernel.shape
-            macs += int(out[1]) * int(out[2]) * kh * kw * cin_g * cout
-        elif isinstance(layer, keras.layers.Dense):
-            cin, cout = layer.kernel.shape
-            spatial = 1
-            for d in out[1:-1]:
-                spatial *= int(d)
-            macs += spatial * cin * cout
-    return int(macs)
+        try:
+            layer_macs = _layer_macs(layer, out)
+        except (AttributeError, ValueError, TypeError):
+            return None
+        macs += layer_macs
+    return int(macs) or None
+
+
+def _prod(dims) -> int:
+    n = 1
+    for d in dims:
+        n *= int(d)
+    return n
+
+
+def _layer_macs(layer, out: tuple) -> int:
+    """One layer's MACs, from its kernels' shapes and its output size (Keras 3 and Keras 2 attribute names)."""
+    kind = {c.__name__ for c in type(layer).__mro__}
+    if "BaseSeparableConv" in kind or "SeparableConv2D" in kind:  # depthwise, then pointwise, at the output size
+        depthwise, pointwise = tuple(layer.depthwise_kernel.shape), tuple(layer.pointwise_kernel.shape)
+        return _prod(out[1:-1]) * (_prod(depthwise) + _prod(pointwise))
+    if "BaseDepthwiseConv" in kind or "DepthwiseConv2D" in kind:  # Keras 3: .kernel; Keras 2: .depthwise_kernel
+        kernel = getattr(layer, "depthwise_kernel", None)
+        kernel = layer.kernel if kernel is None else kernel
+        return _prod(out[1:-1]) * _prod(kernel.shape)  # (kh, kw, cin, multiplier)
+    if "BaseConvTranspose" in kind or "Conv2DTranspose" in kind:  # every input pixel scatters the whole kernel
+        return _prod(tuple(layer.input.shape)[1:-1]) * _prod(layer.kernel.shape)
+    if "BaseConv" in kind or "Conv" in kind:  # Conv1D/2D/3D: (k..., cin / groups, cout)
+        return _prod(out[1:-1]) * _prod(layer.kernel.shape)
+    if "Dense" in kind:
+        return _prod(out[1:-1]) * _prod(layer.kernel.shape)
+    return 0
 
 
 def _flat_layers(model):

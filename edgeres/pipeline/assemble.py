@@ -17,7 +17,8 @@ from edgeres.report.model import BackendSearch, Report, SearchReport
 #: the quantization details report.json keeps for each artifact
 DETAIL_KEYS = ("io_dtype", "full_integer", "scheme", "format", "per_channel", "calibration", "opset", "float_nodes",
                "static_batch", "recipe", "recipe_summary", "engine", "output_range", "float_layers",
-               "bias_corrected_layers", "activations", "float_share", "adaptive", "head", "kernels",
+               "bias_corrected_layers", "bias_correction", "activations", "float_share", "adaptive", "head",
+               "kernels",
                "int8_graph_rewrites")
 BUDGET_TOLERANCE = 1e-9  # points: float rounding of a loss that equals the budget
 MODEL_KEYS = ("name", "source", "kind", "params", "trainable_params", "macs", "input_shape", "output_shape", "layers")

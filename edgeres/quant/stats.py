@@ -16,6 +16,16 @@ import numpy as np
 
 BINS = 2048
 TAP_BYTES = 512 * 2**20  # memory for every intermediate tensor of one batch, when tapping a model
+# Empirical bias correction measures each layer with the layers before it already corrected: one pass
+# over the calibration images per layer.  Up to this many multiply-accumulates in all (images x the MACs
+# each pass runs; ResNet-20 at 300 images is about 1.4e11, ResNet-50 at 224 with 100 images about 1e13),
+# else every layer is measured in one pass and corrected at once.
+SEQUENTIAL_BIAS_MACS = 2e12
+
+
+def sequential_bias_correction(images: int, pass_macs: Iterable[float]) -> bool:
+    """Whether correcting layer by layer (one pass per layer, ``pass_macs`` per image each) fits the budget."""
+    return images * float(sum(pass_macs)) <= SEQUENTIAL_BIAS_MACS
 
 
 def tap_batch(per_image_bytes: int, largest: int = 32) -> int:
