@@ -103,3 +103,37 @@ def test_bias_correction_holds_on_relu6_and_linear_bottlenecks(mobilenet_like, t
         for artifact in (onnx, tflite):
             assert artifact["agreement"] >= 95.0, artifact
             assert artifact["sqnr_db"] >= 20.0, artifact
+
+
+def _tiny(path: Path, *, dtype: str = "float32", softmax: bool = False) -> Path:
+    import keras
+    from keras import layers
+
+    i = keras.Input((8, 8, 1), dtype=dtype)
+    x = layers.Conv2D(8, 3, padding="same", activation="relu")(layers.Rescaling(1 / 255.0)(i))
+    out = layers.Dense(10, activation="softmax" if softmax else None)(layers.GlobalAveragePooling2D()(x))
+    keras.Model(i, out).save(path)
+    return path
+
+
+def test_a_model_with_an_integer_input_is_refused_before_converting(tmp_path):
+    from tests.conftest import assert_one_line_error
+
+    out = tmp_path / "run"
+    result = invoke("convert", _tiny(tmp_path / "u8.keras", dtype="uint8"), "--int8", "--calib", TRAIN,
+                    "--data", TEST, "-o", out)
+    assert_one_line_error(result, 5, "model input is uint8", "float32 input")
+    assert not out.exists()
+
+
+def test_converter_log_records_reach_stderr_without_logging_errors(tmp_path):
+    """TensorFlow's logger, made while edgeres silenced the converters, kept the temporary stream."""
+    import subprocess
+    import sys
+
+    model = _tiny(tmp_path / "softmax.keras", softmax=True)
+    proc = subprocess.run([sys.executable, "-m", "edgeres", "convert", str(model), "--int8", "--calib", str(TRAIN),
+                           "--data", str(TEST), "--calib-size", "64", "--val-size", "100", "--runs", "50",
+                           "-o", str(tmp_path / "run")], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Logging error" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-3000:]

@@ -41,6 +41,11 @@ class LoadedModel:
         if len(shape) != 4 or any(d is None for d in shape[1:]):
             raise ShapeError(f"model input shape {shape} cannot be fed images: edgeres needs (N, H, W, C) "
                              "with fixed H, W and C")
+        dtype = str(getattr(self.model.inputs[0], "dtype", "float32"))
+        if "float" not in dtype:
+            raise ShapeError(f"model input is {dtype}: edgeres feeds float32 images (raw 0..255 pixels, or "
+                             "normalised with --scale/--mean/--std); give the model a float32 input (a cast "
+                             "inside the model is fine) and save it again")
         return tuple(int(d) for d in shape[1:])  # type: ignore[return-value]
 
     @property

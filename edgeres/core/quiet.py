@@ -44,6 +44,7 @@ def quiet() -> Iterator[None]:
         finally:
             try:
                 sys.stdout.flush()
+                _repoint_log_handlers(sys.stdout, py_err)
                 sys.stdout.close()
             finally:
                 sys.stdout, sys.stderr = py_out, py_err
@@ -55,3 +56,15 @@ def quiet() -> Iterator[None]:
             captured = sink.read().decode("utf-8", "replace")
             if captured.strip():
                 log.debug("converter output:\n%s", captured[-20000:])
+
+
+def _repoint_log_handlers(temporary, real) -> None:
+    """Logging handlers made inside the block (TensorFlow's, on first import) hold the temporary stream,
+    which is about to close: give them the real stderr, or each later record prints "--- Logging error ---"
+    with a traceback."""
+    loggers = [logging.getLogger(), *(lg for lg in logging.Logger.manager.loggerDict.values()
+                                      if isinstance(lg, logging.Logger))]
+    for logger in loggers:
+        for handler in logger.handlers:
+            if isinstance(handler, logging.StreamHandler) and getattr(handler, "stream", None) is temporary:
+                handler.setStream(real)
