@@ -52,8 +52,10 @@ def test_search_and_validation_on_ray_match_the_sequential_run(tmp_path):
                           shared("cifar10", "test"))
     # a budget neither the calibration methods nor bias correction meet: the layers get ranked (one conversion
     # each, fanned out) and kept float one by one (measured ahead, side by side)
-    args = [model, "--int8", "--calib", calib, "--calib-size", 200, "--data", data, "--val-size", 800,
-            "--max-drop", 1.0, "--metric", "agreement", "--recipe", "default", "--runs", 50, "--warmup", 1]
+    # (800 selection images: since bias correction runs layer by layer, ONNX met 1.0 point on 400 of them with
+    # a calibration method alone)
+    args = [model, "--int8", "--calib", calib, "--calib-size", 100, "--data", data, "--val-size", 1600,
+            "--max-drop", 0.5, "--metric", "agreement", "--recipe", "default", "--runs", 50, "--warmup", 1]
     # both in fresh processes: TensorFlow's float kernels can differ in their last bits in a process that ran
     # other conversions first (see test_report_compat.py), and that is not what is compared here
     seq = _convert(*args, "-o", tmp_path / "seq")
