@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,11 +19,14 @@ def shared(*parts: str) -> Path:
     return p
 
 
-def edgeres_json(*args: str) -> dict:
-    """Run the real CLI (`python -m edgeres ... --json`) and return its report."""
+def edgeres_json(*args: str, tree: Path | None = None) -> dict:
+    """Run the real CLI (`python -m edgeres ... --json`) and return its report.
+
+    ``tree``: another checkout of the project (``git worktree add``) whose ``edgeres`` runs instead."""
     cmd = [sys.executable, "-m", "edgeres", *map(str, args), "--json"]
-    print("$", " ".join(cmd[2:]), file=sys.stderr, flush=True)
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    print("$", f"PYTHONPATH={tree}" if tree else "", " ".join(cmd[2:]), file=sys.stderr, flush=True)
+    env = {**os.environ, "PYTHONPATH": str(tree)} if tree else None
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode not in (0, 10):
         sys.exit(f"edgeres failed ({proc.returncode}): {proc.stderr.strip()}")
     return json.loads(proc.stdout)

@@ -29,20 +29,27 @@ def main() -> int:
     ap.add_argument("--mean", default=None)
     ap.add_argument("--std", default=None)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--baseline", type=Path, default=None,
+                    help="a checkout of the code before the adaptive default (git worktree add DIR f2e347f): "
+                         "its --recipe default is timed too, in the same rounds, as the issue's 'today'")
     args = ap.parse_args()
     model = args.model or shared("models", "resnet20_cifar10.keras")
     pre = [a for k in ("scale", "mean", "std") if getattr(args, k) for a in (f"--{k}", getattr(args, k))]
     common = [model, "--int8", "--calib", shared("cifar10", "calib"), "--data", shared("cifar10", "test"), *pre]
     seconds: dict[str, list[float]] = {"adaptive": [], "fixed": []}
+    runs = [("adaptive", [], None), ("fixed", ["--recipe", "default"], None)]
+    if args.baseline:
+        seconds["baseline"] = []
+        runs.append(("baseline", ["--recipe", "default"], args.baseline.resolve()))
     reports: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="edgeres-adaptive-bench-") as tmp:
         for r in range(args.rounds):
-            for name, extra in (("adaptive", []), ("fixed", ["--recipe", "default"])):
-                rep = edgeres_json("convert", *common, *extra, "-o", Path(tmp) / f"{name}{r}")
+            for name, extra, tree in runs:
+                rep = edgeres_json("convert", *common, *extra, "-o", Path(tmp) / f"{name}{r}", tree=tree)
                 seconds[name].append(rep["conversion_seconds"])
                 reports[name] = rep
     rows = []
-    for name in ("fixed", "adaptive"):
+    for name in [n for n in ("baseline", "fixed", "adaptive") if n in reports]:
         for a in reports[name]["artifacts"]:
             if a["precision"] != "int8":
                 continue
@@ -53,6 +60,11 @@ def main() -> int:
     fixed, adaptive = statistics.median(seconds["fixed"]), statistics.median(seconds["adaptive"])
     print(f"\nconversion time, median of {args.rounds}: fixed {fixed:.1f} s, adaptive {adaptive:.1f} s, "
           f"ratio {adaptive / fixed:.2f}x (figure: at most 2x)")
+    if args.baseline:
+        base = statistics.median(seconds["baseline"])
+        print(f"against the baseline checkout's --recipe default ({base:.1f} s): adaptive {adaptive / base:.2f}x "
+              "(figure: at most 2x)")
+        return 0 if adaptive / base <= 2.0 else 1
     return 0 if adaptive / fixed <= 2.0 else 1
 
 
