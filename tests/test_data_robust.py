@@ -444,3 +444,15 @@ def test_cli_validate_string_pixels_is_a_data_error(default_run, tmp_path):
 def test_cli_validate_nan_scale_is_a_usage_error(default_run):
     assert_one_line_error(invoke("validate", default_run / "model_int8.tflite", "--data",
                                  CALIBRATION / "digits-test.npz", "--scale=nan"), 2, "--scale", "finite")
+
+
+def test_a_flat_folder_with_an_empty_subfolder_is_flat_and_a_mixed_one_is_refused(tmp_path):
+    pixels = np.zeros((8, 8, 3), np.uint8)
+    for i in range(3):
+        Image.fromarray(pixels).save(tmp_path / f"top{i}.png")
+    (tmp_path / "old").mkdir()  # empty: not a class folder
+    ds = open_dataset(tmp_path, "calibration")
+    assert ds.layout == "flat" and len(ds) == 3
+    Image.fromarray(pixels).save(tmp_path / "old" / "a.png")
+    with pytest.raises(DataError, match=r"mixes 3 images at its top level with class folders \(old\)"):
+        open_dataset(tmp_path, "calibration")

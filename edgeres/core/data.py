@@ -325,6 +325,13 @@ def open_dataset(source: str | os.PathLike, role: str = "data") -> Dataset:
 
 def _open_folder(path: Path, role: str) -> Dataset:
     subdirs = sorted(d for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
+    top = sorted(str(f) for f in path.iterdir() if _is_image(f))
+    if subdirs and top:  # images at the top: a flat folder, unless class folders hold images too
+        filled = [d.name for d in subdirs if any(_is_image(f) for f in d.rglob("*"))]
+        if filled:
+            raise DataError(f"{role} folder {path} mixes {len(top)} images at its top level with class folders "
+                            f"({', '.join(filled[:5])}): put every image in a class folder, or all at the top")
+        subdirs = []
     if subdirs:
         items: list[str] = []
         labels: list[int] = []
@@ -340,7 +347,6 @@ def _open_folder(path: Path, role: str) -> Dataset:
         if empty:
             raise DataError(f"{role} folder {path}: class folder(s) without images: {', '.join(empty[:5])}")
         return Dataset(str(path), "classes", tuple(items), np.asarray(labels, np.int64), tuple(names))
-    files = sorted(str(f) for f in path.iterdir() if _is_image(f))
-    if not files:
+    if not top:
         raise DataError(f"{role} folder {path} is empty or holds no image files")
-    return Dataset(str(path), "flat", tuple(files))
+    return Dataset(str(path), "flat", tuple(top))
