@@ -137,3 +137,30 @@ def test_converter_log_records_reach_stderr_without_logging_errors(tmp_path):
                            "-o", str(tmp_path / "run")], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "Logging error" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+
+
+def test_a_softmax_inside_a_nested_model_is_kept_in_float(tmp_path):
+    """Input -> preprocessing -> a whole classifier as one layer (the keras.applications pattern)."""
+    import keras
+    from keras import layers
+
+    inner_in = keras.Input((8, 8, 1))
+    x = layers.Conv2D(8, 3, padding="same", activation="relu")(inner_in)
+    inner = keras.Model(inner_in, layers.Dense(10, activation="softmax")(layers.GlobalAveragePooling2D()(x)),
+                        name="backbone")
+    i = keras.Input((8, 8, 1))
+    keras.Model(i, inner(layers.Rescaling(1 / 255.0)(i))).save(tmp_path / "nested.keras")
+    out = tmp_path / "run"
+    result = invoke("convert", tmp_path / "nested.keras", "--int8", "--calib", TRAIN, "--data", TEST,
+                    "--calib-size", "64", "--val-size", "100", "--runs", "50", "--recipe", "default", "-o", out)
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    for a in report["artifacts"]:
+        if a["precision"] == "int8":
+            head = a["details"]["head"]
+            assert head["activation"] == "softmax" and head["float_activation"], head
+            assert head["layer"].startswith("backbone/")
+    from edgeres.core.runtime import tflite_module
+
+    interpreter = tflite_module()[0].Interpreter(model_path=str(out / "model_int8.tflite"))
+    assert interpreter.get_output_details()[0]["dtype"] == np.float32  # probabilities, not int8 steps

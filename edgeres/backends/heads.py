@@ -45,6 +45,8 @@ def split_head(model) -> Head | None:
     import keras
 
     last = model.layers[-1]
+    if isinstance(last, keras.Model):  # Input -> preprocessing -> keras.applications.X(...): look inside
+        return _split_nested(model, last)
     kind = _activation_name(last)
     if kind not in ACTIVATIONS:
         return None
@@ -62,6 +64,24 @@ def split_head(model) -> Head | None:
     except (AttributeError, ValueError, TypeError):  # a nested or multi-node last layer: leave the model be
         return None
     return Head(kind, logits, last.name)
+
+
+def _split_nested(model, inner) -> Head | None:
+    """The head of a model whose last layer is a whole model, called once on one tensor."""
+    import keras
+
+    try:
+        if len(inner.inputs) != 1 or len(inner.outputs) != 1 or len(inner._inbound_nodes) != 1:
+            return None
+        head = split_head(inner)
+        if head is None:
+            return None
+        logits = keras.Model(model.inputs, head.logits(inner.input if model.layers[0] is inner else
+                                                       inner._inbound_nodes[0].input_tensors[0]),
+                             name=f"{model.name}_logits")
+    except (AttributeError, ValueError, TypeError, IndexError):
+        return None
+    return Head(head.activation, logits, f"{inner.name}/{head.layer}")
 
 
 def _activation_name(layer) -> str | None:
