@@ -22,7 +22,7 @@ from edgeres.backends.tflite_convert import (
 )
 from edgeres.core import tflite_schema
 from edgeres.core.errors import ConversionError
-from edgeres.quant.stats import sequential_bias_correction
+from edgeres.quant.stats import LAYER_BY_LAYER, bias_correction_passes
 
 _LAYER_OPS = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "MUL", "SUB", "MEAN",
               "AVERAGE_POOL_2D", "MAX_POOL_2D", "CONCATENATION", "TRANSPOSE_CONV", "BATCH_MATMUL"}
@@ -212,9 +212,9 @@ class TFLiteQuantizer:
                    else recipe.calibration}
         if recipe.bias_correction:
             data, details["bias_corrected_layers"] = self._bias_correct(data)
-            data, empirical = self._empirical_bias_correct(data)
+            data, empirical, how = self._empirical_bias_correct(data)
             details["bias_correction"] = f"analytic (weights) on all, empirical on {len(empirical)} unclamped " \
-                                         f"layers ({getattr(self, 'bias_correction_mode', 'none')})"
+                                         f"layers ({how})"
         if io != tf.float32:  # as TFLiteConverter does: strip the boundary (de)quantize ops
             from tensorflow.lite.python.util import modify_model_io_type
 
@@ -292,7 +292,7 @@ class TFLiteQuantizer:
             fixed.append(tensor_layer.get(name.decode(), name.decode()))
         return _pack(qm), fixed
 
-    def _empirical_bias_correct(self, data: bytes) -> tuple[bytes, list[str]]:
+    def _empirical_bias_correct(self, data: bytes) -> tuple[bytes, list[str], str]:
         """Cancel the remaining mean shift of layers whose output is not clamped by a fused ReLU.
 
         For those layers the int8 output's mean is an unbiased view of the
@@ -318,25 +318,26 @@ class TFLiteQuantizer:
                     or out.type != schema.TensorType.INT8:
                 continue
             targets.append((op.outputs[0], fi, bias, x, w, out.name.decode()))
-        self.bias_correction_mode = "no unclamped layer"
         if not targets:
-            return data, []
+            return data, [], "no unclamped layer"
         # Layer by layer, each measured with the ones before it corrected (see the ONNX back end: corrected
         # at once, a shift that flows on through a linear path is cancelled twice); one pass of the whole
         # model per layer, so over the budget all at once.
-        sequential = sequential_bias_correction(len(self.calib), [_model_macs(qm, self._opnames)] * len(targets))
-        self.bias_correction_mode = "layer by layer" if sequential else "all layers at once (over the budget)"
+        from edgeres.core.runtime import interpreter_macs, tflite_module
+
+        macs = interpreter_macs(tflite_module()[0].Interpreter(model_content=data))
+        passes, how = bias_correction_passes(targets, len(self.calib), [macs] * len(targets))
         tensor_layer = self.tensor_layer()
         fixed = []
-        for batch in ([[t] for t in targets] if sequential else [targets]):
-            q_means = self._means(_pack(qm) if sequential else data, self.calib, [t[0] for t in batch])
+        for batch in passes:
+            q_means = self._means(_pack(qm) if how == LAYER_BY_LAYER else data, self.calib, [t[0] for t in batch])
             for qi, fi, bias, x, w, name in batch:
                 # the float side was measured on the same calibration images when the ranges were
                 diff = q_means[qi] - self.stats.channel_mean(str(fi))
                 _shift_bias(qm, bias, diff, float(x.quantization.scale[0]) * np.asarray(w.quantization.scale,
                                                                                         np.float64))
                 fixed.append(tensor_layer.get(name, name))
-        return _pack(qm), fixed
+        return _pack(qm), fixed, how
 
     def _means(self, model: bytes, x: np.ndarray, tensors: list[int]) -> dict[int, np.ndarray]:
         """Per-channel (last axis) means of the given tensors, dequantized."""
@@ -352,22 +353,6 @@ class TFLiteQuantizer:
                 sums[i] = sums.get(i, 0) + v.reshape(-1, v.shape[-1]).sum(0)
                 counts[i] = counts.get(i, 0) + v.size // v.shape[-1]
         return {i: s / counts[i] for i, s in sums.items()}
-
-
-def _model_macs(model_t, opnames: dict[int, str]) -> float:
-    """Multiply-accumulates per image of the convolutions and fully connected layers of a TFLite model."""
-    g = model_t.subgraphs[0]
-    macs = 0.0
-    for op in g.operators:
-        kind = _op_kind(model_t, op, opnames)
-        if kind not in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED") or len(op.inputs) < 2:
-            continue
-        w, out = g.tensors[op.inputs[1]].shape, g.tensors[op.outputs[0]].shape
-        if w is None or out is None or any(int(d) <= 0 for d in out[1:]):
-            return float("inf")  # unknown: too big for layer by layer
-        spatial = out[:-1] if kind == "FULLY_CONNECTED" else out[1:-1]
-        macs += float(np.prod(spatial)) * float(np.prod(w))  # depthwise: (1, kh, kw, C x multiplier)
-    return macs
 
 
 def _buffer(model_t, tensor, dtype) -> np.ndarray | None:

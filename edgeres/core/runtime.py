@@ -240,28 +240,7 @@ class TFLiteRunner(Runner):
 
     def macs(self) -> int:
         """Multiply-accumulates per inference at batch 1: convolutions and fully connected layers."""
-        tensors = {t["index"]: t for t in self.interp.get_tensor_details()}
-        total = 0
-        for op in self.interp._get_ops_details():
-            name = op["op_name"]
-            if name not in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV"):
-                continue
-            ins = [i for i in op["inputs"] if i >= 0]
-            out = tensors[op["outputs"][0]]["shape"]
-            weight_idx = ins[0] if name == "TRANSPOSE_CONV" else ins[1]
-            w = tensors[weight_idx]["shape"]
-            batch = max(int(out[0]), 1)
-            if name == "CONV_2D":  # w: (O, kh, kw, I)
-                total += int(np.prod(out[1:])) * int(np.prod(w[1:]))
-            elif name == "DEPTHWISE_CONV_2D":  # w: (1, kh, kw, O)
-                total += int(np.prod(out[1:])) * int(w[1]) * int(w[2])
-            elif name == "FULLY_CONNECTED":  # w: (O, I)
-                rows = int(np.prod(out[:-1])) // batch
-                total += rows * int(w[0]) * int(w[1])
-            else:  # TRANSPOSE_CONV, w: (O, kh, kw, I): every input pixel scatters a kh*kw*O patch
-                x = tensors[ins[2]]["shape"]
-                total += int(np.prod(x[1:3])) * int(np.prod(w))
-        return total
+        return interpreter_macs(self.interp)
 
     def compute_precision(self) -> str:
         """int8 when the convolutions' and fully connected layers' weights are 8-bit, else float32."""
@@ -280,6 +259,33 @@ class TFLiteRunner(Runner):
         for op in (getter() if getter else []):
             counts[op["op_name"]] = counts.get(op["op_name"], 0) + 1
         return counts
+
+
+def interpreter_macs(interp: Any) -> int:
+    """Multiply-accumulates per inference at batch 1 of a TFLite interpreter's convolutions and fully connected
+    layers (the shapes are static: no tensors need allocating)."""
+    tensors = {t["index"]: t for t in interp.get_tensor_details()}
+    total = 0
+    for op in interp._get_ops_details():
+        name = op["op_name"]
+        if name not in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV"):
+            continue
+        ins = [i for i in op["inputs"] if i >= 0]
+        out = tensors[op["outputs"][0]]["shape"]
+        weight_idx = ins[0] if name == "TRANSPOSE_CONV" else ins[1]
+        w = tensors[weight_idx]["shape"]
+        batch = max(int(out[0]), 1)
+        if name == "CONV_2D":  # w: (O, kh, kw, I)
+            total += int(np.prod(out[1:])) * int(np.prod(w[1:]))
+        elif name == "DEPTHWISE_CONV_2D":  # w: (1, kh, kw, O)
+            total += int(np.prod(out[1:])) * int(w[1]) * int(w[2])
+        elif name == "FULLY_CONNECTED":  # w: (O, I)
+            rows = int(np.prod(out[:-1])) // batch
+            total += rows * int(w[0]) * int(w[1])
+        else:  # TRANSPOSE_CONV, w: (O, kh, kw, I): every input pixel scatters a kh*kw*O patch
+            x = tensors[ins[2]]["shape"]
+            total += int(np.prod(x[1:3])) * int(np.prod(w))
+    return total
 
 
 def _load_edgetpu(mod: Any) -> Any:

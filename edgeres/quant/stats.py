@@ -21,11 +21,18 @@ TAP_BYTES = 512 * 2**20  # memory for every intermediate tensor of one batch, wh
 # each pass runs; ResNet-20 at 300 images is about 1.4e11, ResNet-50 at 224 with 100 images about 1e13),
 # else every layer is measured in one pass and corrected at once.
 SEQUENTIAL_BIAS_MACS = 2e12
+LAYER_BY_LAYER = "layer by layer"
 
 
-def sequential_bias_correction(images: int, pass_macs: Iterable[float]) -> bool:
-    """Whether correcting layer by layer (one pass per layer, ``pass_macs`` per image each) fits the budget."""
-    return images * float(sum(pass_macs)) <= SEQUENTIAL_BIAS_MACS
+def bias_correction_passes(targets: list, images: int, pass_macs: Iterable[float]) -> tuple[list[list], str]:
+    """The passes empirical bias correction makes over the calibration images, and how, in words.
+
+    One pass per target (layer by layer) when ``images`` x the MACs of those passes (``pass_macs``, one per
+    target, per image) fits :data:`SEQUENTIAL_BIAS_MACS`; else one pass for all of them.
+    """
+    if images * float(sum(pass_macs)) <= SEQUENTIAL_BIAS_MACS:
+        return [[t] for t in targets], LAYER_BY_LAYER
+    return [list(targets)], "all layers at once (over the budget)"
 
 
 def tap_batch(per_image_bytes: int, largest: int = 32) -> int:
