@@ -36,3 +36,17 @@ def table(header: tuple, rows: list[tuple]) -> str:
     widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
     fmt = lambda r: "| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
     return "\n".join([fmt(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(fmt, rows)])
+
+
+def add_model_options(ap) -> None:
+    """--model (default: the shared ResNet-20, raw pixels) and its preprocessing, as `edgeres convert` takes it."""
+    ap.add_argument("--model", type=Path, default=None)
+    ap.add_argument("--scale", default=None)
+    ap.add_argument("--mean", default=None)
+    ap.add_argument("--std", default=None)
+
+
+def model_and_preprocessing(args) -> tuple[Path, list[str]]:
+    """The model from :func:`add_model_options`, and its --scale/--mean/--std as CLI arguments."""
+    pre = [a for k in ("scale", "mean", "std") if getattr(args, k) for a in (f"--{k}", getattr(args, k))]
+    return args.model or shared("models", "resnet20_cifar10.keras"), pre

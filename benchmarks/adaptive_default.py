@@ -19,22 +19,18 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _common import edgeres_json, shared, table
+from _common import add_model_options, edgeres_json, model_and_preprocessing, shared, table
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", type=Path, default=None)
-    ap.add_argument("--scale", default=None)
-    ap.add_argument("--mean", default=None)
-    ap.add_argument("--std", default=None)
+    add_model_options(ap)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--baseline", type=Path, default=None,
                     help="a checkout of the code before the adaptive default (git worktree add DIR f2e347f): "
                          "its --recipe default is timed too, in the same rounds, as the issue's 'today'")
     args = ap.parse_args()
-    model = args.model or shared("models", "resnet20_cifar10.keras")
-    pre = [a for k in ("scale", "mean", "std") if getattr(args, k) for a in (f"--{k}", getattr(args, k))]
+    model, pre = model_and_preprocessing(args)
     common = [model, "--int8", "--calib", shared("cifar10", "calib"), "--data", shared("cifar10", "test"), *pre]
     seconds: dict[str, list[float]] = {"adaptive": [], "fixed": []}
     runs = [("adaptive", [], None), ("fixed", ["--recipe", "default"], None)]

@@ -27,7 +27,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from _common import edgeres_json, shared, table
+from _common import add_model_options, edgeres_json, model_and_preprocessing, shared, table
 
 
 def weights_only_sqnr(model_path: Path, test_dir: Path, pre: dict) -> tuple[float, float]:
@@ -55,16 +55,12 @@ def weights_only_sqnr(model_path: Path, test_dir: Path, pre: dict) -> tuple[floa
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", type=Path, default=None)
-    ap.add_argument("--scale", default=None)
-    ap.add_argument("--mean", default=None)
-    ap.add_argument("--std", default=None)
+    add_model_options(ap)
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--calib-size", type=int, default=300)
     args = ap.parse_args()
-    model = args.model or shared("models", "resnet20_cifar10.keras")
+    model, pre = model_and_preprocessing(args)
     test = shared("cifar10", "test")
-    pre = [a for k in ("scale", "mean", "std") if getattr(args, k) for a in (f"--{k}", getattr(args, k))]
     common = [model, "--int8", "--calib", shared("cifar10", "calib"), "--data", test,
               "--calib-size", str(args.calib_size), "--runs", "50", *pre]
     runs: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
