@@ -76,9 +76,8 @@ def _split_nested(model, inner) -> Head | None:
         head = split_head(inner)
         if head is None:
             return None
-        logits = keras.Model(model.inputs, head.logits(inner.input if model.layers[0] is inner else
-                                                       inner._inbound_nodes[0].input_tensors[0]),
-                             name=f"{model.name}_logits")
+        fed = inner._inbound_nodes[0].input_tensors[0]  # the outer tensor the inner model was called on
+        logits = keras.Model(model.inputs, head.logits(fed), name=f"{model.name}_logits")
     except (AttributeError, ValueError, TypeError, IndexError):
         return None
     return Head(head.activation, logits, f"{inner.name}/{head.layer}")
