@@ -96,6 +96,18 @@ def test_second_run_into_the_same_folder_fails_at_once(tmp_path: Path):
     assert leftovers(tmp_path) == []
 
 
+def test_a_folder_where_the_lock_cannot_be_created_is_a_write_error_not_a_busy_lock():
+    # filelock waits for a lock file it cannot create as if another run held it; /proc refuses new files
+    # even to root, which ignores permission bits
+    if not os.path.isdir("/proc/self"):
+        pytest.skip("needs Linux /proc: a folder where even root cannot create a file")
+    for attempt in (lambda: check_output_dir(Path("/proc/edgeres-out"), False),
+                    lambda: staged_dir(Path("/proc/edgeres-out"), False).__enter__()):
+        with pytest.raises(OutputWriteError, match=r"cannot write /proc/\.edgeres-out\.lock: ") as err:
+            attempt()
+        assert "another edgeres run" not in str(err.value)
+
+
 def test_file_dropped_into_empty_output_during_a_run_is_kept(tmp_path: Path):
     out = tmp_path / "out"
     out.mkdir()

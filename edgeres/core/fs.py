@@ -193,7 +193,7 @@ def _output_lock(out: Path) -> Iterator[None]:
         try:
             lock.acquire()
         except Timeout:
-            raise OutputExistsError(busy) from None
+            raise _unlockable(path) or OutputExistsError(busy) from None
         except NotImplementedError:  # filelock 3.x on a filesystem without flock
             log.warning(f"cannot lock {path} on this filesystem: concurrent runs into {out} are not detected")
             yield
@@ -214,6 +214,20 @@ def _output_lock(out: Path) -> Iterator[None]:
                     path.unlink()
         finally:
             lock.release()
+
+
+def _unlockable(path: Path) -> OutputWriteError | None:
+    """Why ``path`` cannot be locked when no run holds it: filelock waits for a lock file it cannot create
+    (a read-only folder, /proc) as if another run held it."""
+    if path.exists():
+        return None
+    try:
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o644))
+    except OSError as exc:
+        return _write_error(path, exc)
+    with suppress(OSError):
+        path.unlink()
+    return None
 
 
 def _same_file(lock: FileLock, path: Path) -> bool | None:
