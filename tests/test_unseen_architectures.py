@@ -164,3 +164,64 @@ def test_a_softmax_inside_a_nested_model_is_kept_in_float(tmp_path):
 
     interpreter = tflite_module()[0].Interpreter(model_path=str(out / "model_int8.tflite"))
     assert interpreter.get_output_details()[0]["dtype"] == np.float32  # probabilities, not int8 steps
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "float16"])
+def test_a_half_precision_model_is_converted_in_float32_with_one_warning(tmp_path, policy):
+    """A mixed_float16 policy from training (or a float16 model) has no TFLite half-precision kernels for
+    its convolutions: it was refused as 'ops with no TFLite builtin kernel'."""
+    import subprocess
+    import sys
+
+    import keras
+    from keras import layers
+
+    keras.config.set_dtype_policy(policy)
+    try:
+        i = keras.Input((8, 8, 1))
+        x = layers.Conv2D(8, 3, padding="same", activation="relu")(layers.Rescaling(1 / 255.0)(i))
+        inner = keras.Sequential([layers.Dense(16, activation="relu")], name="inner")  # nested: widened too
+        out = layers.Dense(10, dtype="float32")(inner(layers.GlobalAveragePooling2D()(x)))
+        model = keras.Model(i, out)
+    finally:
+        keras.config.set_dtype_policy("float32")
+    model.save(tmp_path / "half.keras")
+    x = np.load(TEST)["x"][:100].astype(np.float32)
+    expected = np.asarray(model.predict(x, verbose=0), np.float32)
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "edgeres", "convert", str(tmp_path / "half.keras"), "--int8",
+                           "--calib", str(TRAIN), "--data", str(TEST), "--calib-size", "64", "--val-size", "100",
+                           "--runs", "50", "--recipe", "default", "-o", str(out)], capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    warnings = [line for line in proc.stderr.splitlines() if line.startswith("edgeres: warning:")]
+    assert len(warnings) == 1 and "half precision in 4 layers: converted in float32" in warnings[0], proc.stderr
+    report = json.loads((out / "report.json").read_text())
+    fp32 = next(a for a in report["artifacts"] if a["name"] == "tflite_fp32")
+    assert fp32["agreement"] == 100.0
+    from edgeres.core.runtime import tflite_module
+
+    interp = tflite_module()[0].Interpreter(model_path=str(out / "model_fp32.tflite"))
+    interp.allocate_tensors()
+    got = []
+    for image in x:
+        interp.set_tensor(interp.get_input_details()[0]["index"], image[None])
+        interp.invoke()
+        got.append(interp.get_tensor(interp.get_output_details()[0]["index"])[0])
+    # the float32 model computes what the half-precision one does, within half precision's rounding
+    np.testing.assert_allclose(np.array(got), expected, atol=0.05 * float(np.abs(expected).max()))
+
+
+def test_a_model_with_two_outputs_is_a_shape_error_like_any_non_classifier_output(tmp_path):
+    import keras
+    from keras import layers
+
+    from tests.conftest import assert_one_line_error
+
+    i = keras.Input((8, 8, 1))
+    x = layers.GlobalAveragePooling2D()(layers.Conv2D(8, 3, padding="same")(i))
+    keras.Model(i, [layers.Dense(10)(x), layers.Dense(4)(x)]).save(tmp_path / "two.keras")
+    out = tmp_path / "run"
+    result = invoke("convert", tmp_path / "two.keras", "--int8", "--calib", TRAIN, "-o", out)
+    assert_one_line_error(result, 5, "1 inputs and 2 outputs", "single-output image classifiers")
+    assert not out.exists()

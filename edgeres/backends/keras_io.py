@@ -7,6 +7,7 @@ layer, a pickled object) is refused, never executed.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import weakref
@@ -20,6 +21,7 @@ import numpy as np
 from edgeres.core.errors import ModelError, ShapeError, first_line
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+log = logging.getLogger(__name__)
 
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
 
@@ -88,6 +90,7 @@ def load_model(spec: str, *, input_size: int | None = None, num_classes: int | N
         raise ModelError(f"{path} does not hold a Keras model")
     _check_single_io(model, str(path))
     _check_classifier(model, str(path))
+    model = _float32_compute(model, str(path))
     return LoadedModel(model, path.stem, str(path), suffix.lstrip(".").replace("hdf5", "h5"))
 
 
@@ -109,7 +112,7 @@ def _from_savedmodel(path: Path) -> LoadedModel:
         raise ModelError(f"cannot load SavedModel {path}: {first_line(exc)}") from None
     specs = list(fn.structured_input_signature[1].values())
     if len(specs) != 1:
-        raise ModelError(f"SavedModel {path} has {len(specs)} inputs; edgeres handles single-input image models")
+        raise ShapeError(f"SavedModel {path} has {len(specs)} inputs; edgeres handles single-input image models")
     shape = tuple(specs[0].shape)
     if len(shape) != 4 or any(d is None for d in shape[1:]):
         raise ShapeError(f"SavedModel {path} input shape {shape} cannot be fed images (need N,H,W,C)")
@@ -118,11 +121,49 @@ def _from_savedmodel(path: Path) -> LoadedModel:
     out = layer(inp)
     if isinstance(out, dict):
         if len(out) != 1:
-            raise ModelError(f"SavedModel {path} has {len(out)} outputs; edgeres handles one")
+            raise ShapeError(f"SavedModel {path} has {len(out)} outputs; edgeres handles one")
         out = next(iter(out.values()))
     model = keras.Model(inp, out, name=path.name)
     _check_classifier(model, f"SavedModel {path}")
     return LoadedModel(model, path.name, str(path), "savedmodel")
+
+
+_HALF = ("float16", "bfloat16")
+
+
+def _float32_compute(model, where: str):
+    """The same model computing in float32, when any layer computes in float16/bfloat16 (a ``mixed_float16``
+    policy from training, or a half-precision model).  TFLite has no half-precision kernels for convolutions
+    and matmuls, and int8 calibration wants float32 statistics; the weights are the same values (half
+    weights widen exactly)."""
+    half = [layer.name for layer in _flat_layers(model)
+            if str(getattr(layer, "compute_dtype", "float32")) in _HALF]
+    if not half:
+        return model
+    import keras
+
+    def widen(cfg):
+        if isinstance(cfg, dict):
+            if cfg.get("class_name") in ("DTypePolicy", "FloatDTypePolicy") and isinstance(cfg.get("config"), dict):
+                return {**cfg, "config": {**cfg["config"], "name": "float32"}}
+            return {k: ("float32" if k == "dtype" and isinstance(v, str) and (v in _HALF or v.startswith("mixed_"))
+                        else widen(v)) for k, v in cfg.items()}
+        return [widen(v) for v in cfg] if isinstance(cfg, list) else cfg
+
+    try:
+        wide = keras.saving.deserialize_keras_object(widen(keras.saving.serialize_keras_object(model)),
+                                                     safe_mode=True)
+        wide.set_weights([np.asarray(w, np.float32) for w in model.get_weights()])
+    except Exception as exc:
+        raise ModelError(f"{where} computes in half precision ({len(half)} layers, e.g. "
+                         f"{half[0]!r}) and could not be rebuilt in float32: {first_line(exc)}; save it with "
+                         "the float32 dtype policy") from None
+    still = [layer.name for layer in _flat_layers(wide) if str(getattr(layer, "compute_dtype", "")) in _HALF]
+    if still:
+        raise ModelError(f"{where}: layer {still[0]!r} still computes in half precision after rebuilding the "
+                         "model in float32; save it with the float32 dtype policy")
+    log.warning("%s computes in half precision in %d layers: converted in float32 (same weights)", where, len(half))
+    return wide
 
 
 _COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -183,7 +224,7 @@ def with_fixed_batch(model, hwc: tuple[int, int, int], batch: int = 1):
 
 def _check_single_io(model, where: str) -> None:
     if len(model.inputs) != 1 or len(model.outputs) != 1:
-        raise ModelError(f"{where} has {len(model.inputs)} inputs and {len(model.outputs)} outputs; "
+        raise ShapeError(f"{where} has {len(model.inputs)} inputs and {len(model.outputs)} outputs; "
                          "edgeres handles single-input, single-output image classifiers")
 
 

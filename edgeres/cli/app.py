@@ -20,6 +20,7 @@ import click
 
 from edgeres import __version__
 from edgeres.core.errors import EdgeresError
+from edgeres.core.quiet import real_stderr
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
@@ -70,7 +71,7 @@ def _usage_error(exc: click.UsageError) -> None:
 
 class _WarningsToStderr(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
-        click.echo(f"edgeres: {record.levelname.lower()}: {record.getMessage()}", err=True)
+        click.echo(f"edgeres: {record.levelname.lower()}: {record.getMessage()}", file=real_stderr())
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES)

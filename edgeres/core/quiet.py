@@ -17,6 +17,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 log = logging.getLogger(__name__)
+_REAL_STDERR: list = []  # a stream on the real stderr for each quiet() block being run, innermost last
+
+
+def real_stderr():
+    """Where edgeres' own warnings go: the terminal's stderr, even inside a :func:`quiet` block."""
+    return _REAL_STDERR[-1] if _REAL_STDERR else sys.stderr
 
 
 @contextmanager
@@ -35,6 +41,12 @@ def quiet() -> Iterator[None]:
         yield
         return
     py_out, py_err = sys.stdout, sys.stderr
+    try:  # the stderr stream of before, unless it writes to fd 2, which is about to point at the sink
+        writes_fd2 = py_err.fileno() == 2
+    except (AttributeError, OSError, ValueError):  # a test runner's buffer
+        writes_fd2 = False
+    real = open(os.dup(saved[1]), "w", closefd=True) if writes_fd2 and not _REAL_STDERR else None
+    _REAL_STDERR.append(real or real_stderr())  # a nested block keeps the outer block's
     with tempfile.TemporaryFile(mode="w+b") as sink:
         os.dup2(sink.fileno(), 1)
         os.dup2(sink.fileno(), 2)
@@ -47,6 +59,9 @@ def quiet() -> Iterator[None]:
                 _repoint_log_handlers(sys.stdout, py_err)
                 sys.stdout.close()
             finally:
+                _REAL_STDERR.pop()
+                if real is not None:
+                    real.close()
                 sys.stdout, sys.stderr = py_out, py_err
                 os.dup2(saved[0], 1)
                 os.dup2(saved[1], 2)
