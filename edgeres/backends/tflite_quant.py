@@ -24,6 +24,8 @@ from edgeres.core import tflite_schema
 from edgeres.core.errors import ConversionError
 from edgeres.quant.stats import LAYER_BY_LAYER, bias_correction_passes
 
+MIN_INSIDE = 0.05  # a channel's output inside its clamps less often than this: no empirical bias correction
+
 _LAYER_OPS = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "MUL", "SUB", "MEAN",
               "AVERAGE_POOL_2D", "MAX_POOL_2D", "CONCATENATION", "TRANSPOSE_CONV", "BATCH_MATMUL"}
 CONVERTER_IMAGES = 1  # images TFLiteConverter calibrates on itself: its ranges are all replaced
@@ -44,9 +46,16 @@ def _dequantized(value: np.ndarray, detail: dict) -> np.ndarray:
 
 
 def _shift_bias(model_t, bias, shift: np.ndarray, bias_scale: np.ndarray) -> None:
-    """Subtract a float per-channel ``shift`` from an int32 bias tensor, in place."""
+    """Subtract a float per-channel ``shift`` from an int32 bias tensor, in place.
+
+    The converter stores equal constants once: layers whose biases are all zero (no bias, or an untrained
+    one) share one buffer, so a shared bias first gets a buffer of its own."""
     q = _buffer(model_t, bias, np.int32).astype(np.int64)
     new = np.clip(q - np.round(shift / bias_scale), -2 ** 31, 2 ** 31 - 1).astype(np.int32)
+    if sum(t.buffer == bias.buffer for g in model_t.subgraphs for t in g.tensors) > 1:
+        own = tflite_schema.schema().BufferT()
+        model_t.buffers.append(own)
+        bias.buffer = len(model_t.buffers) - 1
     model_t.buffers[bias.buffer].data = np.frombuffer(new.tobytes(), np.uint8)
 
 
@@ -72,6 +81,7 @@ class TFLiteQuantizer:
     def __init__(self, model: Any, calib: np.ndarray, layer_types: dict[str, str], io_dtype: str = "int8",
                  batch: int = 32):
         self.keras_model, self.calib, self.io_dtype = model, calib, io_dtype
+        self.batchnorm_as_depthwise: list[str] = []  # set by the format (edgeres.backends.keras_rewrite)
         # The converter's own min/max only need to exist: edgeres replaces every one of them
         # from its histograms (the models are byte-identical with 16 images here), so one image keeps
         # this pass cheap.
@@ -210,11 +220,13 @@ class TFLiteQuantizer:
         details = {"engine": "TFLiteConverter calibrate-only + mlir_quantize, edgeres ranges",
                    "calibration": recipe.calibration, "output_range": "minmax" if recipe.output != "calibrated"
                    else recipe.calibration}
+        if self.batchnorm_as_depthwise:
+            details["batchnorm_as_depthwise"] = list(self.batchnorm_as_depthwise)
         if recipe.bias_correction:
             data, details["bias_corrected_layers"] = self._bias_correct(data)
             data, empirical, how = self._empirical_bias_correct(data)
-            details["bias_correction"] = f"analytic (weights) on all, empirical on {len(empirical)} unclamped " \
-                                         f"layers ({how})"
+            details["bias_correction"] = f"analytic (weights) on all, empirical on {len(empirical)} layers' " \
+                                         f"outputs, through their clamps ({how})"
         if io != tf.float32:  # as TFLiteConverter does: strip the boundary (de)quantize ops
             from tensorflow.lite.python.util import modify_model_io_type
 
@@ -293,33 +305,39 @@ class TFLiteQuantizer:
         return _pack(qm), fixed
 
     def _empirical_bias_correct(self, data: bytes) -> tuple[bytes, list[str], str]:
-        """Cancel the remaining mean shift of layers whose output is not clamped by a fused ReLU.
+        """Cancel the mean output shift that remains after the analytic pass, measured on calibration images.
 
-        For those layers the int8 output's mean is an unbiased view of the
-        pre-activation mean, so the shift that input rounding adds (which the
-        analytic pass cannot see) is measured directly: float and int8 models
-        on the same calibration images, per output channel.
+        The analytic pass sees only weight rounding; input rounding and range clipping add their own shift.
+        What the next layers see is each layer's int8 *output*, clamped by its fused ReLU/ReLU6 and by its
+        int8 range, so that is what is matched to the float model's output, per channel.  Moving a bias by
+        ``d`` moves the output mean by about ``d`` times the share of outputs inside the clamps (the slope
+        of the clamp), so the shift is the mean difference divided by that share: one Newton step, exact
+        for a layer nothing clamps.  A channel almost always clamped (a share under
+        :data:`MIN_INSIDE`) is left alone: its slope is too flat to tell the shift.
         """
         schema = tflite_schema.schema()
         qm = schema.ModelT.InitFromPackedBuf(data, 0)
         qg = qm.subgraphs[0]
         fg = schema.ModelT.InitFromPackedBuf(self.calibrated, 0).subgraphs[0]
         f_index = {t.name: i for i, t in enumerate(fg.tensors)}
-        targets = []
+        # the model's output tensor is renamed when mlir_quantize puts a DEQUANTIZE after it: it keeps its name
+        dequantized = {op.inputs[0]: qg.tensors[op.outputs[0]].name for op in qg.operators
+                       if _op_kind(qm, op, self._opnames) == "DEQUANTIZE"}
+        targets, clamps = [], {}
         for op in qg.operators:
             kind = _op_kind(qm, op, self._opnames)
             if kind not in ("CONV_2D", "FULLY_CONNECTED", "DEPTHWISE_CONV_2D") or len(op.inputs) < 3 \
                     or op.inputs[2] < 0:
                 continue
             out, bias, x, w = (qg.tensors[i] for i in (op.outputs[0], op.inputs[2], op.inputs[0], op.inputs[1]))
-            fi = f_index.get(out.name)
-            st = self.stats.tensors.get(str(fi))
-            if fi is None or st is None or st.lo >= 0 or bias.type != schema.TensorType.INT32 \
+            fi = f_index.get(out.name, f_index.get(dequantized.get(op.outputs[0])))
+            if fi is None or str(fi) not in self.stats.tensors or bias.type != schema.TensorType.INT32 \
                     or out.type != schema.TensorType.INT8:
                 continue
             targets.append((op.outputs[0], fi, bias, x, w, out.name.decode()))
+            clamps[op.outputs[0]] = _int8_clamps(op, out)
         if not targets:
-            return data, [], "no unclamped layer"
+            return data, [], "no layer to measure"
         # Layer by layer, each measured with the ones before it corrected (see the ONNX back end: corrected
         # at once, a shift that flows on through a linear path is cancelled twice); one pass of the whole
         # model per layer, so over the budget all at once.
@@ -330,29 +348,48 @@ class TFLiteQuantizer:
         tensor_layer = self.tensor_layer()
         fixed = []
         for batch in passes:
-            q_means = self._means(_pack(qm) if how == LAYER_BY_LAYER else data, self.calib, [t[0] for t in batch])
+            q_means, inside = self._means(_pack(qm) if how == LAYER_BY_LAYER else data, self.calib,
+                                          {t[0]: clamps[t[0]] for t in batch})
             for qi, fi, bias, x, w, name in batch:
                 # the float side was measured on the same calibration images when the ranges were
                 diff = q_means[qi] - self.stats.channel_mean(str(fi))
-                _shift_bias(qm, bias, diff, float(x.quantization.scale[0]) * np.asarray(w.quantization.scale,
-                                                                                        np.float64))
+                shift = np.where(inside[qi] >= MIN_INSIDE, diff / np.maximum(inside[qi], MIN_INSIDE), 0.0)
+                _shift_bias(qm, bias, shift, float(x.quantization.scale[0]) * np.asarray(w.quantization.scale,
+                                                                                         np.float64))
                 fixed.append(tensor_layer.get(name, name))
         return _pack(qm), fixed, how
 
-    def _means(self, model: bytes, x: np.ndarray, tensors: list[int]) -> dict[int, np.ndarray]:
-        """Per-channel (last axis) means of the given tensors, dequantized."""
+    def _means(self, model: bytes, x: np.ndarray, tensors: dict[int, tuple[int, int]]) -> tuple[dict, dict]:
+        """Per-channel (last axis) means of the given int8 tensors, dequantized, and the share of their values
+        strictly between the given int8 clamps (the fused activation's and the int8 range's)."""
         from edgeres.core.runtime import tflite_module
 
         mod, _ = tflite_module()
         details = {d["index"]: d for d in mod.Interpreter(model_content=model).get_tensor_details()}
         sums: dict[int, np.ndarray] = {}
+        inside: dict[int, np.ndarray] = {}
         counts: dict[int, int] = {}
-        for values in self._run_all(model, x, tensors):
+        for values in self._run_all(model, x, list(tensors)):
             for i, v in values.items():
-                v = _dequantized(v, details[i])
-                sums[i] = sums.get(i, 0) + v.reshape(-1, v.shape[-1]).sum(0)
-                counts[i] = counts.get(i, 0) + v.size // v.shape[-1]
-        return {i: s / counts[i] for i, s in sums.items()}
+                flat = v.reshape(-1, v.shape[-1])
+                lo, hi = tensors[i]
+                inside[i] = inside.get(i, 0) + ((flat > lo) & (flat < hi)).sum(0)
+                sums[i] = sums.get(i, 0) + _dequantized(flat, details[i]).sum(0)
+                counts[i] = counts.get(i, 0) + flat.shape[0]
+        return {i: s / counts[i] for i, s in sums.items()}, {i: n / counts[i] for i, n in inside.items()}
+
+
+def _int8_clamps(op, out) -> tuple[int, int]:
+    """The int8 values an op's output is clamped to: its fused activation's bounds, within -128..127."""
+    acts = tflite_schema.schema().ActivationFunctionType
+    act = getattr(op.builtinOptions, "fusedActivationFunction", acts.NONE)
+    bounds = {acts.RELU: (0.0, None), acts.RELU6: (0.0, 6.0), acts.RELU_N1_TO_1: (-1.0, 1.0)}.get(act)
+    if bounds is None:
+        return -128, 127
+    scale, zero = float(out.quantization.scale[0]), int(out.quantization.zeroPoint[0])
+    lo = max(-128, zero + round(bounds[0] / scale))
+    hi = 127 if bounds[1] is None else min(127, zero + round(bounds[1] / scale))
+    return lo, hi
 
 
 def _buffer(model_t, tensor, dtype) -> np.ndarray | None:
