@@ -27,13 +27,18 @@ class TFLiteFormat:
 
     def quantizer(self, model: Any, hwc: tuple[int, int, int], calib: np.ndarray, layer_types: dict[str, str],
                   settings, float_model: bytes | None = None):
+        from edgeres.backends.keras_rewrite import standalone_batchnorm_as_depthwise
         from edgeres.backends.tflite_quant import TFLiteQuantizer
 
+        # one int8 op instead of MUL+ADD for a BatchNormalization no convolution absorbs (exact, checked)
+        model, as_depthwise = standalone_batchnorm_as_depthwise(model, calib[:8])
         if settings.static_batch:  # accelerators compile static shapes only
             from edgeres.backends.keras_io import with_fixed_batch
 
             model = with_fixed_batch(model, hwc)
-        return TFLiteQuantizer(model, calib, layer_types, settings.io_dtype)
+        quantizer = TFLiteQuantizer(model, calib, layer_types, settings.io_dtype)
+        quantizer.batchnorm_as_depthwise = as_depthwise
+        return quantizer
 
     def int8_details(self, settings, recipe) -> dict:
         return {"io_dtype": settings.io_dtype, "static_batch": 1 if settings.static_batch else None}
