@@ -105,6 +105,26 @@ def test_highest_sqnr_among_the_statistically_tied_wins():
     assert rows["stock"]["tied_with_best"] and not rows["recipe default"]["tied_with_best"]  # 8 vs 1: worse
 
 
+def test_the_recipe_is_kept_unless_a_candidate_is_at_least_min_gain_more_precise():
+    """SQNR within MIN_GAIN_DB of the highest: the recipe stays (it does not flip between configurations that
+    another calibration sample would rank the other way); beyond it, the highest SQNR wins."""
+    from edgeres.quant.adaptive import MIN_GAIN_DB, sqnr_gain_db
+
+    split, ref = _holdout()
+    base = _noisy(ref, 0.1, seed=1)
+    for shrink, chosen in ((0.995, "recipe default"), (0.97, "mse, bias correction")):
+        better = ref + (base - ref) * shrink  # the same errors, scaled: 0.04 dB, then 0.26 dB more precise
+        outputs = {"*": _noisy(ref, 0.5, seed=2), "recipe default": base, "mse, bias correction": better}
+        data, details = choose(FakeBackend(outputs), resolve_recipe("default"), split)
+        rows = {c["name"]: c for c in details["adaptive"]["candidates"]}
+        gain = rows["mse, bias correction"]["sqnr_db"] - rows["recipe default"]["sqnr_db"]
+        assert gain > 0 and (gain < MIN_GAIN_DB) == (chosen == "recipe default")  # the premise
+        assert details["adaptive"]["chosen"] == chosen and data == chosen.encode()
+        assert rows["recipe default"]["sqnr_tied_with_best"] == (chosen == "recipe default")
+        assert not rows["stock"]["sqnr_tied_with_best"]
+    assert abs(sqnr_gain_db(np.full(10, 2.0), np.full(10, 1.0)) - 10 * np.log10(2)) < 1e-12
+
+
 def test_a_significantly_less_faithful_candidate_never_wins_on_sqnr():
     split, ref = _holdout()
     outputs = {"*": _noisy(ref, 0.5, flips=0), "mse": _noisy(ref, 0.05, flips=12)}

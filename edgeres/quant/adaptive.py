@@ -10,9 +10,11 @@ statistics never saw (the *holdout*), against the float32 model's own outputs:
 2. candidates whose agreement is not significantly below the best one's (an exact one-sided McNemar test
    on the images where the two differ, at ``TIE_ALPHA``) are tied: a few hundred images cannot tell them
    apart on agreement;
-3. among the tied, the highest output SQNR wins: a continuous measure of the same fidelity, steady on a few
-   hundred images, and what predicted agreement on unseen images best in the development suite
-   (benchmarks/int8_suite.py, docs/quantization.md).
+3. among the tied, output SQNR decides: a continuous measure of the same fidelity, steady on a few hundred
+   images, and what predicted agreement on unseen images best in the development suite
+   (benchmarks/int8_suite.py, docs/quantization.md).  But a few hundredths of a dB are noise too: the
+   recipe itself is kept unless the highest SQNR beats it by ``MIN_GAIN_DB`` or more, so the choice does
+   not flip between configurations that a different calibration sample would rank the other way.
 
 The candidates are the recipe itself, the stock converter's configuration (min/max ranges, calibrated
 output, no corrections: what TFLiteConverter and ``quantize_static`` do by default), and the other range
@@ -40,6 +42,10 @@ from edgeres.quant.recipes import BackendOverride, Recipe
 HOLDOUT = 300       # calibration images held out to choose on (more when the calibration set has them)
 MIN_HOLDOUT = 64    # fewer: the choice would be noise, so the recipe is used as it is
 TIE_ALPHA = 0.05    # one-sided exact McNemar: below this, a candidate is worse than the best on agreement
+#: an SQNR gain below this is no reason to leave the recipe: the same configuration built from another
+#: calibration sample of the same size moves by 0.1-0.4 dB (benchmarks/calibration_spread.py), and
+#: candidates with bias correction often sit within a few hundredths of a dB of each other
+MIN_GAIN_DB = 0.1
 #: entropy (KL) ranges are left out: ten times slower to compute than the others (3.5 s against 0.3 s on
 #: ResNet-20), and on it the least faithful of all (SQNR 27.5 dB against 30.7); --recipe entropy builds them
 METHODS = (("mse", None), ("percentile", 99.999), ("percentile", 99.99), ("minmax", None))
@@ -57,11 +63,13 @@ class Scored:
     data: bytes = field(default=b"", repr=False)
     details: dict = field(default_factory=dict)
     agrees: np.ndarray | None = field(default=None, repr=False)  # per holdout image: top-1 == float32's
+    noise: np.ndarray | None = field(default=None, repr=False)   # per holdout image: squared error of the output
     sqnr_db: float = -math.inf
     collapsed: bool = False
     seconds: float = 0.0
     error: str | None = None
     tied: bool = False
+    sqnr_tied: bool = False
     summary: str = ""  # the recipe as this back end builds it
 
     @property
@@ -73,7 +81,7 @@ class Scored:
         if self.error:
             return {**out, "error": self.error}
         return {**out, "agreement": round(self.agreement, 3), "sqnr_db": round(self.sqnr_db, 3),
-                "collapsed": self.collapsed, "tied_with_best": self.tied}
+                "collapsed": self.collapsed, "tied_with_best": self.tied, "sqnr_tied_with_best": self.sqnr_tied}
 
 
 def candidates(base: Recipe, backend: str) -> list[Candidate]:
@@ -108,6 +116,12 @@ def worse(a: np.ndarray, best: np.ndarray, alpha: float = TIE_ALPHA) -> bool:
     return p < alpha
 
 
+def sqnr_gain_db(noise: np.ndarray, best: np.ndarray) -> float:
+    """How many dB higher the output SQNR of per-image error powers ``best`` is than ``noise``'s, on the same
+    images against the same reference (so the ratio of the total error powers)."""
+    return 10 * math.log10(max(float(noise.sum()), 1e-300) / max(float(best.sum()), 1e-300))
+
+
 def choose(backend: Backend, base: Recipe, holdout: Split,
            log: Callable[[str], None] = lambda msg: None) -> tuple[bytes, dict]:
     """Build every candidate, score it on ``holdout`` and return the winner's model and details."""
@@ -124,6 +138,7 @@ def choose(backend: Backend, base: Recipe, holdout: Split,
                 for x, _, ref in holdout.batches(64):
                     tally.update(runner.predict(x), ref=ref)
                 s.agrees = tally.predictions == ref_top1
+                s.noise = np.concatenate(tally._noise)
                 s.sqnr_db = tally.result()["sqnr_db"]
                 s.collapsed = collapsed(tally.predictions) and not collapsed(ref_top1)
             except ConversionError as exc:
@@ -140,12 +155,17 @@ def choose(backend: Backend, base: Recipe, holdout: Split,
     best = max(valid, key=lambda s: (s.agreement, s.sqnr_db))
     for s in valid:
         s.tied = not worse(s.agrees, best.agrees)
-    winner = max((s for s in valid if s.tied), key=lambda s: (s.sqnr_db, s.agreement))
+    top = max((s for s in valid if s.tied), key=lambda s: (s.sqnr_db, s.agreement))
+    for s in valid:
+        s.sqnr_tied = s.tied and sqnr_gain_db(s.noise, top.noise) < MIN_GAIN_DB
+    recipe = next((s for s in valid if s.sqnr_tied and s is scored[0]), None)
+    winner = recipe or top
     summary = {
         "holdout_images": len(holdout), "chosen": winner.candidate.name,
-        "rule": f"highest output SQNR among the candidates whose top-1 agreement with float32 is not "
-                f"significantly below the best (exact one-sided McNemar, alpha {TIE_ALPHA}), on calibration "
-                f"images held out from calibration; no labels",
+        "rule": f"among the candidates whose top-1 agreement with float32 is not significantly below the best "
+                f"(exact one-sided McNemar, alpha {TIE_ALPHA}), the recipe if its output SQNR is less than "
+                f"{MIN_GAIN_DB} dB below the highest, else the highest SQNR; on calibration images held out from "
+                f"calibration; no labels",
         "candidates": [s.to_dict() for s in scored],
     }
     return winner.data, {**winner.details, "adaptive": summary, "recipe_summary": winner.summary}
