@@ -26,7 +26,9 @@ def edgeres_json(*args: str, tree: Path | None = None) -> dict:
     cmd = [sys.executable, "-m", "edgeres", *map(str, args), "--json"]
     print("$", f"PYTHONPATH={tree}" if tree else "", " ".join(cmd[2:]), file=sys.stderr, flush=True)
     env = {**os.environ, "PYTHONPATH": str(tree)} if tree else None
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    # ``python -m`` puts the working folder first on sys.path, ahead of PYTHONPATH: run in the tree, so its
+    # edgeres is the one imported (the arguments are absolute paths or the tree's own relative ones)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tree)
     if proc.returncode not in (0, 10):
         sys.exit(f"edgeres failed ({proc.returncode}): {proc.stderr.strip()}")
     return json.loads(proc.stdout)
