@@ -43,6 +43,7 @@ import time
 import traceback
 from pathlib import Path
 
+import numpy as np
 from _common import shared, table
 from int8_comparison import stock_onnx, stock_tflite
 from suite.manifest import load_suite, preprocess_of, suite_dir
@@ -126,7 +127,9 @@ def bench_model(entry: dict, work: Path, args) -> dict:
     for key, art in EDGERES_ARTIFACT.items():
         paths[key] = work / "edgeres" / by_name[art]["path"]
 
-    runners, results = {}, {}
+    runners, results, hits = {}, {}, {}
+    labels = np.concatenate([y for _x, y, _ref in batches])
+    ref_top1 = np.concatenate([ref.reshape(len(ref), -1).argmax(1) for _x, _y, ref in batches])
     for key, _label, fmt, _kind in ARTIFACTS:
         with quiet():
             runners[key] = open_runner(paths[key], threads=2, delegate="xnnpack" if fmt == "tflite" else None)
@@ -134,6 +137,7 @@ def bench_model(entry: dict, work: Path, args) -> dict:
         for x, y, ref in batches:
             t.update(runners[key].predict(x), y, ref)
         results[key] = t.result()
+        hits[key] = {"correct": t.predictions == labels, "agrees": t.predictions == ref_top1}
     log(f"[{name}] latency: {args.runs} batch-1 runs per artifact, interleaved")
     x1 = batches[0][0][:1]
     lat = measure_interleaved({k: r.timed_invoke(r.quantize_input(x1)) for k, r in runners.items()},
@@ -159,14 +163,29 @@ def bench_model(entry: dict, work: Path, args) -> dict:
         best_agree, best_drop = max(s["agreement"] for s in stock), min(s["drop_pp"] for s in stock)
         ok_agree = ours["agreement"] >= best_agree - 1e-9
         ok_drop = ours["drop_pp"] <= best_drop + SLACK + 1e-9
+        stock_keys = [k for k, _, f, kind in ARTIFACTS if f == fmt and kind == "stock"]
+        agree_key = max(stock_keys, key=lambda k: rows[k]["agreement"])
+        drop_key = min(stock_keys, key=lambda k: rows[k]["drop_pp"])
         checks[fmt] = {"ok": ok_agree and ok_drop, "agreement_ok": ok_agree, "drop_ok": ok_drop,
                        "best_stock_agreement": best_agree, "best_stock_drop": best_drop,
-                       "edgeres_agreement": ours["agreement"], "edgeres_drop": ours["drop_pp"]}
+                       "edgeres_agreement": ours["agreement"], "edgeres_drop": ours["drop_pp"],
+                       # exact two-sided McNemar on the same images: could the difference be chance?
+                       "agreement_p": mcnemar_p(hits[f"edgeres_{fmt}"]["agrees"], hits[agree_key]["agrees"]),
+                       "drop_p": mcnemar_p(hits[f"edgeres_{fmt}"]["correct"], hits[drop_key]["correct"])}
     return {"name": name, "path": entry["path"], "convert_args": entry["convert_args"], "input": entry["input"],
             "head": entry["head"], "channels": entry["channels"], "images": float_tally.labelled,
             "calib_images": len(calib), "float_top1": float_top1, "artifacts": rows, "target": checks,
             "edgeres_recipe": report["artifacts"][-1].get("details", {}).get("recipe"),
             "seconds": time.perf_counter() - t0}
+
+
+def mcnemar_p(a: np.ndarray, b: np.ndarray) -> float:
+    """Exact two-sided McNemar p-value of paired per-image outcomes ``a`` and ``b`` (True = a hit)."""
+    only_a, only_b = int(np.count_nonzero(a & ~b)), int(np.count_nonzero(b & ~a))
+    n, k = only_a + only_b, min(only_a, only_b)
+    if n == 0:
+        return 1.0
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2.0 ** n)
 
 
 def fmt_db(v: float) -> str:
@@ -195,11 +214,13 @@ def render(results: list[dict], failures: dict[str, str], args) -> str:
                 c = m["target"][fmt]
                 why = [w for w, ok in (("agreement", c["agreement_ok"]), ("drop", c["drop_ok"])) if not ok]
                 cells.append("ok" if c["ok"] else "MISSED (" + ", ".join(why) + ")")
-                cells.append(f"{c['edgeres_agreement']:.2f} vs {c['best_stock_agreement']:.2f}, "
-                             f"{c['edgeres_drop']:+.2f} vs {c['best_stock_drop']:+.2f}")
+                cells.append(f"{c['edgeres_agreement']:.2f} vs {c['best_stock_agreement']:.2f} "
+                             f"(p {c['agreement_p']:.2f}), {c['edgeres_drop']:+.2f} vs {c['best_stock_drop']:+.2f} "
+                             f"(p {c['drop_p']:.2f})")
             summary.append((m["name"], m["input"], m["head"], f"{m['float_top1']:.2f}", *cells))
         lines += [f"target: edgeres agreement >= best stock agreement and drop <= best stock drop + {SLACK} "
-                  "(per format; figures are edgeres vs best stock: agreement, drop)", "",
+                  "(per format; figures are edgeres vs best stock: agreement, drop, each with the exact two-sided "
+                  "McNemar p-value of the difference on the same images)", "",
                   table(("model", "input", "head", "float top-1", "TFLite", "TFLite figures", "ONNX",
                          "ONNX figures"), summary)]
         worst = max(max(c["agreement_diff"], c["drop_diff"]) for m in results
