@@ -219,14 +219,12 @@ def _output_lock(out: Path) -> Iterator[None]:
 def _unlockable(path: Path) -> OutputWriteError | None:
     """Why ``path`` cannot be locked when no run holds it: filelock waits for a lock file it cannot create
     (a read-only folder, /proc) as if another run held it."""
-    if path.exists():
-        return None
     try:
-        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o644))
+        if not path.exists():
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o644))
+            path.unlink()
     except OSError as exc:
         return _write_error(path, exc)
-    with suppress(OSError):
-        path.unlink()
     return None
 
 
