@@ -176,6 +176,7 @@ def bench_model(entry: dict, work: Path, args) -> dict:
             "head": entry["head"], "channels": entry["channels"], "images": float_tally.labelled,
             "calib_images": len(calib), "float_top1": float_top1, "artifacts": rows, "target": checks,
             "edgeres_recipe": report["artifacts"][-1].get("details", {}).get("recipe"),
+            "max_drop": report.get("max_drop"), "edgeres_passed": report.get("passed"),
             "seconds": time.perf_counter() - t0}
 
 
@@ -227,6 +228,17 @@ def render(results: list[dict], failures: dict[str, str], args) -> str:
                     for c in (m["artifacts"]["edgeres_tflite"]["report"], m["artifacts"]["edgeres_onnx"]["report"]))
         lines.append(f"\nedgeres' own report.json agrees with this script's evaluation of its files within "
                      f"{worst:.3f} points (agreement and drop)")
+    budgeted = [m for m in results if m.get("max_drop") is not None]
+    if budgeted:  # --max-drop: edgeres' own verdict, and its figures on the report images (not the selection)
+        def half(m, key):
+            r = m["artifacts"][key]["report"]
+            return f"{r['report_top1_drop']:+.2f} / {r['report_agreement']:.2f}%"
+
+        rows = [(m["name"], "PASSED" if m["edgeres_passed"] else "FAILED", half(m, "edgeres_tflite"),
+                 half(m, "edgeres_onnx")) for m in budgeted]
+        lines += ["", f"--max-drop {budgeted[0]['max_drop']}: edgeres' verdict and its report-image figures "
+                  "(drop / agreement, from its report.json)", "",
+                  table(("model", "edgeres run", "TFLite", "ONNX"), rows)]
     for name, err in failures.items():
         lines.append(f"FAILED {name}: {err}")
     return "\n".join(lines)
