@@ -69,6 +69,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     from edgeres.core.data import open_dataset
+    from edgeres.core.metrics import Tally
     from edgeres.core.preprocess import Preprocess
     from edgeres.core.runtime import open_runner
     from edgeres.core.timing import measure_interleaved
@@ -92,11 +93,12 @@ def main() -> int:
                 if args.val_size:
                     test = test.sample(args.val_size, 0)
                 x, _ = test.load(hwc, Preprocess())
-                ref = np.asarray(model.predict(x, batch_size=250, verbose=0), np.float64)
+                ref = model.predict(x, batch_size=250, verbose=0)
                 for label, r in runners.items():
-                    out = r.predict(x).astype(np.float64)
-                    figures[label] = (f"{100 * np.mean(out.argmax(1) == ref.argmax(1)):.2f}",
-                                      f"{10 * np.log10(np.sum(ref ** 2) / np.sum((out - ref) ** 2)):.1f}")
+                    tally = Tally()
+                    tally.update(r.predict(x), ref=ref)
+                    res = tally.result()
+                    figures[label] = (f"{res['agreement']:.2f}", f"{res['sqnr_db']:.1f}")
             x1 = calib[:1]
             lat = measure_interleaved({label: r.timed_invoke(r.quantize_input(x1)) for label, r in runners.items()},
                                       runs=args.runs, block=20)

@@ -136,7 +136,7 @@ def _float32_compute(model, where: str):
     policy from training, or a half-precision model).  TFLite has no half-precision kernels for convolutions
     and matmuls, and int8 calibration wants float32 statistics; the weights are the same values (half
     weights widen exactly)."""
-    half = [layer.name for layer in _flat_layers(model)
+    half = [layer.name for layer in flat_layers(model)
             if str(getattr(layer, "compute_dtype", "float32")) in _HALF]
     if not half:
         return model
@@ -158,7 +158,7 @@ def _float32_compute(model, where: str):
         raise ModelError(f"{where} computes in half precision ({len(half)} layers, e.g. "
                          f"{half[0]!r}) and could not be rebuilt in float32: {first_line(exc)}; save it with "
                          "the float32 dtype policy") from None
-    still = [layer.name for layer in _flat_layers(wide) if str(getattr(layer, "compute_dtype", "")) in _HALF]
+    still = [layer.name for layer in flat_layers(wide) if str(getattr(layer, "compute_dtype", "")) in _HALF]
     if still:
         raise ModelError(f"{where}: layer {still[0]!r} still computes in half precision after rebuilding the "
                          "model in float32; save it with the float32 dtype policy")
@@ -247,7 +247,7 @@ def _check_classifier(model, where: str) -> None:
     if int(np.prod(per_image)) < 2:
         raise ShapeError(f"{where} has a single output score per image (shape {shape}): top-1 needs at least "
                          "2 classes (a sigmoid binary classifier can output 2 softmax scores instead)")
-    bad = [layer.name for layer in _flat_layers(model) if not _TF_NAME.match(layer.name)]
+    bad = [layer.name for layer in flat_layers(model) if not _TF_NAME.match(layer.name)]
     if bad:
         shown = ", ".join(repr(n) for n in bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
         raise ModelError(f"{where}: layer name(s) {shown} are not valid TensorFlow op names (letters, digits, "
@@ -262,7 +262,7 @@ def count_macs(model) -> int | None:
     a model with no countable layer (a SavedModel wrapped as one opaque layer).
     """
     macs = 0
-    for layer in _flat_layers(model):
+    for layer in flat_layers(model):
         try:
             out = tuple(layer.output.shape)
         except (AttributeError, ValueError):
@@ -303,10 +303,11 @@ def _layer_macs(layer, out: tuple) -> int:
     return 0
 
 
-def _flat_layers(model):
+def flat_layers(model):
+    """Every layer, the layers of nested models instead of the models themselves."""
     for layer in model.layers:
         if hasattr(layer, "layers") and layer.layers:
-            yield from _flat_layers(layer)
+            yield from flat_layers(layer)
         else:
             yield layer
 
@@ -325,5 +326,5 @@ def describe(loaded: LoadedModel) -> dict:
         "macs": count_macs(model),
         "input_shape": [None if d is None else int(d) for d in model.inputs[0].shape],
         "output_shape": [None if d is None else int(d) for d in model.outputs[0].shape],
-        "layers": len(list(_flat_layers(model))),
+        "layers": len(list(flat_layers(model))),
     }

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from edgeres.backends.keras_io import flat_layers
+
 log = logging.getLogger(__name__)
 
 _FOLDS_INTO = ("Conv2D", "DepthwiseConv2D", "Dense", "SeparableConv2D", "Conv2DTranspose")
@@ -28,7 +30,7 @@ def standalone_batchnorm_as_depthwise(model: Any, sample: np.ndarray | None = No
     ``sample``: a few input images the rewritten model must reproduce (else a fixed random batch)."""
     import keras
 
-    targets = {layer.name for layer in _layers(model) if _standalone(layer)}
+    targets = {layer.name for layer in flat_layers(model) if _standalone(layer)}
     if not targets:
         return model, []
 
@@ -43,9 +45,10 @@ def standalone_batchnorm_as_depthwise(model: Any, sample: np.ndarray | None = No
 
     try:
         new = keras.models.clone_model(model, clone_function=clone, call_function=call, recursive=True)
-        old_layers, new_layers = ({lay.name: lay for lay in _layers(m) if not isinstance(lay, keras.layers.InputLayer)}
-                                  for m in (model, new))  # the clone's InputLayer gets another name
-        if sorted(old_layers) != sorted(new_layers) or len(new_layers) != len(list(_layers(new))) - 1:
+        old_layers, new_layers = ({lay.name: lay for lay in flat_layers(m)  # the clone's InputLayer gets
+                                   if not isinstance(lay, keras.layers.InputLayer)}  # another name
+                                  for m in (model, new))
+        if sorted(old_layers) != sorted(new_layers) or len(new_layers) != len(list(flat_layers(new))) - 1:
             raise ValueError("the clone's layers are not the model's (or two layers share a name)")
         for name, old in old_layers.items():
             if name not in targets and old.weights:
@@ -59,14 +62,6 @@ def standalone_batchnorm_as_depthwise(model: Any, sample: np.ndarray | None = No
         log.debug("standalone BatchNormalization kept as MUL+ADD: %s", exc)
         return model, []
     return new, sorted(targets)
-
-
-def _layers(model):
-    for layer in model.layers:
-        if hasattr(layer, "layers") and layer.layers:
-            yield from _layers(layer)
-        else:
-            yield layer
 
 
 def _standalone(layer) -> bool:

@@ -36,9 +36,7 @@ class TFLiteFormat:
             from edgeres.backends.keras_io import with_fixed_batch
 
             model = with_fixed_batch(model, hwc)
-        quantizer = TFLiteQuantizer(model, calib, layer_types, settings.io_dtype)
-        quantizer.batchnorm_as_depthwise = as_depthwise
-        return quantizer
+        return TFLiteQuantizer(model, calib, layer_types, settings.io_dtype, batchnorm_as_depthwise=as_depthwise)
 
     def int8_details(self, settings, recipe) -> dict:
         return {"io_dtype": settings.io_dtype, "static_batch": 1 if settings.static_batch else None}

@@ -79,9 +79,10 @@ class TFLiteQuantizer:
     """
 
     def __init__(self, model: Any, calib: np.ndarray, layer_types: dict[str, str], io_dtype: str = "int8",
-                 batch: int = 32):
+                 batch: int = 32, batchnorm_as_depthwise: list[str] | None = None):
         self.keras_model, self.calib, self.io_dtype = model, calib, io_dtype
-        self.batchnorm_as_depthwise: list[str] = []  # set by the format (edgeres.backends.keras_rewrite)
+        # the layers edgeres.backends.keras_rewrite built as depthwise convolutions in ``model``, for the report
+        self.batchnorm_as_depthwise = list(batchnorm_as_depthwise or [])
         # The converter's own min/max only need to exist: edgeres replaces every one of them
         # from its histograms (the models are byte-identical with 16 images here), so one image keeps
         # this pass cheap.

@@ -63,7 +63,6 @@ class Scored:
     data: bytes = field(default=b"", repr=False)
     details: dict = field(default_factory=dict)
     agrees: np.ndarray | None = field(default=None, repr=False)  # per holdout image: top-1 == float32's
-    noise: np.ndarray | None = field(default=None, repr=False)   # per holdout image: squared error of the output
     sqnr_db: float = -math.inf
     collapsed: bool = False
     seconds: float = 0.0
@@ -116,12 +115,6 @@ def worse(a: np.ndarray, best: np.ndarray, alpha: float = TIE_ALPHA) -> bool:
     return p < alpha
 
 
-def sqnr_gain_db(noise: np.ndarray, best: np.ndarray) -> float:
-    """How many dB higher the output SQNR of per-image error powers ``best`` is than ``noise``'s, on the same
-    images against the same reference (so the ratio of the total error powers)."""
-    return 10 * math.log10(max(float(noise.sum()), 1e-300) / max(float(best.sum()), 1e-300))
-
-
 def choose(backend: Backend, base: Recipe, holdout: Split,
            log: Callable[[str], None] = lambda msg: None) -> tuple[bytes, dict]:
     """Build every candidate, score it on ``holdout`` and return the winner's model and details."""
@@ -138,7 +131,6 @@ def choose(backend: Backend, base: Recipe, holdout: Split,
                 for x, _, ref in holdout.batches(64):
                     tally.update(runner.predict(x), ref=ref)
                 s.agrees = tally.predictions == ref_top1
-                s.noise = np.concatenate(tally._noise)
                 s.sqnr_db = tally.result()["sqnr_db"]
                 s.collapsed = collapsed(tally.predictions) and not collapsed(ref_top1)
             except ConversionError as exc:
@@ -156,10 +148,9 @@ def choose(backend: Backend, base: Recipe, holdout: Split,
     for s in valid:
         s.tied = not worse(s.agrees, best.agrees)
     top = max((s for s in valid if s.tied), key=lambda s: (s.sqnr_db, s.agreement))
-    for s in valid:
-        s.sqnr_tied = s.tied and sqnr_gain_db(s.noise, top.noise) < MIN_GAIN_DB
-    recipe = next((s for s in valid if s.sqnr_tied and s is scored[0]), None)
-    winner = recipe or top
+    for s in valid:  # same images, same reference: the SQNR gap is the ratio of the error powers
+        s.sqnr_tied = s.tied and (s.sqnr_db == top.sqnr_db or top.sqnr_db - s.sqnr_db < MIN_GAIN_DB)
+    winner = scored[0] if scored[0].sqnr_tied else top  # scored[0] is the recipe (see candidates)
     summary = {
         "holdout_images": len(holdout), "chosen": winner.candidate.name,
         "rule": f"among the candidates whose top-1 agreement with float32 is not significantly below the best "
