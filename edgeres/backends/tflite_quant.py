@@ -20,7 +20,7 @@ from edgeres.backends.tflite_convert import (
     _run,
     float_compute_ops,
 )
-from edgeres.core import tflite_schema
+from edgeres.core import tflite_edit, tflite_schema
 from edgeres.core.errors import ConversionError
 from edgeres.quant.stats import LAYER_BY_LAYER, bias_correction_passes
 
@@ -57,14 +57,6 @@ def _shift_bias(model_t, bias, shift: np.ndarray, bias_scale: np.ndarray) -> Non
         model_t.buffers.append(own)
         bias.buffer = len(model_t.buffers) - 1
     model_t.buffers[bias.buffer].data = np.frombuffer(new.tobytes(), np.uint8)
-
-
-def _pack(model_t) -> bytes:
-    import flatbuffers
-
-    builder = flatbuffers.Builder(1024)
-    builder.Finish(model_t.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output())
 
 
 class TFLiteQuantizer:
@@ -135,12 +127,13 @@ class TFLiteQuantizer:
 
         return collect(batches, channel_axis=-1, histograms=histograms)
 
-    def _run_all(self, model: bytes, x: np.ndarray, tensors: list[int]):
-        """Batches of {tensor index: value} with every intermediate tensor kept."""
+    def _run_all(self, model: bytes, x: np.ndarray, tensors: list[int], keep_all: bool = True):
+        """Batches of {tensor index: value}, every intermediate tensor kept (unless ``keep_all`` is False: the
+        tensors are outputs)."""
         from edgeres.core.runtime import tflite_module
 
         mod, _ = tflite_module()
-        interp = mod.Interpreter(model_content=model, experimental_preserve_all_tensors=True, num_threads=2)
+        interp = mod.Interpreter(model_content=model, experimental_preserve_all_tensors=keep_all, num_threads=2)
         detail = interp.get_input_details()[0]
         for s in range(0, len(x), self.batch):
             xb = x[s:s + self.batch]
@@ -213,9 +206,10 @@ class TFLiteQuantizer:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
-                data = tf_convert.mlir_quantize(_pack(model_t), disable_per_channel=recipe.weights == "per-tensor",
-                                                input_data_type=tf.float32,
-                                                output_data_type=tf.float32, denylisted_nodes=deny or None)
+                data = tf_convert.mlir_quantize(tflite_edit.pack(model_t),
+                                                disable_per_channel=recipe.weights == "per-tensor",
+                                                input_data_type=tf.float32, output_data_type=tf.float32,
+                                                denylisted_nodes=deny or None)
             except Exception as exc:
                 raise ConversionError(_explain(exc, "int8")) from None
         details = {"engine": "TFLiteConverter calibrate-only + mlir_quantize, edgeres ranges",
@@ -303,7 +297,7 @@ class TFLiteQuantizer:
             _shift_bias(qm, bq, shift, float(xq.quantization.scale[0]) * np.asarray(wq.quantization.scale,
                                                                                     np.float64))
             fixed.append(tensor_layer.get(name.decode(), name.decode()))
-        return _pack(qm), fixed
+        return tflite_edit.pack(qm), fixed
 
     def _empirical_bias_correct(self, data: bytes) -> tuple[bytes, list[str], str]:
         """Cancel the mean output shift that remains after the analytic pass, measured on calibration images.
@@ -348,9 +342,10 @@ class TFLiteQuantizer:
         passes, how = bias_correction_passes(targets, len(self.calib), [macs] * len(targets))
         tensor_layer = self.tensor_layer()
         fixed = []
-        for batch in passes:
-            q_means, inside = self._means(_pack(qm) if how == LAYER_BY_LAYER else data, self.calib,
-                                          {t[0]: clamps[t[0]] for t in batch})
+        for batch in passes:  # layer by layer: only the ops that feed the layer, with the ones before corrected
+            model = tflite_edit.prefix(qm, batch[0][0]) if how == LAYER_BY_LAYER else data
+            q_means, inside = self._means(model, self.calib, {t[0]: clamps[t[0]] for t in batch},
+                                          keep_all=how != LAYER_BY_LAYER)
             for qi, fi, bias, x, w, name in batch:
                 # the float side was measured on the same calibration images when the ranges were
                 diff = q_means[qi] - self.stats.channel_mean(str(fi))
@@ -358,11 +353,13 @@ class TFLiteQuantizer:
                 _shift_bias(qm, bias, shift, float(x.quantization.scale[0]) * np.asarray(w.quantization.scale,
                                                                                          np.float64))
                 fixed.append(tensor_layer.get(name, name))
-        return _pack(qm), fixed, how
+        return tflite_edit.pack(qm), fixed, how
 
-    def _means(self, model: bytes, x: np.ndarray, tensors: dict[int, tuple[int, int]]) -> tuple[dict, dict]:
+    def _means(self, model: bytes, x: np.ndarray, tensors: dict[int, tuple[int, int]],
+               keep_all: bool = True) -> tuple[dict, dict]:
         """Per-channel (last axis) means of the given int8 tensors, dequantized, and the share of their values
-        strictly between the given int8 clamps (the fused activation's and the int8 range's)."""
+        strictly between the given int8 clamps (the fused activation's and the int8 range's); ``keep_all=False``
+        when they are the model's outputs."""
         from edgeres.core.runtime import tflite_module
 
         mod, _ = tflite_module()
@@ -370,7 +367,7 @@ class TFLiteQuantizer:
         sums: dict[int, np.ndarray] = {}
         inside: dict[int, np.ndarray] = {}
         counts: dict[int, int] = {}
-        for values in self._run_all(model, x, list(tensors)):
+        for values in self._run_all(model, x, list(tensors), keep_all):
             for i, v in values.items():
                 flat = v.reshape(-1, v.shape[-1])
                 lo, hi = tensors[i]

@@ -119,3 +119,24 @@ def append_float_tail(m, g, code: int, version: int = 1, options_type: int = 0, 
         insert(m, g, len(g.operators), code, version, [current], [res], options_type, opts)
         current = res
     retarget(m, g, "outputs", out_index, current)
+
+
+def prefix(m, output: int) -> bytes:
+    """The part of (subgraph 0 of) ``m`` that computes tensor ``output``, packed, with ``output`` as its only
+    output: the ops it depends on, in order, and no signatures.  ``m`` itself is left as it was; tensor
+    indices are unchanged, so a tensor is read by the same index in the prefix."""
+    g = m.subgraphs[0]
+    producer = {int(o): op for op in g.operators for o in op.outputs}
+    needed, todo = set(), [output]
+    while todo:
+        op = producer.get(todo.pop())
+        if op is not None and id(op) not in needed:
+            needed.add(id(op))
+            todo.extend(int(i) for i in op.inputs if i >= 0)
+    ops, outputs, sigs = g.operators, g.outputs, m.signatureDefs
+    g.operators = [op for op in ops if id(op) in needed]
+    g.outputs, m.signatureDefs = np.asarray([output], dtype=np.int32), []
+    try:
+        return pack(m)
+    finally:
+        g.operators, g.outputs, m.signatureDefs = ops, outputs, sigs
