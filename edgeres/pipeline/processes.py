@@ -94,6 +94,7 @@ class Job:
     log_level: int
     holdout_carved: bool
     build: object = None  # edgeres.pipeline.artifacts.build_format (passed in: this module does not import it)
+    n_report: int | None = None  # with --max-drop: the report images the run is judged on
 
 
 @dataclass
@@ -106,6 +107,7 @@ class _Inputs:
     holdout: object = None
     select: object = None
     holdout_carved: bool = False
+    n_report: int | None = None
 
 
 def build_in_processes(build, cfg, settings, inputs, stage: Path, stages, names: list[str], jobs: int) -> list:
@@ -126,7 +128,8 @@ def build_in_processes(build, cfg, settings, inputs, stage: Path, stages, names:
                 while pending and len(running) < jobs:
                     name = pending.pop(0)
                     job = Job(cfg, settings, name, shared, stage, inputs.hwc, logging.getLogger("edgeres").level,
-                              bool(getattr(inputs, "holdout_carved", False)), build)
+                              bool(getattr(inputs, "holdout_carved", False)), build,
+                              getattr(inputs, "n_report", None))
                     receive, send = ctx.Pipe(duplex=False)
                     proc = ctx.Process(target=_child, args=(send, job), name=f"edgeres-{name}", daemon=True)
                     proc.start()
@@ -201,7 +204,8 @@ def _load(job: Job) -> _Inputs:
     for split in ("holdout", "select"):
         x = array(f"{split}_x")
         splits[split] = None if x is None else Split(x, array(f"{split}_y"), array(f"{split}_ref"))
-    return _Inputs(model, job.hwc, array("calib"), splits["holdout"], splits["select"], job.holdout_carved)
+    return _Inputs(model, job.hwc, array("calib"), splits["holdout"], splits["select"], job.holdout_carved,
+                   job.n_report)
 
 
 def _child(send, job: Job) -> None:
