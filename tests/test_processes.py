@@ -56,21 +56,6 @@ def test_processes_build_the_same_bytes_as_one_process(tmp_path):
     assert "formats (2 at a time)" in two["stages_seconds"]
 
 
-def test_the_search_in_processes_is_the_search_in_one(tmp_path):
-    """--max-drop with each format in its own process: the same trials, each predicted on the same number of
-    report images (the children are told how many the run is judged on)."""
-    args = ("--max-drop", 2, "--metric", "agreement")
-    one, two = _convert(tmp_path / "one", "--jobs", 1, *args), _convert(tmp_path / "two", "--jobs", 2, *args)
-    assert two["resources"]["formats_built"] == "2 at a time in their own processes"
-
-    def trials(report):
-        return {name: [(t["step"], t["agreement"], t["report_upper"]) for t in b["trials"]]
-                for name, b in report["search"]["backends"].items()}
-
-    assert trials(one) == trials(two)
-    assert all(t[2] is not None for ts in trials(two).values() for t in ts)
-
-
 def _untimed(o):
     """``o`` without its timings (the adaptive default records how long each candidate took)."""
     if isinstance(o, dict):

@@ -159,7 +159,7 @@ def _int8(cfg, backend: Backend, inputs, logits_model=None, executor=None) -> tu
     trials, winner, met = search(backend, cfg.recipe, cfg.max_drop, cfg.metric, inputs.select,
                                  ranking=lambda recipe: _ranking(backend, recipe, inputs.select, executor),
                                  plan=cfg.plan, on_trial=report_trial, executor=executor,
-                                 n_report=inputs.n_report)
+                                 n_report=len(inputs.val_ds))
     return winner.data, winner.details, SearchResult(trials, winner, met)
 
 

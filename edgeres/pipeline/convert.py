@@ -85,7 +85,6 @@ class Inputs:
     holdout: Split | None = None      # adaptive default: unlabelled calibration images it chooses on
     holdout_carved: bool = False      # ... taken out of the calibration sample (the choice is then rebuilt
                                       # from calibration and holdout images together)
-    n_report: int | None = None       # with --max-drop: the report images the run is judged on
 
 
 def run_convert(cfg: ConvertConfig, progress: Progress = no_progress, executor=None) -> Report:
@@ -173,8 +172,7 @@ def prepare(cfg: ConvertConfig, stages: Stages, progress: Progress) -> Inputs:
             hx = _decode(holdout_ds, hwc, cfg, progress, "held-out calibration images")
             holdout = Split(hx, None, keras_io.predict(loaded.model, hx))
     return Inputs(loaded.model, hwc, n_out, model_info, calib_sample, calib, val_ds, select_ds, select, holdout,
-                  holdout_carved=holdout is not None and carved,
-                  n_report=len(val_ds) if select_ds is not None else None)
+                  holdout_carved=holdout is not None and carved)
 
 
 def _decode(ds: Dataset, hwc, cfg: ConvertConfig, progress: Progress, what: str) -> np.ndarray:

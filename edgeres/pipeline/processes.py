@@ -94,7 +94,6 @@ class Job:
     log_level: int
     holdout_carved: bool
     build: object = None  # edgeres.pipeline.artifacts.build_format (passed in: this module does not import it)
-    n_report: int | None = None  # with --max-drop: the report images the run is judged on
 
 
 @dataclass
@@ -107,7 +106,6 @@ class _Inputs:
     holdout: object = None
     select: object = None
     holdout_carved: bool = False
-    n_report: int | None = None
 
 
 def build_in_processes(build, cfg, settings, inputs, stage: Path, stages, names: list[str], jobs: int) -> list:
@@ -128,8 +126,7 @@ def build_in_processes(build, cfg, settings, inputs, stage: Path, stages, names:
                 while pending and len(running) < jobs:
                     name = pending.pop(0)
                     job = Job(cfg, settings, name, shared, stage, inputs.hwc, logging.getLogger("edgeres").level,
-                              bool(getattr(inputs, "holdout_carved", False)), build,
-                              getattr(inputs, "n_report", None))
+                              bool(getattr(inputs, "holdout_carved", False)), build)
                     receive, send = ctx.Pipe(duplex=False)
                     proc = ctx.Process(target=_child, args=(send, job), name=f"edgeres-{name}", daemon=True)
                     proc.start()
@@ -204,8 +201,7 @@ def _load(job: Job) -> _Inputs:
     for split in ("holdout", "select"):
         x = array(f"{split}_x")
         splits[split] = None if x is None else Split(x, array(f"{split}_y"), array(f"{split}_ref"))
-    return _Inputs(model, job.hwc, array("calib"), splits["holdout"], splits["select"], job.holdout_carved,
-                   job.n_report)
+    return _Inputs(model, job.hwc, array("calib"), splits["holdout"], splits["select"], job.holdout_carved)
 
 
 def _child(send, job: Job) -> None:
