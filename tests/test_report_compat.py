@@ -42,12 +42,10 @@ TIMING_KEYS = {"latency_ms", "latency_samples_ms", "speedup_vs_fp32", "stages_se
                "p50_ms", "created", "schema_version", "machine", "resources", "timed_ms"}
 #: keys schema 1 added after the stored reports were written (issue #9: what was measured, not requested; issue #10:
 #: the report images' 95% intervals, and each search trial's upper confidence bound; issue #13: which of ORT's int8
-#: convolution kernels the ONNX artifact uses, and what was timed to choose; each search trial's prediction bound on
-#: the report images)
+#: convolution kernels the ONNX artifact uses, and what was timed to choose)
 ADDED_KEYS = {".calibration.used", ".validation.measured", ".validation.skipped", "details.float_share",
               "top1_drop_ci", "agreement_ci", "loss_upper", "details.kernels",
-              "details.int8_graph_rewrites", "details.bias_correction", "details.batchnorm_as_depthwise",
-              "report_upper"}
+              "details.int8_graph_rewrites", "details.bias_correction", "details.batchnorm_as_depthwise"}
 #: Since commit 4fac287 bias correction runs layer by layer (and matches a ReLU6's pre-activation in ONNX): the
 #: int8 artifacts' numbers move, on purpose.  They may not get worse: SQNR at most 0.5 dB lower, top-1 and
 #: agreement at most 0.5 points lower (counts); the TFLite int8 bytes and the max abs diff may change.

@@ -40,7 +40,6 @@ from edgeres.quant.search import (
     check_budget,
     check_sizes,
     loss_upper,
-    report_upper,
     search,
 )
 
@@ -145,9 +144,9 @@ def make_backend(q: FakeQuantizer, name: str = "onnx", allowed: bool = True) -> 
 
 
 def run(q: FakeQuantizer, budget: float, metric: str = "agreement", base: Recipe = BASE,
-        ladder=(("entropy", None), ("minmax", None)), max_float: int = 0, ranking=None, n_report=None, **kw):
+        ladder=(("entropy", None), ("minmax", None)), max_float: int = 0, ranking=None, **kw):
     return search(make_backend(q, **kw), base, budget, metric, q.split, ranking=ranking,
-                  plan=SearchPlan(ladder=ladder, max_float_layers=max_float, latency_runs=0), n_report=n_report)
+                  plan=SearchPlan(ladder=ladder, max_float_layers=max_float, latency_runs=0))
 
 
 def steps(trials) -> list[str]:
@@ -321,26 +320,6 @@ def test_meets_on_the_upper_bound_not_the_point_estimate():
     assert recipe.loss_upper == loss_upper(recipe.result, "agreement")
 
 
-def test_with_report_images_a_configuration_must_be_predicted_within_the_budget_there():
-    # budget ub(3) = 3.06 points on 200 rows.  entropy's 3 wrong rows are within it on the selection images,
-    # but on 100 report images 3 in 200 predicts up to 1.5 + 1.28 * sqrt(0.015 * 0.985 * (1/200 + 1/100))
-    # = 3.41 points, over; keeping conv1 in float (2 wrong: 2.56) is predicted within it.
-    q = FakeQuantizer(wrong={"mse": 10, "entropy": 3, "minmax": 12}, bias_fix=0)
-    budget = ub(3)
-    trials, winner, met = run(q, budget, ladder=(("entropy", None),), max_float=4, ranking=lambda r: ["conv1"],
-                              n_report=100)
-    entropy = trials[1]
-    assert entropy.loss_upper <= budget < entropy.report_upper and not entropy.meets
-    assert entropy.report_upper == pytest.approx(confidence.report_upper("agreement", N, 100, disagree=3))
-    assert entropy.report_upper == report_upper(entropy.result, "agreement", 100)
-    assert met and winner.keep_float == ["conv1"] and winner.report_upper <= budget
-    assert entropy.to_dict()["report_upper"] == pytest.approx(entropy.report_upper, abs=1e-4)
-    # the same search, judged on selection images only (no report images given), stops at entropy
-    trials, winner, _ = run(q, budget, ladder=(("entropy", None),), max_float=4, ranking=lambda r: ["conv1"])
-    assert winner.step == "calibration entropy" and winner.report_upper is None
-    assert winner.to_dict()["report_upper"] is None
-
-
 def test_top1_bound_counts_every_discordant_image():
     # Both lose 1 row net (0.5 points).  entropy: 1 lost, 0 gained, meets ub(1).  minmax: 3 lost, 2 gained:
     # the same drop from more discordant rows, a wider bound, so it does not meet.  (The recipe, percentile
@@ -448,20 +427,6 @@ def test_check_budget_names_the_images_needed():
     # without the split, the selection images alone
     with pytest.raises(UsageError, match=r"it needs 333 selection images, or a budget of 1\.33 or more$"):
         check_budget(1.0, "agreement", 250)
-
-
-def test_check_budget_refuses_a_budget_the_report_images_cannot_show():
-    check_budget(0.3, "top1", 1120, 0.56, 2000, n_report=880)
-    with pytest.raises(UsageError) as err:
-        check_budget(0.3, "top1", 1120, 0.56, 1300, n_report=180)
-    msg = str(err.value)
-    assert "\n" not in msg and len(msg) < 300
-    assert msg.startswith("--max-drop 0.3 (top1) is finer than 180 report images show")
-    assert f"it needs {confidence.report_images_needed(0.3, 'top1', 1120)} report images" in msg
-    assert "or a budget of 0.40 or more" in msg
-    # the selection images are checked first: their message names the selection images
-    with pytest.raises(UsageError, match="selection images resolve"):
-        check_budget(0.3, "top1", 1000, 0.5, 2000, n_report=1000)
 
 
 def test_check_budget_refuses_zero_on_any_data():

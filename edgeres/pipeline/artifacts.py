@@ -9,7 +9,6 @@ selection images instead.  Every back end comes from the one factory,
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -153,13 +152,11 @@ def _int8(cfg, backend: Backend, inputs, logits_model=None, executor=None) -> tu
         r = t.result
         log.info(f"{backend.name} search: {t.step}: loss {r.loss(cfg.metric):+.2f} ({cfg.metric}), "
                  f"agreement {r.agreement:.2f}%" + (f", p50 {r.p50_ms:.3f} ms" if r.p50_ms else "")
-                 + (f", predicted on the report images {t.report_upper:+.2f}" if t.report_upper is not None
-                    and math.isfinite(t.report_upper) else "") + (" - meets the budget" if t.meets else ""))
+                 + (" - meets the budget" if t.meets else ""))
 
     trials, winner, met = search(backend, cfg.recipe, cfg.max_drop, cfg.metric, inputs.select,
                                  ranking=lambda recipe: _ranking(backend, recipe, inputs.select, executor),
-                                 plan=cfg.plan, on_trial=report_trial, executor=executor,
-                                 n_report=len(inputs.val_ds))
+                                 plan=cfg.plan, on_trial=report_trial, executor=executor)
     return winner.data, winner.details, SearchResult(trials, winner, met)
 
 

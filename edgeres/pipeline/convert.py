@@ -150,8 +150,7 @@ def prepare(cfg: ConvertConfig, stages: Stages, progress: Progress) -> Inputs:
         if cfg.searching:
             n_select = int(round(len(val_ds) * cfg.select_fraction))
             check_sizes(n_calib, n_select, len(val_ds) - n_select)
-            check_budget(cfg.max_drop, cfg.metric, n_select, cfg.select_fraction, len(val_ds),
-                         n_report=len(val_ds) - n_select)
+            check_budget(cfg.max_drop, cfg.metric, n_select, cfg.select_fraction, len(val_ds))
             select_ds, val_ds = val_ds.split(n_select, cfg.seed + 1)
     _check_memory(n_calib + (len(select_ds) if select_ds is not None else 0)
                   + (HOLDOUT if cfg.adaptive and cfg.int8 else 0), hwc, cfg)

@@ -36,19 +36,6 @@ time at most (simulated: 5-11%).  0.95 would need about 1.35x the selection
 images for the same budget.  The report gives :data:`REPORT_LEVEL` (0.95)
 two-sided intervals.
 
-What the search must also bound is the loss that the *report* images will
-show: pass or fail is judged there, on their point estimate.  A model whose
-true drop is 0 but which disagrees with float32 on 2% of images shows more
-than 0.3 points on 880 report images about one time in four, whatever the
-selection images said.  :func:`report_upper` is a one-sided **prediction
-bound** on that figure: the selection estimate, never below 0 (int8 rounding
-does not make a model more accurate; an apparent gain is the split's luck,
-and a search that tries several configurations and stops at the first that
-looks good picks exactly the lucky ones), plus the normal quantile times the
-standard deviation of the difference between the two samples' estimates,
-``sqrt(v (1/n + 1/m))``, with ``v`` the per-image variance measured on the
-selection images and ``m`` the report images.
-
 A budget is *resolvable* on ``n`` images when a model that loses exactly one
 image net (``b = 1, c = 0``; or ``k = 1``) can still be judged within it: below
 that, only a model that loses no image at all could meet it, and the search
@@ -69,7 +56,7 @@ TOLERANCE = 1e-9
 METRICS = ("top1", "agreement")
 __all__ = ["DECISION_LEVEL", "REPORT_LEVEL", "TOLERANCE", "METRICS", "z_one_sided", "z_two_sided",
            "tango_statistic", "drop_upper", "drop_interval", "wilson_upper", "wilson_interval", "agreement_interval",
-           "loss_upper", "report_upper", "resolvable", "images_needed", "report_images_needed"]
+           "loss_upper", "resolvable", "images_needed"]
 
 
 def z_one_sided(level: float) -> float:
@@ -181,35 +168,12 @@ def loss_upper(metric: str, n: int, *, lost: int = 0, gained: int = 0, disagree:
     raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
 
 
-def report_upper(metric: str, n: int, n_report: int, *, lost: int = 0, gained: int = 0, disagree: int = 0,
-                 level: float = DECISION_LEVEL) -> float:
-    """One-sided prediction bound, in points, on the loss ``n_report`` other images will show, from the
-    counts on ``n`` selection images (as :func:`loss_upper`): ``max(estimate, 0) + z sqrt(v (1/n + 1/n_report))``,
-    with ``v`` the per-image variance (the discordant share for the top-1 drop, ``p (1 - p)`` for agreement lost)."""
-    if metric not in METRICS:
-        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
-    _check_counts(n, *((lost, gained) if metric == "top1" else (disagree,)))
-    if n == 0 or n_report < 1:
-        return 100.0
-    if metric == "top1":
-        est, var = (lost - gained) / n, (lost + gained) / n
-    else:
-        est = disagree / n
-        var = est * (1.0 - est)
-    return 100.0 * (max(est, 0.0) + z_one_sided(level) * math.sqrt(var * (1.0 / n + 1.0 / n_report)))
-
-
-def resolvable(budget: float, metric: str, n: int, level: float = DECISION_LEVEL,
-               n_report: int | None = None) -> bool:
+def resolvable(budget: float, metric: str, n: int, level: float = DECISION_LEVEL) -> bool:
     """Whether a model losing exactly one image net (b=1, c=0; or k=1) can be judged within ``budget``
-    points on ``n`` images (and, given ``n_report``, predicted within it on those report images).
-    A budget of 0 (or less) never is."""
+    points on ``n`` images.  A budget of 0 (or less) never is."""
     if budget <= 0 or n < 1:
         return False
-    ok = loss_upper(metric, n, lost=1, disagree=1, level=level) <= budget + TOLERANCE
-    if ok and n_report is not None:
-        ok = report_upper(metric, n, n_report, lost=1, disagree=1, level=level) <= budget + TOLERANCE
-    return ok
+    return loss_upper(metric, n, lost=1, disagree=1, level=level) <= budget + TOLERANCE
 
 
 def images_needed(budget: float, metric: str, level: float = DECISION_LEVEL) -> int | None:
@@ -218,27 +182,13 @@ def images_needed(budget: float, metric: str, level: float = DECISION_LEVEL) -> 
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
     if budget <= 0:
         return None
-    return _fewest(lambda n: resolvable(budget, metric, n, level))
-
-
-def report_images_needed(budget: float, metric: str, n: int, level: float = DECISION_LEVEL) -> int | None:
-    """The fewest report images on which a model losing one image of ``n`` selection images is predicted within
-    ``budget``; None when no number of report images is enough (the selection images are too few)."""
-    if not resolvable(budget, metric, n, level, n_report=10**9):
-        return None
-    return _fewest(lambda m: resolvable(budget, metric, n, level, n_report=m))
-
-
-def _fewest(enough) -> int:
-    """The smallest ``n >= 1`` with ``enough(n)``, for a test that, once true, stays true as ``n`` grows:
-    double, then bisect."""
     hi = 1
-    while not enough(hi):
+    while not resolvable(budget, metric, hi, level):  # the bound falls as n grows: double, then bisect
         hi *= 2
-    lo = hi // 2  # not enough (or 0)
+    lo = hi // 2  # not resolvable (or 0)
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        if enough(mid):
+        if resolvable(budget, metric, mid, level):
             hi = mid
         else:
             lo = mid

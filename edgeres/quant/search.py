@@ -6,11 +6,9 @@ measures with :func:`~edgeres.quant.evaluate.evaluate`.  What it may try is a
 target that needs a full-integer model, or a test, can narrow it.
 
 A configuration meets the budget when the one-sided upper confidence bound
-of its loss on the selection images is within it, not its point estimate,
-and, given the number of report images the run is judged on, when the
-prediction bound of the loss those images will show is within it too
-(:mod:`edgeres.quant.confidence`).  :func:`check_budget` refuses, before
-anything is built, a budget the selection or report images cannot resolve.
+of its loss on the selection images is within it, not its point estimate
+(:mod:`edgeres.quant.confidence`), and :func:`check_budget` refuses, before
+anything is built, a budget the selection images cannot resolve.
 """
 
 from __future__ import annotations
@@ -59,14 +57,10 @@ class Trial:
     data: bytes = field(default=b"", repr=False)
     #: the upper confidence bound of the loss on the selection images, what ``meets`` compares with the budget
     loss_upper: float = math.inf
-    #: the prediction bound of the loss on the report images (``meets`` compares it too); None: not predicted
-    report_upper: float | None = None
 
     def to_dict(self) -> dict:
         return {"step": self.step, "recipe": self.recipe.summary(), "keep_float": self.keep_float,
-                **self.result.to_dict(), "loss_upper": _rounded(self.loss_upper),
-                "report_upper": None if self.report_upper is None else _rounded(self.report_upper),
-                "meets_budget": self.meets,
+                **self.result.to_dict(), "loss_upper": _rounded(self.loss_upper), "meets_budget": self.meets,
                 "full_integer": self.details.get("full_integer")}
 
 
@@ -82,32 +76,16 @@ def loss_upper(res: Evaluation, metric: str, level: float = confidence.DECISION_
     return confidence.loss_upper(metric, n, lost=res.lost, gained=res.gained, disagree=res.disagree, level=level)
 
 
-def report_upper(res: Evaluation, metric: str, n_report: int, level: float = confidence.DECISION_LEVEL) -> float:
-    """The one-sided prediction bound of the loss ``n_report`` report images will show (inf when nothing was
-    measured)."""
-    n = res.labelled if metric == "top1" else res.compared
-    if n == 0 or (metric == "top1" and res.top1_drop is None):
-        return math.inf
-    return confidence.report_upper(metric, n, n_report, lost=res.lost, gained=res.gained, disagree=res.disagree,
-                                   level=level)
-
-
 def search(backend: Backend, base: Recipe, budget: float, metric: str, select: Split,
            ranking: Callable[[Recipe], list[str]] | None = None, plan: SearchPlan = SearchPlan(),
            on_trial: Callable[[Trial], None] | None = None,
-           executor: Executor | None = None, n_report: int | None = None) -> tuple[list[Trial], Trial, bool]:
+           executor: Executor | None = None) -> tuple[list[Trial], Trial, bool]:
     """Find the fastest configuration whose loss on ``select`` is within ``budget``.
 
     Within budget means that the one-sided upper confidence bound of the
     loss (:data:`~edgeres.quant.confidence.DECISION_LEVEL`, recorded as each
     trial's ``loss_upper``) is at most ``budget``; a budget ``select`` cannot
     resolve is a UsageError before anything is built (:func:`check_budget`).
-    Given ``n_report``, the number of other images the result is judged
-    on, the prediction bound of the loss those images will show
-    (:func:`~edgeres.quant.confidence.report_upper`, each trial's
-    ``report_upper``) must be within the budget too: a run is judged on
-    the report images' point estimate, whose own sampling noise the
-    selection images' confidence bound does not cover.
     With ``metric="top1"`` another calibration method or bias setting must
     also agree with float32 at least as often as the recipe does (a lucky
     top-1 gain on a small split is not a reason to ship a less faithful
@@ -130,7 +108,7 @@ def search(backend: Backend, base: Recipe, budget: float, metric: str, select: S
         raise UsageError(f"--metric must be top1 or agreement, got {metric!r}")
     if metric == "top1" and select.y is None:
         raise DataError("--metric top1 needs labelled validation data")
-    check_budget(budget, metric, len(select), n_report=n_report)
+    check_budget(budget, metric, len(select))
     trials: list[Trial] = []
     floor = [0.0]  # agreement of the recipe itself; see below
     ahead = executor.workers if executor is not None and executor.workers > 1 else 1
@@ -145,12 +123,10 @@ def search(backend: Backend, base: Recipe, budget: float, metric: str, select: S
             # top-1 by chance.  So a configuration less faithful to float32 than the recipe itself
             # never wins on top-1 alone.
             upper = loss_upper(res, metric)
-            predicted = None if n_report is None else report_upper(res, metric, n_report)
             ok = (not res.collapsed and res.agreement >= COLLAPSE_AGREEMENT
                   and upper <= budget + confidence.TOLERANCE
-                  and (predicted is None or predicted <= budget + confidence.TOLERANCE)
                   and (metric == "agreement" or keep or res.agreement >= floor[0] - 1e-9))
-            t = Trial(step, recipe, keep, res, ok, details, data, upper, predicted)
+            t = Trial(step, recipe, keep, res, ok, details, data, upper)
         trials.append(t)
         if on_trial:
             on_trial(t)
@@ -233,15 +209,11 @@ def check_sizes(n_calib: int, n_select: int, n_final: int) -> None:
 
 
 def check_budget(budget: float, metric: str, n_select: int, select_fraction: float | None = None,
-                 n_data: int | None = None, n_report: int | None = None) -> None:
+                 n_data: int | None = None) -> None:
     """Refuse, in one line, a budget that ``n_select`` selection images cannot resolve
     (:func:`~edgeres.quant.confidence.resolvable`): name the selection images it needs and, given the
-    ``--select-fraction`` and the ``n_data`` labelled images it splits, the data or fraction that gives them.
-    Given ``n_report``, refuse too a budget those report images cannot show (1 image lost on the selection
-    images predicts more there)."""
+    ``--select-fraction`` and the ``n_data`` labelled images it splits, the data or fraction that gives them."""
     if confidence.resolvable(budget, metric, n_select):
-        if n_report is not None and not confidence.resolvable(budget, metric, n_select, n_report=n_report):
-            _refuse_report(budget, metric, n_select, n_report)
         return
     level = f"{100 * confidence.DECISION_LEVEL:g}% one-sided"
     one = confidence.loss_upper(metric, max(n_select, 1), lost=1, disagree=1)
@@ -264,13 +236,3 @@ def check_budget(budget: float, metric: str, n_select: int, select_fraction: flo
     raise UsageError(f"{what} is finer than {n_select} selection images resolve (1 image lost bounds the loss at "
                      f"{smallest:.2f} points, {level}): it needs {need} selection images{how}, or a budget of "
                      f"{smallest:.2f} or more")
-
-
-def _refuse_report(budget: float, metric: str, n_select: int, n_report: int) -> None:
-    one = confidence.report_upper(metric, n_select, n_report, lost=1, disagree=1)
-    smallest = math.ceil(one * 100 - 1e-6) / 100
-    need = confidence.report_images_needed(budget, metric, n_select)
-    raise UsageError(f"--max-drop {budget:g} ({metric}) is finer than {n_report} report images show: 1 image lost "
-                     f"on the {n_select} selection images predicts up to {smallest:.2f} points on them "
-                     f"({100 * confidence.DECISION_LEVEL:g}% one-sided); it needs {need} report images (a smaller "
-                     f"--select-fraction or more --data), or a budget of {smallest:.2f} or more")

@@ -11,8 +11,7 @@ from edgeres.report.model import Report
 
 TABLE_HEADER = ("artifact", "format", "precision", "size", "top-1 %", "drop pp", "agree %", "p50 ms",
                 "speedup")
-SEARCH_HEADER = ("step", "loss", f"{100 * DECISION_LEVEL:g}% bound", "report bound", "agree %", "p50 ms",
-                 "float layers", "meets")
+SEARCH_HEADER = ("step", "loss", f"{100 * DECISION_LEVEL:g}% bound", "agree %", "p50 ms", "float layers", "meets")
 
 
 def format_table(header, rows) -> str:
@@ -69,8 +68,7 @@ def table_rows(report: Report) -> list[tuple[str, ...]]:
 
 def _search_rows(metric: str, trials: list[dict]) -> list[tuple[str, ...]]:
     return [(t["step"], dash(t["top1_drop"] if metric == "top1" else 100 - t["agreement"], "+.2f"),
-             dash(t.get("loss_upper"), "+.2f"), dash(t.get("report_upper"), "+.2f"), dash(t["agreement"], ".2f"),
-             dash(t["p50_ms"], ".3f"),
+             dash(t.get("loss_upper"), "+.2f"), dash(t["agreement"], ".2f"), dash(t["p50_ms"], ".3f"),
              str(len(t["keep_float"])), "yes" if t["meets_budget"] else "no") for t in trials]
 
 
@@ -79,17 +77,11 @@ def _bounded(report: Report) -> bool:
     return any("loss_upper" in t for b in report.search.backends.values() for t in b.trials)
 
 
-def _predicted(report: Report) -> bool:
-    """Whether the search bounded the report images' loss too (reports before it did not)."""
-    return any(t.get("report_upper") is not None for b in report.search.backends.values() for t in b.trials)
-
-
 def _search_title(report: Report) -> str:
     s = report.search
     return (f"budget {s.budget:g} {s.metric}, {s.selection['count']} selection images"
-            + (f"; meets: the {100 * DECISION_LEVEL:g}% upper bound of the loss" + (
-                " and its prediction bound on the report images are" if _predicted(report) else " is")
-               + " within the budget" if _bounded(report) else ""))
+            + (f"; meets: the {100 * DECISION_LEVEL:g}% upper bound of the loss is within the budget"
+               if _bounded(report) else ""))
 
 
 def render_terminal(report: Report, out_dir) -> str:
@@ -142,16 +134,12 @@ def render_markdown(report: Report) -> str:
         if _bounded(report):
             lines += [f"A configuration meets the budget when the one-sided {100 * DECISION_LEVEL:g}% upper "
                       "confidence bound of its loss on the selection images is within it (Tango's score bound on the "
-                      "paired top-1 drop, Wilson's on agreement lost), not when its point estimate is"
-                      + (", and when the one-sided prediction bound of the loss the report images will show (the "
-                         "report bound) is within it too: the run is judged on those images" if _predicted(report)
-                         else "") + ".", ""]
+                      "paired top-1 drop, Wilson's on agreement lost), not when its point estimate is.", ""]
         for backend, b in s.backends.items():
             lines += [f"{backend}: chose **{b.winner['step']}**" + ("" if b.met else " (FAILS the budget)"),
-                      "", f"| step | top-1 drop | {bound} | report bound | agree % | p50 ms | float layers | meets |",
-                      "|---|---|---|---|---|---|---|---|"]
+                      "", f"| step | top-1 drop | {bound} | agree % | p50 ms | float layers | meets |",
+                      "|---|---|---|---|---|---|---|"]
             lines += [f"| {t['step']} | {dash(t['top1_drop'], '+.2f')} | {dash(t.get('loss_upper'), '+.2f')} | "
-                      f"{dash(t.get('report_upper'), '+.2f')} | "
                       f"{dash(t['agreement'], '.2f')} | {dash(t['p50_ms'], '.3f')} | "
                       f"{', '.join(t['keep_float']) or '-'} | {'yes' if t['meets_budget'] else 'no'} |"
                       for t in b.trials]
