@@ -56,6 +56,20 @@ def test_processes_build_the_same_bytes_as_one_process(tmp_path):
     assert "formats (2 at a time)" in two["stages_seconds"]
 
 
+def test_the_search_in_processes_is_the_search_in_one(tmp_path):
+    """--max-drop with each format in its own process: the same trials as with both in this process."""
+    args = ("--max-drop", 2, "--metric", "agreement")
+    one, two = _convert(tmp_path / "one", "--jobs", 1, *args), _convert(tmp_path / "two", "--jobs", 2, *args)
+    assert one["resources"]["formats_built"] == "in one process"
+    assert two["resources"]["formats_built"] == "2 at a time in their own processes"
+
+    def trials(report):
+        return {name: [(t["step"], t["agreement"], t["loss_upper"], t["meets_budget"]) for t in b["trials"]]
+                for name, b in report["search"]["backends"].items()}
+
+    assert set(trials(two)) == {"tflite", "onnx"} and trials(one) == trials(two)
+
+
 def _untimed(o):
     """``o`` without its timings (the adaptive default records how long each candidate took)."""
     if isinstance(o, dict):
