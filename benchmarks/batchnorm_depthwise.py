@@ -1,10 +1,12 @@
-"""A standalone BatchNormalization as one int8 DEPTHWISE_CONV_2D instead of MUL+ADD: precision and latency.
+"""A standalone BatchNormalization (or Normalization layer) as one int8 DEPTHWISE_CONV_2D instead of MUL+ADD
+(SUB+MUL): precision and latency.
 
     python benchmarks/batchnorm_depthwise.py [--models NAME,...] [--val-size N] [--runs 300] [--threads 2]
 
 TFLiteConverter lowers a BatchNormalization that follows no convolution (pre-activation ResNet v2's
-BN-ReLU-conv) to MUL and ADD, each rounding to int8.  edgeres builds the int8 TFLite model from the same
-network with each such BN as a 1x1 DepthwiseConv2D (``edgeres/backends/keras_rewrite.py``).  This script
+BN-ReLU-conv) to MUL and ADD, and a Normalization layer to SUB and MUL, each rounding to int8.  edgeres
+builds the int8 TFLite model from the same network with each such layer as a 1x1 DepthwiseConv2D
+(``edgeres/backends/keras_rewrite.py``).  This script
 builds both int8 models of each model in one run, with the same quantizer, recipe (``default``) and 300
 calibration images, and compares them:
 
@@ -12,8 +14,9 @@ calibration images, and compares them:
 - batch-1 latency, the two models alternated in blocks (``measure_interleaved``), as a ratio.
 
 Models: ``resnet14_v2`` (the development suite's trained pre-activation ResNet, 32x32; needs
-``python benchmarks/suite/train.py``) and ``resnet50v2`` (``keras.applications.ResNet50V2``, untrained, 224x224,
-10 classes: latency only; its random weights make precision meaningless).
+``python benchmarks/suite/train.py``), ``resnet20`` (the shared ResNet-20, with Rescaling and Normalization
+inside), and ``resnet50v2`` / ``efficientnetb0`` (``keras.applications``, untrained, 224x224, 10 classes:
+latency only; random weights make precision meaningless; EfficientNet has a Normalization layer inside).
 """
 
 from __future__ import annotations
@@ -34,10 +37,10 @@ def build_models(names: list[str]):
     from manifest import load_suite, suite_dir  # benchmarks/suite
 
     for name in names:
-        if name == "resnet50v2":
+        if name in ("resnet50v2", "efficientnetb0"):
             keras.utils.set_random_seed(0)
-            yield name, keras.applications.ResNet50V2(weights=None, input_shape=(224, 224, 3), classes=10,
-                                                      classifier_activation=None), False
+            app = keras.applications.ResNet50V2 if name == "resnet50v2" else keras.applications.EfficientNetB0
+            yield name, app(weights=None, input_shape=(224, 224, 3), classes=10, classifier_activation=None), False
         else:
             entry = next((m for m in load_suite(suite_dir()) if m["name"] == name), None)
             if entry is None:
@@ -63,7 +66,7 @@ def int8_pair(model, calib: np.ndarray) -> tuple[bytes, bytes, list[str]]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", default="resnet14_v2,resnet50v2")
+    ap.add_argument("--models", default="resnet14_v2,resnet20,resnet50v2,efficientnetb0")
     ap.add_argument("--val-size", type=int, default=None)
     ap.add_argument("--runs", type=int, default=300)
     ap.add_argument("--threads", type=int, default=2)
@@ -79,7 +82,7 @@ def main() -> int:
         hwc = tuple(model.input_shape[1:])
         calib, _ = open_dataset(shared("cifar10", "calib")).sample(300, 0).load(hwc, Preprocess())
         plain, folded, names = int8_pair(model, calib)
-        print(f"[{name}] {len(names)} standalone BatchNormalization as depthwise: {', '.join(names)}",
+        print(f"[{name}] {len(names)} standalone BatchNormalization / Normalization as depthwise: {', '.join(names)}",
               file=sys.stderr)
         with tempfile.TemporaryDirectory() as tmp:
             runners = {}
@@ -106,7 +109,7 @@ def main() -> int:
             for label in runners:
                 rows.append((name, label, *figures[label], f"{p50[label]:.3f}",
                              f"{p50[label] / p50['MUL+ADD']:.2f}x"))
-    print(table(("model", "standalone BN as", "agree %", "SQNR dB", "p50 ms", "vs MUL+ADD"), rows))
+    print(table(("model", "standalone BN / Normalization as", "agree %", "SQNR dB", "p50 ms", "vs MUL+ADD"), rows))
     return 0
 
 

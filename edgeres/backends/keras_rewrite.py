@@ -5,8 +5,10 @@ after a residual Add, a BN on the input) cannot be folded into weights, and TFLi
 MUL then ADD: two int8 ops, each rounding its output to a per-tensor int8 grid.  The same affine map is a
 1x1 DepthwiseConv2D (one weight per channel, the BN's bias): one int8 op whose per-channel weight scale
 holds each channel's factor exactly (a single weight per channel quantizes to +-127) and whose int32 bias
-holds the shift, so the output is rounded once.  The rewrite is checked to compute the same function in
-float before it is used; when it cannot be built or checked, the model is used as it is.
+holds the shift, so the output is rounded once.  Keras' Normalization layer (``(x - mean) / std`` per
+channel, inside EfficientNet and many user models) is lowered to SUB then MUL and gets the same treatment.
+The rewrite is checked to compute the same function in float before it is used; when it cannot be built or
+checked, the model is used as it is.
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ _FOLDS_INTO = ("Conv2D", "DepthwiseConv2D", "Dense", "SeparableConv2D", "Conv2DT
 
 
 def standalone_batchnorm_as_depthwise(model: Any, sample: np.ndarray | None = None) -> tuple[Any, list[str]]:
-    """``model`` with each standalone 4-D BatchNormalization replaced by the equal 1x1 DepthwiseConv2D
-    (keeping its name), and the names replaced; ``(model, [])`` when there is none or the check fails.
+    """``model`` with each standalone 4-D BatchNormalization, and each per-channel Normalization layer (BN's
+    frozen-statistics sibling), replaced by the equal 1x1 DepthwiseConv2D (keeping its name), and the names
+    replaced; ``(model, [])`` when there is none or the check fails.
 
     ``sample``: a few input images the rewritten model must reproduce (else a fixed random batch)."""
     import keras
@@ -66,7 +69,11 @@ def standalone_batchnorm_as_depthwise(model: Any, sample: np.ndarray | None = No
 
 def _standalone(layer) -> bool:
     """A BatchNormalization over the channels of a 4-D tensor that TFLiteConverter cannot fold into the
-    layer before it (there is none, it is no convolution, or its output goes elsewhere too)."""
+    layer before it (there is none, it is no convolution, or its output goes elsewhere too), or a
+    Normalization layer over the channels (lowered to SUB+MUL: two roundings, as MUL+ADD)."""
+    if type(layer).__name__ == "Normalization" and len(layer._inbound_nodes) == 1:
+        axes = tuple(layer.axis) if isinstance(layer.axis, (list, tuple)) else (layer.axis,)
+        return not layer.invert and axes in ((-1,), (3,)) and len(layer.input.shape) == 4
     if type(layer).__name__ != "BatchNormalization" or len(layer._inbound_nodes) != 1:
         return False
     axis = layer.axis if isinstance(layer.axis, int) else (list(layer.axis) + [None])[0]
@@ -82,11 +89,21 @@ def _standalone(layer) -> bool:
 
 def _as_depthwise(keras, bn):
     channels = int(bn.input.shape[-1])
+    if type(bn).__name__ == "Normalization":  # (x - mean) / max(sqrt(var), epsilon), as Keras computes it
+        mean = np.asarray(bn.mean, np.float64).reshape(-1) * np.ones(channels)
+        std = np.sqrt(np.asarray(bn.variance, np.float64).reshape(-1) * np.ones(channels))
+        factor = 1.0 / np.maximum(std, keras.config.epsilon())
+        return _depthwise(keras, bn, factor, -mean * factor)
     gamma = np.asarray(bn.gamma, np.float64) if bn.scale else np.ones(channels)
     beta = np.asarray(bn.beta, np.float64) if bn.center else np.zeros(channels)
     mean, var = np.asarray(bn.moving_mean, np.float64), np.asarray(bn.moving_variance, np.float64)
     factor = gamma / np.sqrt(var + bn.epsilon)
-    dw = keras.layers.DepthwiseConv2D(1, use_bias=True, name=bn.name)
-    dw.build(tuple(bn.input.shape))
-    dw.set_weights([factor.reshape(1, 1, channels, 1).astype(np.float32), (beta - mean * factor).astype(np.float32)])
+    return _depthwise(keras, bn, factor, beta - mean * factor)
+
+
+def _depthwise(keras, layer, factor: np.ndarray, bias: np.ndarray):
+    """The 1x1 DepthwiseConv2D ``x * factor + bias`` per channel, named as ``layer``."""
+    dw = keras.layers.DepthwiseConv2D(1, use_bias=True, name=layer.name)
+    dw.build(tuple(layer.input.shape))
+    dw.set_weights([factor.reshape(1, 1, -1, 1).astype(np.float32), bias.astype(np.float32)])
     return dw
