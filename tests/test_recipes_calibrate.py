@@ -347,6 +347,24 @@ def test_strictly_positive_tensor_percentile_covers_its_values():
     assert b >= 10.0, (a, b)  # got (0.0, 1.12): every value clipped
 
 
+@pytest.mark.parametrize("method", ["minmax", "percentile", "mse", "entropy"])
+def test_a_tensor_too_narrow_for_the_histogram_bins_gets_its_min_and_max(method):
+    """An untrained EfficientNetB0 has a tensor whose values differ only in the last float32 bits: numpy
+    cannot split that range into 2,048 bins and raised "Too many bins for data range" (the whole conversion
+    failed).  Such a tensor now gets its observed range."""
+    x = np.full((4, 8, 8, 3), 1.0, np.float32)
+    x[0, 0, 0, 0] = np.nextafter(np.float32(1.0), np.float32(2.0))
+    wide = np.linspace(-1.0, 2.0, 96, dtype=np.float32).reshape(2, 4, 4, 3)
+    stats = ActivationStats()
+    for second in (False, True):
+        if second:
+            stats.start_histograms()
+        stats.observe("narrow", x)
+        stats.observe("wide", wide)
+    assert stats.tensors["narrow"].hist is None and stats.tensors["wide"].hist.sum() == wide.size
+    assert stats.range("narrow", method) == (0.0, float(x.max()))
+
+
 # ---------------------------------------------------------------- failure causes
 
 

@@ -81,8 +81,8 @@ class ActivationStats:
             return
         s = self.tensors.setdefault(name, TensorStats())
         if self.histograms:  # second pass: ranges are fixed
-            if s.hi > s.lo:
-                s.hist += np.histogram(x, BINS, (s.lo, s.hi))[0]
+            if s.hist is not None:
+                s.hist += np.histogram(x.astype(np.float32, copy=False), BINS, (s.lo, s.hi))[0]
             return
         x64 = x.astype(np.float64)
         s.lo, s.hi = min(s.lo, float(x.min())), max(s.hi, float(x.max()))
@@ -104,7 +104,9 @@ class ActivationStats:
         """Switch to the second pass: histograms over each tensor's observed [lo, hi]."""
         self.histograms = True
         for s in self.tensors.values():
-            s.hist = np.zeros(BINS, np.float64)
+            # A tensor (almost) constant on the images, down to a range BINS float steps cannot split (an
+            # untrained network's), gets no histogram: its range is its min and max (choose_range).
+            s.hist = np.zeros(BINS, np.float64) if _splittable(s.lo, s.hi) else None
 
     def channel_mean(self, name: str, channels: int | None = None) -> np.ndarray | None:
         """Per-channel mean of a tensor (None when unseen, or not ``channels`` wide)."""
@@ -116,6 +118,12 @@ class ActivationStats:
     def range(self, name: str, method: str, percentile: float = 99.999, bits: int = 8) -> tuple[float, float]:
         s = self.tensors[name]
         return choose_range(s.hist, s.lo, s.hi, method, percentile, bits)
+
+
+def _splittable(lo: float, hi: float) -> bool:
+    """Whether [lo, hi] splits into BINS bins of positive width in float32, the precision numpy computes a
+    float32 tensor's bin edges in (it refuses the histogram otherwise)."""
+    return bool(hi > lo and np.all(np.diff(np.linspace(lo, hi, BINS + 1, dtype=np.float32)) > 0))
 
 
 def collect(batches: Callable[[], Iterable[dict[str, np.ndarray]]], channel_axis: int,
