@@ -214,15 +214,31 @@ _AFFINE_OPS = ("Mul", "Add", "Sub", "Div")
 
 
 def input_normalization_nodes(proto) -> list[str]:
-    """Nodes of the model's own input normalization (``preprocess_*`` layers).
+    """Nodes of the model's own input normalization: the zoo's ``preprocess_*`` layers, and the chain of
+    Mul/Add/Sub/Div by constants that the graph input (after tf2onnx's layout Transpose) goes through first
+    (a Keras Rescaling and Normalization: the shared ResNet-20, EfficientNet).
 
     They are a per-channel affine map on the raw input.  Kept in float they
     cost about 0.9 ms on ResNet-50 at 224x224; quantized, ORT runs them as
-    QLinearMul/QLinearAdd at full resolution for about 3 ms, and they add a
+    QLinearMul/QLinearAdd at full resolution for about 3 ms, and each adds a
     rounding step before the first convolution.  So they stay float, and the
     QuantizeLinear before the first Conv quantizes the normalized input.
     """
-    return [n.name for n in proto.graph.node if n.op_type in _AFFINE_OPS and "preprocess_" in n.name]
+    g = proto.graph
+    names = [n.name for n in g.node if n.op_type in _AFFINE_OPS and "preprocess_" in n.name]
+    inits, consumers = _index(g)
+    cur = g.input[0].name if g.input else ""
+    if len(consumers[cur]) == 1 and consumers[cur][0].op_type == "Transpose":
+        cur = consumers[cur][0].output[0]
+    while len(consumers[cur]) == 1:
+        node = consumers[cur][0]
+        if node.op_type not in _AFFINE_OPS or len(node.input) != 2 or \
+                (node.input[1] if node.input[0] == cur else node.input[0]) not in inits:
+            break
+        if node.name not in names:
+            names.append(node.name)
+        cur = node.output[0]
+    return names
 
 
 _FLOAT_OUTPUT_OPS = {"Gemm", "MatMul"}  # ORT has integer kernels with float output for these
