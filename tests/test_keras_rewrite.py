@@ -264,3 +264,49 @@ def test_empirical_bias_correction_matches_relu_outputs_to_float():
 
     for layer in ("c1", "c2", "c3"):  # the logits' mean errors are at the noise floor of 200 images already
         assert err(after, layer) < 0.5 * err(before, layer), (layer, err(before, layer), err(after, layer))
+
+
+def test_a_prefix_computes_its_tensor_as_the_whole_model_does():
+    """tflite_edit.prefix (each layer-by-layer bias correction pass runs one): only the ops that feed the tensor,
+    which becomes the only output, and the same values as the whole model's intermediate tensor; the model
+    it was cut from is left whole."""
+    import keras
+    from keras import layers
+
+    from edgeres.backends.keras_io import layer_types
+    from edgeres.backends.tflite_quant import TFLiteQuantizer
+    from edgeres.core import tflite_edit
+    from edgeres.core.runtime import tflite_module
+    from edgeres.quant.recipes import resolve_recipe
+
+    keras.utils.set_random_seed(4)
+    i = keras.Input((8, 8, 1))
+    x = layers.Conv2D(8, 3, padding="same", activation="relu", name="c1")(layers.Rescaling(1 / 255.0)(i))
+    y = layers.Conv2D(8, 3, padding="same", name="c2")(x)
+    side = layers.Conv2D(8, 1, name="side")(x)  # not needed for c2's output
+    model = keras.Model(i, layers.Dense(10, name="logits")(layers.GlobalAveragePooling2D()(
+        layers.Add()([y, side]))))
+    calib = np.load(TRAIN)["x"][:64].astype(np.float32)
+    q = TFLiteQuantizer(model, calib, layer_types(model), "float32")
+    data, _ = q.quantize(resolve_recipe("stock").for_backend("tflite"))
+    m = tflite_edit.load(data)
+    g = m.subgraphs[0]
+    outputs = [int(o) for op in g.operators for o in op.outputs]
+    target = next(i for i in outputs if b"c2" in g.tensors[i].name)  # c2's output (not its int8 weights)
+    before = tflite_edit.pack(m)
+    cut = tflite_edit.prefix(m, target)
+    assert tflite_edit.pack(m) == before  # the model itself is untouched
+    cut_g = tflite_edit.load(cut).subgraphs[0]
+    made = {int(o) for op in cut_g.operators for o in op.outputs}
+    side = {i for i, t in enumerate(g.tensors) if b"side" in t.name or b"logits" in t.name}
+    assert target in made and not made & side and len(cut_g.operators) < len(g.operators)
+    assert list(cut_g.outputs) == [target]
+    mod = tflite_module()[0]
+    part = mod.Interpreter(model_content=cut)
+    assert [d["index"] for d in part.get_output_details()] == [target]
+    whole = mod.Interpreter(model_content=data, experimental_preserve_all_tensors=True)
+    for interp in (part, whole):
+        interp.allocate_tensors()
+        interp.set_tensor(interp.get_input_details()[0]["index"], calib[:1])
+        interp.invoke()
+    np.testing.assert_array_equal(part.get_tensor(target), whole.get_tensor(target))
