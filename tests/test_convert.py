@@ -178,26 +178,31 @@ def test_max_drop_refuses_a_budget_the_selection_images_cannot_resolve(tmp_path:
 
 def test_max_drop_pass_fail_is_judged_on_the_report_images():
     """A PASSED run never shows a loss above the budget on the report images (the point estimate there), whatever
-    the search saw on the selection images; an agreement budget is judged on agreement."""
+    the search saw on the selection images; an agreement budget is judged on agreement.  A failure whose interval
+    holds the budget says about how many report images would tell the two apart."""
     from types import SimpleNamespace
 
     from edgeres.pipeline.assemble import _judge_budget
 
-    def judged(metric: str, budget: float, drop: float, agreement: float) -> list[str]:
+    def judged(metric: str, budget: float, drop: float, agreement: float, ci=(-0.1, 0.5)) -> list[str]:
         report = SimpleNamespace(failures=[])
         report.fail = report.failures.append
-        art = SimpleNamespace(name="tflite_int8", top1_drop=drop, agreement=agreement, top1_drop_ci=[-0.1, 0.5],
+        art = SimpleNamespace(name="tflite_int8", top1_drop=drop, agreement=agreement, top1_drop_ci=list(ci),
                               agreement_ci=[99.2, 99.9])
         _judge_budget(report, art, budget, metric)
         return report.failures
 
     assert judged("top1", 0.3, 99.2 - 98.9, 99.6) == []  # 0.30000000000000426: the budget itself
     assert judged("top1", 0.3, 0.4, 99.6) == ["tflite_int8 drops 0.40 points of top-1 (budget 0.3; 95% CI "
-                                               "-0.10..+0.50)"]
+                                               "-0.10..+0.50, which holds the budget: telling 0.40 from 0.3 takes "
+                                               "about 15,366 report images)"]  # 1.96^2 * 0.004 / 0.001^2
+    assert judged("top1", 0.3, 0.6, 99.6, ci=[0.35, 0.9]) == [
+        "tflite_int8 drops 0.60 points of top-1 (budget 0.3; 95% CI +0.35..+0.90)"]  # over it with confidence
     assert judged("top1", 0.3, -0.2, 90.0) == []  # agreement is not what a top-1 budget is
     assert judged("agreement", 0.5, 0.0, 99.6) == []
     assert judged("agreement", 0.3, 0.0, 99.6) == ["tflite_int8 loses 0.40 points of agreement with float32 "
-                                                    "(budget 0.3; 95% CI +0.10..+0.80)"]
+                                                    "(budget 0.3; 95% CI +0.10..+0.80, which holds the budget: "
+                                                    "telling 0.40 from 0.3 takes about 15,305 report images)"]
 
 
 def test_no_int8_gives_float_artifacts_only(tmp_path: Path):
