@@ -29,6 +29,22 @@ def _index(g) -> tuple[dict, dict]:
     return {i.name: i for i in g.initializer}, consumers
 
 
+def _affine_chain(consumers, inits, start: str):
+    """(node, constant initializer) along the chain that starts at tensor ``start``, for as long as the tensor's
+    only reader is a Mul/Add/Sub/Div whose other input is an initializer (either side).  The callers add
+    their own conditions and stop where they fail."""
+    cur = start
+    while len(consumers[cur]) == 1:
+        node = consumers[cur][0]
+        if node.op_type not in _AFFINE_OPS or len(node.input) != 2:
+            return
+        const = inits.get(node.input[1] if node.input[0] == cur else node.input[0])
+        if const is None:
+            return
+        yield node, const
+        cur = node.output[0]
+
+
 def _drop_unused_initializers(g) -> None:
     used = {name for n in g.node for name in n.input}
     for init in [i for i in g.initializer if i.name not in used]:
@@ -65,29 +81,19 @@ def hoist_input_transpose(proto) -> bool:
     inits, consumers = _index(g)
     chain: list = []
     cur = g.input[0].name
-    while True:
-        users = consumers[cur]
-        if len(users) != 1:
-            return False
-        node = users[0]
-        if node.op_type == "Transpose":
-            perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
-            if perm != _NCHW:
-                return False
-            transpose = node
-            break
-        if node.op_type not in _AFFINE_OPS or len(node.input) != 2 or node.input[0] != cur:
-            return False
-        const = inits.get(node.input[1])
-        if const is None:
-            return False
+    for node, const in _affine_chain(consumers, inits, cur):
+        if node.input[1] != const.name:
+            return False  # the data must come first (c - x is no longer x's chain when moved)
         arr = numpy_helper.to_array(const)
         if arr.size > 1 and arr.shape[-1] != arr.size:
             return False  # only per-channel (last-axis) or scalar constants are layout-free
         chain.append(node)
         cur = node.output[0]
-    if not chain:
+    users = consumers[cur]  # what ends the chain must be the layout Transpose
+    if not chain or len(users) != 1 or users[0].op_type != "Transpose" \
+            or next((list(a.ints) for a in users[0].attribute if a.name == "perm"), None) != _NCHW:
         return False
+    transpose = users[0]
     nchw = transpose.output[0]
     last = chain[-1].output[0]
     for node in g.node:  # the Transpose's former consumers now read the chain's output
@@ -230,14 +236,7 @@ def input_normalization_nodes(proto) -> list[str]:
     cur = g.input[0].name if g.input else ""
     if len(consumers[cur]) == 1 and consumers[cur][0].op_type == "Transpose":
         cur = consumers[cur][0].output[0]
-    while len(consumers[cur]) == 1:
-        node = consumers[cur][0]
-        if node.op_type not in _AFFINE_OPS or len(node.input) != 2 or \
-                (node.input[1] if node.input[0] == cur else node.input[0]) not in inits:
-            break
-        if node.name not in names:
-            names.append(node.name)
-        cur = node.output[0]
+    names += [node.name for node, _ in _affine_chain(consumers, inits, cur) if node.name not in names]
     return names
 
 

@@ -12,6 +12,7 @@ import numpy as np
 from edgeres.backends.onnx_graph import (
     _AFFINE_OPS,
     _NCHW,
+    _affine_chain,
     _drop_unused_initializers,
     _drop_value_info,
     _index,
@@ -49,18 +50,15 @@ def widen_input_constants(qproto) -> bool:
     if next((list(a.ints) for a in transpose.attribute if a.name == "perm"), None) != _NCHW:
         return False
     width, channels = dims[2], dims[3]
-    chain, cur = [], transpose.output[0]
-    while len(consumers[cur]) == 1:
-        node = consumers[cur][0]
-        const = inits.get(node.input[1]) if len(node.input) == 2 and node.input[0] == cur else None
-        if node.op_type not in _AFFINE_OPS or const is None or len(consumers[const.name]) != 1:
-            break
+    chain = []
+    for node, const in _affine_chain(consumers, inits, transpose.output[0]):
+        if node.input[1] != const.name or len(consumers[const.name]) != 1:
+            break  # the data first, and a constant no other node reads (it is rewritten)
         arr = numpy_helper.to_array(const)
         if arr.size not in (1, channels) or (arr.size == channels and arr.shape[-3:] != (channels, 1, 1)):
             break
         chain.append(node)
-        cur = node.output[0]
-    if not chain or cur in {o.name for o in g.output}:
+    if not chain or chain[-1].output[0] in {o.name for o in g.output}:
         return False
     for node in chain:
         arr = numpy_helper.to_array(inits[node.input[1]])
