@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from edgeres.core.errors import ConversionError
-from edgeres.quant.adaptive import TIE_ALPHA, candidates, choose, worse
+from edgeres.quant.adaptive import TIE_ALPHA, candidates, choose, recipe_named, refined, worse
 from edgeres.quant.evaluate import Split
 from edgeres.quant.recipes import resolve_recipe
 from tests.conftest import CALIBRATION, invoke
@@ -58,8 +58,8 @@ class FakeBackend:
         self.outputs, self.by_data = outputs, {}
 
     def build(self, recipe, keep_float=None):
-        name = next(c.name for c in candidates(resolve_recipe("default"), "tflite")
-                    if c.recipe.for_backend("tflite") == recipe.for_backend("tflite"))
+        options = [o for c in candidates(resolve_recipe("default"), "tflite") for o in (c, refined(c))]
+        name = next(o.name for o in options if o.recipe.for_backend("tflite") == recipe.for_backend("tflite"))
         out = self.outputs.get(name, self.outputs["*"])
         if out is None:
             raise ConversionError(f"{name}: no kernel")
@@ -291,3 +291,22 @@ def test_adaptive_default_gives_a_softmax_model_the_body_of_its_logits_model(tmp
         z = open_runner(tmp_path / "logits" / a["path"]).predict(x)
         np.testing.assert_allclose(open_runner(tmp_path / "dense_activation" / b["path"]).predict(x),
                                    _softmax(z.astype(np.float64)), atol=1e-5)
+
+
+def test_the_first_rounds_winner_is_tried_again_with_gptq_rounding_and_judged_by_the_same_rule():
+    """Second round: one more build, of the winner with GPTQ rounding; it wins only by the module's rule."""
+    split, ref = _holdout()
+    base = _noisy(ref, 0.1, seed=1)
+    for shrink, gptq_wins in ((0.995, False), (0.9, True), (1.5, False)):
+        outputs = {"*": _noisy(ref, 0.5, seed=2), "mse, bias correction": base,
+                   "mse, bias correction, gptq rounding": ref + (base - ref) * shrink}
+        backend = FakeBackend(outputs)
+        data, details = choose(backend, resolve_recipe("default"), split)
+        rows = [c["name"] for c in details["adaptive"]["candidates"]]
+        assert rows[-1] == "mse, bias correction, gptq rounding" and rows.count(rows[-1]) == 1
+        assert sum(name.endswith("gptq rounding") for name in rows) == 1  # the winner's alone
+        chosen = details["adaptive"]["chosen"]
+        assert (chosen == "mse, bias correction, gptq rounding") == gptq_wins, (shrink, chosen)
+        assert gptq_wins or chosen == "mse, bias correction"
+        recipe = recipe_named(resolve_recipe("default"), "tflite", chosen)  # what the rebuild builds
+        assert recipe.weight_rounding == ("gptq" if gptq_wins else "nearest") and recipe.calibration == "mse"

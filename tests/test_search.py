@@ -83,8 +83,9 @@ class FakeQuantizer:
     """The Quantizer protocol, answering from tables; records every configuration it was asked for."""
 
     def __init__(self, wrong=None, lucky=None, bias_fix=BIAS_FIX, layer_fix=None, fail=(), collapse=(),
-                 split=SPLIT):
+                 split=SPLIT, gptq_fix=0):
         self.wrong = {**WRONG, **(wrong or {})}
+        self.gptq_fix = gptq_fix  # rows GPTQ weight rounding gets right
         self.lucky = lucky or {}  # rows float32 gets wrong that this gets right: top-1 up, agreement down
         self.bias_fix, self.layer_fix = bias_fix, layer_fix or LAYER_FIX
         self.fail, self.collapse, self.split = set(fail), set(collapse), split
@@ -95,7 +96,8 @@ class FakeQuantizer:
 
     def quantize(self, recipe: Recipe, keep_float: list[str]) -> tuple[bytes, dict]:
         config = {"calibration": key(recipe), "percentile": recipe.percentile,
-                  "bias_correction": recipe.bias_correction, "keep_float": list(keep_float)}
+                  "bias_correction": recipe.bias_correction, "keep_float": list(keep_float),
+                  "weight_rounding": recipe.weight_rounding}
         self.calls.append(config)
         if config["calibration"] in self.fail:
             raise ConversionError(f"no int8 kernel for {config['calibration']}")
@@ -110,6 +112,7 @@ class FakeQuantizer:
             out[:, np.bincount(pred).argmax()] = top + 1
             return out
         wrong = self.wrong[cal] - (self.bias_fix if config["bias_correction"] else 0)
+        wrong -= self.gptq_fix if config["weight_rounding"] == "gptq" else 0
         wrong = max(0, wrong - sum(self.layer_fix[name] for name in config["keep_float"]))
         for i in range(wrong):
             out[i, (pred[i] + 1) % CLASSES] = top[i] + 1
@@ -190,7 +193,7 @@ def test_ladder_skips_the_recipes_own_method():
     ladder = (("mse", None), ("entropy", None), ("mse", None), ("entropy", None))
     trials, _, met = run(q, budget=ub(1), ladder=ladder)
     assert not met
-    assert steps(trials) == ["recipe", "calibration entropy", "bias correction on"]
+    assert steps(trials) == ["recipe", "calibration entropy", "bias correction on", "gptq rounding"]
 
 
 def test_ladder_skips_the_backend_override_and_clears_it():
@@ -201,7 +204,7 @@ def test_ladder_skips_the_backend_override_and_clears_it():
     trials, _, met = run(q, budget=ub(1), base=base, ladder=CALIBRATION_LADDER, name="tflite")
     assert not met
     assert steps(trials) == ["recipe", "calibration mse", "calibration percentile 99.99", "calibration entropy",
-                             "calibration minmax", "bias correction off"]
+                             "calibration minmax", "bias correction off", "gptq rounding"]
     # what was built: the override applied to the recipe only, bias correction carried along the ladder
     assert [c["calibration"] for c in q.calls[:5]] == ["percentile 99.999", "mse", "percentile 99.99", "entropy",
                                                        "minmax"]
@@ -216,18 +219,29 @@ def test_bias_correction_flips_the_most_faithful_trial(base_bias):
     trials, _, met = run(q, budget=ub(1), metric="top1", base=base)
     assert not met
     assert steps(trials) == ["recipe", "calibration entropy", "calibration minmax",
-                             "bias correction " + ("off" if base_bias else "on")]
+                             "bias correction " + ("off" if base_bias else "on"), "gptq rounding"]
     assert trials[2].result.top1_drop < trials[1].result.top1_drop  # least loss is not most faithful
-    bias = trials[-1]
+    bias = trials[-2]
     assert (bias.recipe.calibration, bias.recipe.bias_correction) == ("entropy", not base_bias)
-    assert q.calls[-1] == {"calibration": "entropy", "percentile": BASE.percentile,
-                           "bias_correction": not base_bias, "keep_float": []}
+    assert q.calls[-2] == {"calibration": "entropy", "percentile": BASE.percentile,
+                           "bias_correction": not base_bias, "keep_float": [], "weight_rounding": "nearest"}
+    # then the most faithful of all so far with its weights rounded by GPTQ
+    assert q.calls[-1] == {**q.calls[-2], "bias_correction": trials[-1].recipe.bias_correction,
+                           "calibration": "entropy", "weight_rounding": "gptq"}
 
 
 def test_bias_correction_step_can_win():
     q = FakeQuantizer(wrong={"entropy": 3}, bias_fix=2)
     trials, winner, met = run(q, budget=ub(1), max_float=64, ranking=never)
     assert met and winner is trials[-1] and winner.step == "bias correction on"
+
+
+def test_gptq_rounding_step_can_win_before_any_layer_is_kept_in_float():
+    q = FakeQuantizer(wrong={"entropy": 5}, gptq_fix=3)
+    trials, winner, met = run(q, budget=ub(1), max_float=64, ranking=never)
+    assert met and winner is trials[-1] and winner.step == "gptq rounding" and winner.keep_float == []
+    assert (winner.recipe.calibration, winner.recipe.bias_correction, winner.recipe.weight_rounding) == \
+        ("entropy", True, "gptq")
 
 
 def test_keep_float_follows_the_ranking_and_stops_at_first_that_meets():
@@ -242,18 +256,18 @@ def test_keep_float_follows_the_ranking_and_stops_at_first_that_meets():
     trials, winner, met = run(q, budget=ub(1), max_float=64, ranking=ranking)
     assert met and winner is trials[-1]
     assert steps(trials) == ["recipe", "calibration entropy", "calibration minmax", "bias correction on",
-                             "keep dense in float", "keep conv1 in float", "keep block2 in float"]
-    lead = trials[3].recipe
+                             "gptq rounding", "keep dense in float", "keep conv1 in float", "keep block2 in float"]
+    lead = trials[3].recipe  # GPTQ changed nothing here: the first of the equally faithful leads
     assert asked == [lead] and (lead.calibration, lead.bias_correction) == ("entropy", True)
-    assert [t.keep_float for t in trials[4:]] == [["dense"], ["dense", "conv1"], ["dense", "conv1", "block2"]]
-    assert all(t.recipe == lead for t in trials[4:])
-    assert [c["keep_float"] for c in q.calls[4:]] == [t.keep_float for t in trials[4:]]
+    assert [t.keep_float for t in trials[5:]] == [["dense"], ["dense", "conv1"], ["dense", "conv1", "block2"]]
+    assert all(t.recipe == lead for t in trials[5:])
+    assert [c["keep_float"] for c in q.calls[5:]] == [t.keep_float for t in trials[5:]]
 
 
 def test_keep_float_without_ranking_uses_the_backend_layer_order():
     q = FakeQuantizer(layer_fix={"conv1": 1, "block1": 3, "block2": 1, "dense": 1})
     trials, _, met = run(q, budget=ub(1), max_float=64)
-    assert met and [t.keep_float for t in trials[4:]] == [["conv1"], ["conv1", "block1"]]
+    assert met and [t.keep_float for t in trials[5:]] == [["conv1"], ["conv1", "block1"]]
 
 
 def test_max_float_layers_caps_the_keep_float_steps():
@@ -273,7 +287,8 @@ def test_no_float_layers_means_no_ranking_and_least_loss_winner():
     q = FakeQuantizer(bias_fix=-2)  # bias correction hurts here: the best trial is not the last
     trials, winner, met = run(q, budget=ub(1), max_float=0, ranking=never)
     assert not met
-    assert steps(trials) == ["recipe", "calibration entropy", "calibration minmax", "bias correction on"]
+    assert steps(trials) == ["recipe", "calibration entropy", "calibration minmax", "bias correction on",
+                             "gptq rounding"]
     assert winner is trials[1] and winner.result.agreement == 100 - pts(4)
 
 
@@ -288,7 +303,7 @@ def test_least_loss_ties_go_to_the_more_faithful_trial():
 def test_full_integer_target_means_no_keep_float_trials():
     q = FakeQuantizer()
     trials, _, met = run(q, budget=ub(1), max_float=64, ranking=never, allowed=False)
-    assert not met and not any(t.keep_float for t in trials) and len(trials) == 4
+    assert not met and not any(t.keep_float for t in trials) and len(trials) == 5
     assert all(c["keep_float"] == [] for c in q.calls)
 
 
@@ -368,7 +383,8 @@ def test_conversion_error_is_a_failed_trial():
 def test_failed_conversion_is_never_the_most_faithful():
     q = FakeQuantizer(fail={"entropy"}, wrong={"minmax": 8})
     trials, _, _ = run(q, budget=ub(1), ladder=(("entropy", None), ("minmax", None)))
-    assert trials[-1].step == "bias correction on" and trials[-1].recipe.calibration == "minmax"
+    assert trials[-2].step == "bias correction on" and trials[-2].recipe.calibration == "minmax"
+    assert trials[-1].step == "gptq rounding" and trials[-1].recipe.calibration == "minmax"
 
 
 def test_every_conversion_failing_is_a_conversion_error():

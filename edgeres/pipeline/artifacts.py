@@ -188,11 +188,11 @@ def _rebuild(cfg, fmt: Format, model, base: bytes, head, settings: Settings, inp
     holdout was carved out of a small calibration set, the shipped model still gets every image's statistics."""
     import numpy as np
 
-    from edgeres.quant.adaptive import candidates
+    from edgeres.quant.adaptive import recipe_named
 
     images = np.concatenate([inputs.calib, inputs.holdout.x])
     chosen = details["adaptive"]["chosen"]
-    recipe = next(c.recipe for c in candidates(cfg.recipe, fmt.name) if c.name == chosen)
+    recipe = recipe_named(cfg.recipe, fmt.name, chosen)
     log.info(f"{fmt.name} default: building '{chosen}' again from all {len(images)} calibration images")
     backend = create_backend(fmt, model, inputs.hwc, images, settings, float_model=base, head=head)
     data, rebuilt = backend.build(recipe)

@@ -21,7 +21,7 @@ DETAIL_KEYS = ("io_dtype", "full_integer", "scheme", "format", "per_channel", "c
                "static_batch", "recipe", "recipe_summary", "engine", "output_range", "float_layers",
                "bias_corrected_layers", "bias_correction", "activations", "float_share", "adaptive", "head",
                "kernels",
-               "int8_graph_rewrites", "batchnorm_as_depthwise")
+               "int8_graph_rewrites", "batchnorm_as_depthwise", "weight_rounding")
 BUDGET_TOLERANCE = 1e-9  # points: float rounding of a loss that equals the budget
 MODEL_KEYS = ("name", "source", "kind", "params", "trainable_params", "macs", "input_shape", "output_shape", "layers")
 

@@ -20,6 +20,7 @@ from edgeres.core.typed_toml import load_typed, resolve_toml
 WEIGHTS = ("per-channel", "per-tensor")
 ACTIVATIONS = ("int8", "int16")
 CALIBRATION = ("mse", "percentile", "entropy", "minmax")
+ROUNDING = ("nearest", "gptq")
 OUTPUTS = ("minmax", "calibrated", "float")
 IO_DTYPES = ("", "int8", "uint8", "float32")
 
@@ -53,6 +54,9 @@ class Recipe:
     io_dtype: str = ""
     #: shift biases to cancel the mean error quantization adds to each layer's output
     bias_correction: bool = False
+    #: how weights are rounded to their int8 grid: "nearest", or "gptq" (each layer's output error on the
+    #: calibration images, edgeres.quant.rounding)
+    weight_rounding: str = "nearest"
     #: range of the model's output (logits): "minmax" never clips the top logit,
     #: "calibrated" uses the calibration method, "float" leaves the last layer's
     #: integer accumulator dequantized straight to float where the runtime has
@@ -96,6 +100,8 @@ class Recipe:
         extra = [f"{b}: {getattr(self, b).calibration}" for b in ("tflite", "onnx") if getattr(self, b).calibration]
         parts = [self.calibration + (f" {self.percentile:g}" if self.calibration == "percentile" else ""),
                  self.weights, self.activations]
+        if self.weight_rounding != "nearest":
+            parts.append(f"{self.weight_rounding} rounding")
         if self.bias_correction:
             parts.append("bias correction")
         if self.output != "calibrated":
@@ -107,7 +113,7 @@ class Recipe:
 
 _CHOICES = {
     ("", "weights"): WEIGHTS, ("", "activations"): ACTIVATIONS, ("", "calibration"): CALIBRATION,
-    ("", "output"): OUTPUTS, ("", "io_dtype"): IO_DTYPES,
+    ("", "output"): OUTPUTS, ("", "weight_rounding"): ROUNDING, ("", "io_dtype"): IO_DTYPES,
     ("tflite", "calibration"): ("",) + CALIBRATION, ("onnx", "calibration"): ("",) + CALIBRATION,
     ("tflite", "bias_correction"): ("", "true", "false"), ("onnx", "bias_correction"): ("", "true", "false"),
 }

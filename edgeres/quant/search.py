@@ -171,6 +171,11 @@ def search(backend: Backend, base: Recipe, budget: float, metric: str, select: S
     if (won := attempt_all([("bias correction " + ("on" if r.bias_correction else "off"), r, [])])) is not None:
         return trials, won, True
     lead = most_faithful(trials)
+    if lead.recipe.for_backend(backend.name).weight_rounding == "nearest":  # as fast, often more faithful
+        r = lead.recipe.replace(weight_rounding="gptq")
+        if (won := attempt_all([("gptq rounding", r, [])])) is not None:
+            return trials, won, True
+        lead = most_faithful(trials)
     limit = plan.max_float_layers if backend.float_layers_allowed else 0
     order = (ranking(lead.recipe) if ranking else backend.layers) if limit > 0 else []
     jobs = [(f"keep {layer} in float", lead.recipe, order[:i + 1]) for i, layer in enumerate(order[:limit])]
