@@ -184,7 +184,7 @@ def test_search_that_cannot_meet_the_budget_writes_the_best_marked_failing(tmp_p
     assert report["passed"] is False
     for backend in ("tflite", "onnx"):
         s = report["search"]["backends"][backend]
-        assert s["met"] is False and len(s["trials"]) == 3  # recipe, one calibration, bias correction
+        assert s["met"] is False and len(s["trials"]) == 4  # recipe, one calibration, bias correction, gptq
         assert not any(t["meets_budget"] for t in s["trials"])
     assert any("FAILS the budget" in f for f in report["failures"])
     assert (out / "model_int8.tflite").is_file() and (out / "model_int8.onnx").is_file()
@@ -216,7 +216,8 @@ def test_search_keeps_layers_in_float_when_calibration_alone_cannot_meet_the_bud
         assert steps[0] == "recipe" and steps[1].startswith("bias correction")
         assert s["met"] and s["winner"]["keep_float"], steps
         assert 100 - s["winner"]["agreement"] <= s["winner"]["loss_upper"] <= 2.0
-        kept = [t["keep_float"] for t in s["trials"][2:]]
+        assert steps[2] == "gptq rounding"
+        kept = [t["keep_float"] for t in s["trials"][3:]]
         assert all(len(k) == i + 1 for i, k in enumerate(kept))  # one more layer per step
     from edgeres.backends.tflite import float_compute_ops
 

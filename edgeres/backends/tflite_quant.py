@@ -1,14 +1,12 @@
 """The TFLite back end's quantizer: calibrate once, quantize many recipes.  HEAVY layer (TensorFlow).
 
-TFLiteConverter records min/max of every activation in a *calibrated* float
-model; edgeres replaces each range by its own (:mod:`edgeres.quant.stats`),
-lets ``mlir_quantize`` write the int8 model, then corrects biases.
+TFLiteConverter records min/max of every activation in a *calibrated* float model; edgeres replaces each
+range by its own (:mod:`edgeres.quant.stats`), lets ``mlir_quantize`` write the int8 model, then corrects biases.
 """
 
 from __future__ import annotations
 
 import warnings
-from functools import partial
 from typing import Any
 
 import numpy as np
@@ -53,15 +51,6 @@ def _shift_bias(model_t, bias, shift: np.ndarray, bias_scale: np.ndarray) -> Non
     one) share one buffer, so a shared bias first gets a buffer of its own."""
     q = _buffer(model_t, bias, np.int32).astype(np.int64)
     _set_buffer(model_t, bias, np.clip(q - np.round(shift / bias_scale), -2 ** 31, 2 ** 31 - 1).astype(np.int32))
-
-
-def _dense_rows(x: np.ndarray, keep: float, rng, k: int) -> np.ndarray:
-    """A fully connected layer's input rows (every one: a dense layer has one per image)."""
-    return x.reshape(-1, k)
-
-
-def _set_weights(model_t, tensor, shape: tuple, q: np.ndarray) -> None:
-    _set_buffer(model_t, tensor, q.reshape(shape).astype(np.int8))
 
 
 def _set_buffer(model_t, tensor, value: np.ndarray) -> None:
@@ -232,7 +221,8 @@ class TFLiteQuantizer:
             details["batchnorm_as_depthwise"] = list(self.batchnorm_as_depthwise)
         rounded: set[str] = set()
         if recipe.weight_rounding == "gptq":
-            data, details["weight_rounding"], rounded = self._round_weights(data)
+            from edgeres.backends.tflite_rounding import round_weights
+            data, details["weight_rounding"], rounded = round_weights(self, data)
         if recipe.bias_correction:
             data, details["bias_corrected_layers"] = self._bias_correct(data, skip=rounded)
             data, empirical, how = self._empirical_bias_correct(data)
@@ -270,88 +260,11 @@ class TFLiteQuantizer:
         details.update({"full_integer": not float_ops, "float_layers": keep_float})
         return data, details
 
-    def _round_weights(self, data: bytes) -> tuple[bytes, dict, set[str]]:
-        """GPTQ rounding (:mod:`edgeres.quant.rounding`) of every CONV_2D and FULLY_CONNECTED weight, layer by
-        layer in graph order, each on its int8 input with the layers before it already rounded.  Returns the
-        model, the report's record and the output tensor names of the layers it rounded."""
-        from edgeres.core.runtime import interpreter_macs, tflite_module
-        from edgeres.quant import rounding
-
-        schema = tflite_schema.schema()
-        fm = schema.ModelT.InitFromPackedBuf(self.calibrated, 0)
-        qm = schema.ModelT.InitFromPackedBuf(data, 0)
-        fg, qg = fm.subgraphs[0], qm.subgraphs[0]
-        f_by_out = {fg.tensors[op.outputs[0]].name: op for op in fg.operators}
-        dequantized = {op.inputs[0]: qg.tensors[op.outputs[0]].name for op in qg.operators
-                       if _op_kind(qm, op, self._opnames) == "DEQUANTIZE"}
-        padding = schema.Padding
-        tensor_layer = self.tensor_layer()
-        layers, names = [], {}
-        for op in qg.operators:
-            kind = _op_kind(qm, op, self._opnames)
-            if kind not in ("CONV_2D", "FULLY_CONNECTED") or len(op.inputs) < 2:
-                continue
-            out = qg.tensors[op.outputs[0]]
-            fop = f_by_out.get(out.name, f_by_out.get(dequantized.get(op.outputs[0])))
-            x, wq = qg.tensors[op.inputs[0]], qg.tensors[op.inputs[1]]
-            if fop is None or x.type != schema.TensorType.INT8 or wq.type != schema.TensorType.INT8:
-                continue
-            w_float = _buffer(fm, fg.tensors[fop.inputs[1]], np.float32)
-            w_int = _buffer(qm, wq, np.int8)
-            scale = np.asarray(wq.quantization.scale, np.float64)
-            if w_float is None or w_int is None or w_float.shape != w_int.shape or \
-                    scale.size not in (1, w_int.shape[0]) or (scale.size > 1 and wq.quantization.quantizedDimension):
-                continue
-            o = op.builtinOptions
-            if kind == "CONV_2D":
-                if w_int.ndim != 4 or len(x.shape) != 4:
-                    continue
-                kernel, strides = tuple(w_int.shape[1:3]), (o.strideH, o.strideW)
-                dilations = (o.dilationHFactor or 1, o.dilationWFactor or 1)
-                if o.padding == padding.SAME:
-                    ph = rounding.same_pads(int(x.shape[1]), kernel[0], strides[0], dilations[0])
-                    pw = rounding.same_pads(int(x.shape[2]), kernel[1], strides[1], dilations[1])
-                    pads = (ph[0], pw[0], ph[1], pw[1])
-                else:
-                    pads = (0, 0, 0, 0)
-                rows = partial(rounding.patches, kernel=kernel, strides=strides, dilations=dilations, pads=pads,
-                               channels_last=True)
-                pixels = int(np.prod(list(out.shape)[1:3])) if len(out.shape) == 4 else 1
-            else:
-                rows, pixels = partial(_dense_rows, k=w_int.shape[-1]), 1
-            name = tensor_layer.get(out.name.decode(), out.name.decode())
-            names[name] = out.name.decode()
-            source = (int(op.inputs[0]), int(x.quantization.zeroPoint[0]), float(x.quantization.scale[0]))
-            layers.append(rounding.Layer(name, source, w_float.reshape(w_float.shape[0], -1).astype(np.float64),
-                                         np.broadcast_to(scale.reshape(-1), (w_int.shape[0],)).copy(), rows, pixels,
-                                         partial(_set_weights, qm, wq, w_int.shape)))
-        if not layers:
-            return data, {"method": "gptq", "layers": [], "note": "no layer to round"}, set()
-        macs = interpreter_macs(tflite_module()[0].Interpreter(model_content=data))
-        _, how = bias_correction_passes(layers, len(self.calib), [macs] * len(layers))
-        if how != LAYER_BY_LAYER:
-            return data, {"method": "nearest", "layers": [], "note": f"GPTQ skipped: {how}"}, set()
-
-        images = self.calib[:rounding.IMAGES]
-
-        def inputs(source):  # the layer's int8 input, dequantized
-            index, zero, step = source
-            for values in self._run_all(tflite_edit.prefix(qm, index), images, [index], keep_all=False):
-                yield (values[index].astype(np.float32) - zero) * step
-
-        record = rounding.round_layers(layers, inputs, len(images))
-        return tflite_edit.pack(qm), record, {names[n] for n in record["layers"]}
-
     def _bias_correct(self, data: bytes, skip: set[str] = frozenset()) -> tuple[bytes, list[str]]:
-        """Cancel the mean output shift that weight rounding adds to each conv/dense layer.
-
-        Analytic bias correction (Nagel et al., 2019, "Data-free quantization"):
-        for output channel o, ``E[(W_q - W) x] = sum_i (W_q - W)[o, ..., i] * E[x_i]``,
-        with E[x_i] the per-channel mean of the layer's float input on the
-        calibration set.  TFLite fuses the ReLU into the convolution, so the
-        pre-activation mean the empirical method needs is not observable in
-        the int8 model; the analytic form needs only float statistics.
-        """
+        """Cancel the mean output shift that weight rounding adds to each conv/dense layer, analytically (Nagel et
+        al., 2019): ``E[(W_q - W) x]`` from the float input's per-channel means (TFLite fuses the ReLU into the
+        convolution, so the pre-activation mean is not observable in the int8 model).  ``skip``: layers GPTQ
+        rounded (their weight error is deliberate)."""
         schema = tflite_schema.schema()
         fm = schema.ModelT.InitFromPackedBuf(self.calibrated, 0)
         qm = schema.ModelT.InitFromPackedBuf(data, 0)
