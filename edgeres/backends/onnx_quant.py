@@ -13,6 +13,11 @@ import numpy as np
 
 from edgeres.backends.onnx_graph import check, dequantize_output, input_normalization_nodes
 from edgeres.backends.onnx_int8_graph import apply_all
+from edgeres.backends.onnx_subgraph import constant_inputs
+from edgeres.backends.onnx_subgraph import feeding as _feeding
+from edgeres.backends.onnx_subgraph import node_macs as _node_macs
+from edgeres.backends.onnx_subgraph import prefix as _prefix
+from edgeres.backends.onnx_subgraph import tap as _tap
 from edgeres.core.errors import ConversionError, first_line
 from edgeres.quant.stats import LAYER_BY_LAYER, bias_correction_passes
 
@@ -32,31 +37,6 @@ class _Reader:
 
 _LAYER_OPS = {"Conv", "Gemm", "MatMul", "Add", "Mul", "Sub", "GlobalAveragePool", "AveragePool", "MaxPool",
               "Concat", "ConvTranspose"}
-
-
-def _tap(proto, names: list[str], optimized: bool = False):
-    """A session over ``proto`` that also returns the named intermediate tensors.
-
-    ``optimized``: ORT's full graph optimisation, so the QDQ groups before the tapped tensors run as the
-    deployed model runs them (int8 kernels, several times faster than the DQ -> float op -> Q emulation);
-    only for a graph whose one output is the tapped tensor (a prefix), where nothing else must stay visible.
-    """
-    import onnx
-    import onnxruntime as ort
-
-    tapped = onnx.ModelProto()
-    tapped.CopyFrom(proto)
-    have = {o.name for o in tapped.graph.output}
-    for name in names:
-        if name not in have:
-            tapped.graph.output.append(onnx.ValueInfoProto(name=name))
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimized else \
-        ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    opts.log_severity_level = 3
-    opts.enable_cpu_mem_arena = False  # every tensor is an output here: give each batch's memory back
-    sess = ort.InferenceSession(tapped.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    return sess, [o.name for o in sess.get_outputs()]
 
 
 class OnnxQuantizer:
@@ -211,17 +191,10 @@ class OnnxQuantizer:
         return data, details
 
     def _bias_correct(self, qproto) -> tuple[list[str], str]:
-        g = qproto.graph
-        inits = {i.name: i for i in g.initializer}
-        producer = {o: n for n in g.node for o in n.output}
+        inits = {i.name: i for i in qproto.graph.initializer}
         float_producer = {o: n for n in self.proto.graph.node for o in n.output}
         targets = []
-        for node in g.node:
-            if node.op_type not in ("Conv", "Gemm") or len(node.input) < 3:
-                continue
-            dq = producer.get(node.input[2])
-            if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in inits:
-                continue
+        for node, dq in constant_inputs(qproto, 2):
             out = node.output[0]
             ref = out.removesuffix("_QuantizeLinear_Input")
             src = float_producer.get(ref)
@@ -271,72 +244,6 @@ def _shift(bias, diff: np.ndarray, scale) -> None:
     q = numpy_helper.to_array(bias).astype(np.int64)
     new = np.clip(q - np.round(diff / step).astype(np.int64), -2 ** 31, 2 ** 31 - 1).astype(np.int32)
     bias.CopyFrom(numpy_helper.from_array(new, bias.name))
-
-
-def _shapes(proto) -> dict[str, list[int]]:
-    """Every tensor's inferred shape (0 where unknown)."""
-    import onnx
-
-    try:
-        inferred = onnx.shape_inference.infer_shapes(proto)
-    except Exception:  # noqa: BLE001 - an unknown size only makes the budgets conservative
-        inferred = proto
-    return {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
-            for v in (*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input)}
-
-
-def _output_pixels(proto) -> dict[str, int]:
-    """Output pixels per image of each Conv node (1 for other nodes), by node name."""
-    shape = _shapes(proto)
-    return {n.name: int(np.prod(shape.get(n.output[0], [0, 0, 1, 1])[2:]) or 1) for n in proto.graph.node
-            if n.op_type == "Conv"}
-
-
-def _node_macs(proto) -> dict[str, float]:
-    """Multiply-accumulates per image of each Conv, ConvTranspose, Gemm and MatMul node, by node name."""
-    shape = _shapes(proto)
-    weights = {t.name: tuple(t.dims) for t in proto.graph.initializer}
-    macs = {}
-    for node in proto.graph.node:
-        if node.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul") or len(node.input) < 2:
-            continue
-        w, out = weights.get(node.input[1]), shape.get(node.output[0])
-        if not w or not out or not all(out[1:]):
-            macs[node.name] = float("inf")  # unknown: assume too big for layer-by-layer
-            continue
-        spatial = out[2:] if node.op_type.startswith("Conv") else out[1:-1]
-        if node.op_type == "ConvTranspose":  # every input pixel scatters the whole kernel
-            spatial = (shape.get(node.input[0]) or [0, 0, 0])[2:]
-        macs[node.name] = float(np.prod(spatial or [1])) * float(np.prod(w))
-    return macs
-
-
-def _feeding(proto, output: str) -> list:
-    """The nodes of ``proto`` that ``output`` depends on, in graph order."""
-    producer = {o: n for n in proto.graph.node for o in n.output}
-    needed, seen, todo = set(), set(), [output]
-    while todo:
-        name = todo.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        node = producer.get(name)
-        if node is not None:
-            needed.add(id(node))
-            todo.extend(i for i in node.input if i)
-    return [n for n in proto.graph.node if id(n) in needed]
-
-
-def _prefix(proto, output: str, nodes: list):
-    """The part of ``proto`` that computes ``output`` (its ``nodes``, from :func:`_feeding`), with ``output`` as
-    its only output; the initializers are read now, so earlier corrections are in it."""
-    import onnx
-
-    names = {i for n in nodes for i in n.input} | {output}
-    graph = onnx.helper.make_graph(
-        nodes, proto.graph.name, [i for i in proto.graph.input if i.name in names],
-        [onnx.ValueInfoProto(name=output)], [t for t in proto.graph.initializer if t.name in names])
-    return onnx.helper.make_model(graph, opset_imports=proto.opset_import, ir_version=proto.ir_version)
 
 
 def _channel_means(proto, names: list[str], calib: np.ndarray, input_name: str, batch: int,

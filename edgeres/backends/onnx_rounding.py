@@ -6,7 +6,7 @@ from functools import partial
 
 import numpy as np
 
-from edgeres.backends.onnx_quant import _feeding, _node_macs, _output_pixels, _prefix, _tap
+from edgeres.backends.onnx_subgraph import constant_inputs, feeding, node_macs, output_pixels, prefix, tap
 from edgeres.quant.stats import LAYER_BY_LAYER, bias_correction_passes
 
 
@@ -18,18 +18,11 @@ def round_weights(q, qproto) -> dict:
 
     from edgeres.quant import rounding
 
-    g = qproto.graph
-    inits = {i.name: i for i in g.initializer}
+    inits = {i.name: i for i in qproto.graph.initializer}
     float_inits = {i.name: i for i in q.proto.graph.initializer}
-    producer = {o: n for n in g.node for o in n.output}
     targets = []
-    pixels = _output_pixels(q.proto)
-    for node in g.node:
-        if node.op_type not in ("Conv", "Gemm") or len(node.input) < 2:
-            continue
-        dq = producer.get(node.input[1])
-        if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in inits:
-            continue
+    pixels = output_pixels(q.proto)
+    for node, dq in constant_inputs(qproto, 1):
         src = float_inits.get(dq.input[0].removesuffix("_quantized"))
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
         wq = numpy_helper.to_array(inits[dq.input[0]])
@@ -63,9 +56,9 @@ def round_weights(q, qproto) -> dict:
         targets.append((node, inits[dq.input[0]], w2, scale, geometry, axis, pixels.get(node.name, 1)))
     if not targets:
         return {"method": "gptq", "layers": [], "note": "no layer to round"}
-    macs = _node_macs(q.proto)
+    macs = node_macs(q.proto)
     _, how = bias_correction_passes(targets, len(q.calib), (sum(
-        macs.get(n.name, 0) for n in _feeding(qproto, t[0].input[0])) for t in targets))
+        macs.get(n.name, 0) for n in feeding(qproto, t[0].input[0])) for t in targets))
     if how != LAYER_BY_LAYER:
         return {"method": "nearest", "layers": [], "note": f"GPTQ skipped: {how}"}
     tensor_layer = {n: layer for layer, nodes in q.layers.items() for n in nodes}
@@ -89,7 +82,7 @@ def round_weights(q, qproto) -> dict:
         if name == q.input_name:
             yield from (images[s:s + q.batch] for s in range(0, len(images), q.batch))
             return
-        sess, _ = _tap(_prefix(qproto, name, _feeding(qproto, name)), [name], optimized=True)
+        sess, _ = tap(prefix(qproto, name, feeding(qproto, name)), [name], optimized=True)
         for s in range(0, len(images), q.batch):
             yield sess.run(None, {q.input_name: images[s:s + q.batch]})[0]
 

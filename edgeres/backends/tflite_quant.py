@@ -31,11 +31,6 @@ CONVERTER_IMAGES = 1  # images TFLiteConverter calibrates on itself: its ranges 
 _WEIGHT_OPS = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV"}
 
 
-def _op_kind(model_t, op, opnames: dict[int, str]) -> str:
-    code = model_t.operatorCodes[op.opcodeIndex]
-    return opnames.get(max(code.builtinCode, code.deprecatedBuiltinCode), "?")
-
-
 def _dequantized(value: np.ndarray, detail: dict) -> np.ndarray:
     """A tensor read from an interpreter, in float (int8/uint8/int16 through its scale and zero point)."""
     if value.dtype == np.float32:
@@ -49,16 +44,9 @@ def _shift_bias(model_t, bias, shift: np.ndarray, bias_scale: np.ndarray) -> Non
 
     The converter stores equal constants once: layers whose biases are all zero (no bias, or an untrained
     one) share one buffer, so a shared bias first gets a buffer of its own."""
-    q = _buffer(model_t, bias, np.int32).astype(np.int64)
-    _set_buffer(model_t, bias, np.clip(q - np.round(shift / bias_scale), -2 ** 31, 2 ** 31 - 1).astype(np.int32))
-
-
-def _set_buffer(model_t, tensor, value: np.ndarray) -> None:
-    """Write a constant tensor's data, in place; a buffer other tensors share first becomes its own."""
-    if sum(t.buffer == tensor.buffer for g in model_t.subgraphs for t in g.tensors) > 1:
-        model_t.buffers.append(tflite_schema.schema().BufferT())
-        tensor.buffer = len(model_t.buffers) - 1
-    model_t.buffers[tensor.buffer].data = np.frombuffer(np.ascontiguousarray(value).tobytes(), np.uint8)
+    q = tflite_edit.constant(model_t, bias, np.int32).astype(np.int64)
+    new = np.clip(q - np.round(shift / bias_scale), -2 ** 31, 2 ** 31 - 1).astype(np.int32)
+    tflite_edit.set_constant(model_t, bias, new)
 
 
 class TFLiteQuantizer:
@@ -94,7 +82,7 @@ class TFLiteQuantizer:
         self.layers: dict[str, list[str]] = {}  # layer -> output tensor names (mlir_quantize's node names)
         self.layer_ops: dict[str, list[str]] = {}
         for op in g.operators:
-            kind = _op_kind(model_t, op, self._opnames)
+            kind = tflite_edit.op_kind(model_t, op, self._opnames)
             if kind not in _LAYER_OPS:
                 continue
             out = g.tensors[op.outputs[0]].name.decode()
@@ -222,6 +210,7 @@ class TFLiteQuantizer:
         rounded: set[str] = set()
         if recipe.weight_rounding == "gptq":
             from edgeres.backends.tflite_rounding import round_weights
+
             data, details["weight_rounding"], rounded = round_weights(self, data)
         if recipe.bias_correction:
             data, details["bias_corrected_layers"] = self._bias_correct(data, skip=rounded)
@@ -273,7 +262,7 @@ class TFLiteQuantizer:
         tensor_layer = self.tensor_layer()
         fixed: list[str] = []
         for op in qg.operators:
-            kind = _op_kind(qm, op, self._opnames)
+            kind = tflite_edit.op_kind(qm, op, self._opnames)
             if kind not in ("CONV_2D", "FULLY_CONNECTED") or len(op.inputs) < 3 or op.inputs[2] < 0:
                 continue
             name = qg.tensors[op.outputs[0]].name
@@ -286,8 +275,8 @@ class TFLiteQuantizer:
             x_name = str(fop.inputs[0])
             if x_name not in self.stats.tensors:
                 continue
-            w_float = _buffer(fm, fg.tensors[fop.inputs[1]], np.float32)
-            w_int = _buffer(qm, wq, np.int8).astype(np.float64)
+            w_float = tflite_edit.constant(fm, fg.tensors[fop.inputs[1]], np.float32)
+            w_int = tflite_edit.constant(qm, wq, np.int8).astype(np.float64)
             if w_float is None or w_int is None or w_float.shape != w_int.shape:
                 continue
             w_scale = np.asarray(wq.quantization.scale, np.float64)
@@ -320,10 +309,10 @@ class TFLiteQuantizer:
         f_index = {t.name: i for i, t in enumerate(fg.tensors)}
         # the model's output tensor is renamed when mlir_quantize puts a DEQUANTIZE after it: it keeps its name
         dequantized = {op.inputs[0]: qg.tensors[op.outputs[0]].name for op in qg.operators
-                       if _op_kind(qm, op, self._opnames) == "DEQUANTIZE"}
+                       if tflite_edit.op_kind(qm, op, self._opnames) == "DEQUANTIZE"}
         targets, clamps = [], {}
         for op in qg.operators:
-            kind = _op_kind(qm, op, self._opnames)
+            kind = tflite_edit.op_kind(qm, op, self._opnames)
             if kind not in ("CONV_2D", "FULLY_CONNECTED", "DEPTHWISE_CONV_2D") or len(op.inputs) < 3 \
                     or op.inputs[2] < 0:
                 continue
@@ -391,10 +380,3 @@ def _int8_clamps(op, out) -> tuple[int, int]:
     lo = max(-128, zero + round(bounds[0] / scale))
     hi = 127 if bounds[1] is None else min(127, zero + round(bounds[1] / scale))
     return lo, hi
-
-
-def _buffer(model_t, tensor, dtype) -> np.ndarray | None:
-    buf = model_t.buffers[tensor.buffer].data if tensor.buffer < len(model_t.buffers) else None
-    if buf is None or len(buf) == 0:
-        return None
-    return np.frombuffer(np.asarray(buf, np.uint8).tobytes(), dtype).reshape(tensor.shape)

@@ -6,7 +6,6 @@ from functools import partial
 
 import numpy as np
 
-from edgeres.backends.tflite_quant import _buffer, _op_kind, _set_buffer
 from edgeres.core import tflite_edit, tflite_schema
 from edgeres.quant.stats import LAYER_BY_LAYER, bias_correction_passes
 
@@ -24,12 +23,12 @@ def round_weights(q, data: bytes) -> tuple[bytes, dict, set[str]]:
     fg, qg = fm.subgraphs[0], qm.subgraphs[0]
     f_by_out = {fg.tensors[op.outputs[0]].name: op for op in fg.operators}
     dequantized = {op.inputs[0]: qg.tensors[op.outputs[0]].name for op in qg.operators
-                   if _op_kind(qm, op, q._opnames) == "DEQUANTIZE"}
+                   if tflite_edit.op_kind(qm, op, q._opnames) == "DEQUANTIZE"}
     padding = schema.Padding
     tensor_layer = q.tensor_layer()
     layers, names = [], {}
     for op in qg.operators:
-        kind = _op_kind(qm, op, q._opnames)
+        kind = tflite_edit.op_kind(qm, op, q._opnames)
         if kind not in ("CONV_2D", "FULLY_CONNECTED") or len(op.inputs) < 2:
             continue
         out = qg.tensors[op.outputs[0]]
@@ -37,8 +36,8 @@ def round_weights(q, data: bytes) -> tuple[bytes, dict, set[str]]:
         x, wq = qg.tensors[op.inputs[0]], qg.tensors[op.inputs[1]]
         if fop is None or x.type != schema.TensorType.INT8 or wq.type != schema.TensorType.INT8:
             continue
-        w_float = _buffer(fm, fg.tensors[fop.inputs[1]], np.float32)
-        w_int = _buffer(qm, wq, np.int8)
+        w_float = tflite_edit.constant(fm, fg.tensors[fop.inputs[1]], np.float32)
+        w_int = tflite_edit.constant(qm, wq, np.int8)
         scale = np.asarray(wq.quantization.scale, np.float64)
         if w_float is None or w_int is None or w_float.shape != w_int.shape or \
                 scale.size not in (1, w_int.shape[0]) or (scale.size > 1 and wq.quantization.quantizedDimension):
@@ -90,4 +89,4 @@ def _dense_rows(x: np.ndarray, keep: float, rng, k: int) -> np.ndarray:
 
 
 def _set_weights(model_t, tensor, shape: tuple, q: np.ndarray) -> None:
-    _set_buffer(model_t, tensor, q.reshape(shape).astype(np.int8))
+    tflite_edit.set_constant(model_t, tensor, q.reshape(shape).astype(np.int8))

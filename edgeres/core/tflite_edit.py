@@ -140,3 +140,25 @@ def prefix(m, output: int) -> bytes:
         return pack(m)
     finally:
         g.operators, g.outputs, m.signatureDefs = ops, outputs, sigs
+
+
+def op_kind(model_t, op, opnames: dict[int, str]) -> str:
+    """The builtin operator name of ``op`` (``opnames``: code -> name), '?' when unknown."""
+    code = model_t.operatorCodes[op.opcodeIndex]
+    return opnames.get(max(code.builtinCode, code.deprecatedBuiltinCode), "?")
+
+
+def constant(model_t, tensor, dtype) -> np.ndarray | None:
+    """A constant tensor's data as ``dtype`` in its shape; None when it has none."""
+    buf = model_t.buffers[tensor.buffer].data if tensor.buffer < len(model_t.buffers) else None
+    if buf is None or len(buf) == 0:
+        return None
+    return np.frombuffer(np.asarray(buf, np.uint8).tobytes(), dtype).reshape(tensor.shape)
+
+
+def set_constant(model_t, tensor, value: np.ndarray) -> None:
+    """Write a constant tensor's data, in place; a buffer other tensors share first becomes its own."""
+    if sum(t.buffer == tensor.buffer for g in model_t.subgraphs for t in g.tensors) > 1:
+        model_t.buffers.append(schema().BufferT())
+        tensor.buffer = len(model_t.buffers) - 1
+    model_t.buffers[tensor.buffer].data = np.frombuffer(np.ascontiguousarray(value).tobytes(), np.uint8)
