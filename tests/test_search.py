@@ -171,21 +171,26 @@ def test_fake_model_matches_its_table():
     assert (entropy.lost, entropy.gained, entropy.disagree) == (4, 3, 7)
 
 
-def test_recipe_meeting_the_budget_is_one_trial():
+def test_a_recipe_within_budget_still_meets_every_full_integer_configuration_and_the_most_faithful_wins():
+    """All full-integer configurations are equally fast: each is built, none is kept in float, and the most
+    faithful within budget wins (here bias correction on the recipe's own method: 1 wrong row against 2)."""
     q = FakeQuantizer(wrong={"mse": 2})
     trials, winner, met = run(q, budget=ub(2), max_float=64, ranking=never)
-    assert met and steps(trials) == ["recipe"] and winner is trials[0]
-    assert winner.recipe == BASE and winner.keep_float == [] and len(q.calls) == 1
+    assert steps(trials) == ["recipe", "calibration entropy", "calibration minmax", "bias correction on",
+                             "gptq rounding"]
+    assert trials[0].meets and met and winner is trials[3] and winner.keep_float == []
+    assert (winner.recipe.calibration, winner.recipe.bias_correction) == ("mse", True)
+    assert winner.result.agreement == max(t.result.agreement for t in trials) and len(q.calls) == 5
 
 
-def test_ladder_in_order_stops_at_first_that_meets():
-    q = FakeQuantizer(wrong={"entropy": 2, "minmax": 0})  # minmax is better but comes later
+def test_the_most_faithful_within_budget_wins_not_the_first():
+    q = FakeQuantizer(wrong={"entropy": 2, "minmax": 0}, bias_fix=0)  # entropy meets first, minmax is better
     trials, winner, met = run(q, budget=ub(2), ladder=CALIBRATION_LADDER)
-    assert met and winner is trials[-1]
-    assert steps(trials) == ["recipe", "calibration percentile 99.999", "calibration percentile 99.99",
-                             "calibration entropy"]
-    assert [t.meets for t in trials] == [False, False, False, True]
-    assert (winner.recipe.calibration, winner.recipe.bias_correction) == ("entropy", False)
+    assert steps(trials)[:5] == ["recipe", "calibration percentile 99.999", "calibration percentile 99.99",
+                                 "calibration entropy", "calibration minmax"]
+    assert [t.meets for t in trials[:5]] == [False, False, False, True, True]
+    assert met and winner is trials[4] and winner.result.agreement == 100.0
+    assert (winner.recipe.calibration, winner.recipe.bias_correction) == ("minmax", False)
 
 
 def test_ladder_skips_the_recipes_own_method():
@@ -233,7 +238,8 @@ def test_bias_correction_flips_the_most_faithful_trial(base_bias):
 def test_bias_correction_step_can_win():
     q = FakeQuantizer(wrong={"entropy": 3}, bias_fix=2)
     trials, winner, met = run(q, budget=ub(1), max_float=64, ranking=never)
-    assert met and winner is trials[-1] and winner.step == "bias correction on"
+    assert met and winner is trials[-2] and winner.step == "bias correction on"
+    assert trials[-1].step == "gptq rounding"  # as faithful here, not more: the earlier one stays
 
 
 def test_gptq_rounding_step_can_win_before_any_layer_is_kept_in_float():
@@ -311,7 +317,7 @@ def test_top1_floor_rejects_a_lucky_less_faithful_configuration():
     # recipe: 2 wrong (drop 1 point, agreement 99 %).  entropy: drop 0 by luck, agreement 98 %.
     # percentile: drop 0, agreement 99 %, as faithful as the recipe: that one is accepted.
     q = FakeQuantizer(wrong={"mse": 2, "entropy": 2, "percentile 99.999": 1},
-                      lucky={"entropy": 2, "percentile 99.999": 1})
+                      lucky={"entropy": 2, "percentile 99.999": 1}, bias_fix=0)
     ladder = (("entropy", None), ("percentile", 99.999))
     trials, winner, met = run(q, budget=ub(1), metric="top1", ladder=ladder)
     entropy = trials[1]
@@ -325,7 +331,7 @@ def test_top1_floor_rejects_a_lucky_less_faithful_configuration():
 def test_meets_on_the_upper_bound_not_the_point_estimate():
     # budget ub(1) = 1.66 points: the recipe's 2 wrong rows are 1.0 point, within it as a point estimate, but
     # their upper bound is not; entropy's single wrong row is.
-    q = FakeQuantizer(wrong={"mse": 2, "entropy": 1})
+    q = FakeQuantizer(wrong={"mse": 2, "entropy": 1}, bias_fix=0)
     trials, winner, met = run(q, budget=ub(1), ladder=(("entropy", None),))
     recipe = trials[0]
     assert recipe.result.loss("agreement") == pts(2) < ub(1) < recipe.loss_upper and not recipe.meets
@@ -339,7 +345,7 @@ def test_top1_bound_counts_every_discordant_image():
     # Both lose 1 row net (0.5 points).  entropy: 1 lost, 0 gained, meets ub(1).  minmax: 3 lost, 2 gained:
     # the same drop from more discordant rows, a wider bound, so it does not meet.  (The recipe, percentile
     # with 8 wrong rows, sets a low agreement floor: only the bound decides here.)
-    q = FakeQuantizer(wrong={"mse": 10, "minmax": 3, "entropy": 1}, lucky={"minmax": 2})
+    q = FakeQuantizer(wrong={"mse": 10, "minmax": 3, "entropy": 1}, lucky={"minmax": 2}, bias_fix=0)
     trials, winner, met = run(q, budget=ub(1), metric="top1", ladder=(("minmax", None), ("entropy", None)),
                               base=BASE.replace(calibration="percentile"))
     minmax, entropy = trials[1], trials[2]
@@ -374,8 +380,9 @@ def test_conversion_error_is_a_failed_trial():
     trials, winner, met = search(make_backend(q), BASE, ub(1), "agreement", SPLIT, on_trial=seen.append,
                                  plan=SearchPlan(ladder=(("entropy", None), ("minmax", None)), max_float_layers=0,
                                                  latency_runs=0))
-    assert met and winner is trials[-1] and seen == trials
-    assert steps(trials) == ["recipe", "calibration entropy", "calibration minmax"]
+    assert met and winner is trials[2] and seen == trials
+    assert steps(trials) == ["recipe", "calibration entropy", "calibration minmax", "bias correction on",
+                             "gptq rounding"]
     failed = trials[1]
     assert not failed.meets and failed.data == b"" and "no int8 kernel" in failed.details["error"]
 
