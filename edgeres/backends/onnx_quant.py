@@ -7,15 +7,15 @@ activation ranges from its own histograms and corrects biases afterwards.
 from __future__ import annotations
 
 import tempfile
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
 from edgeres.backends.onnx_graph import check, dequantize_output, input_normalization_nodes
 from edgeres.backends.onnx_int8_graph import apply_all
-from edgeres.backends.onnx_subgraph import constant_inputs
+from edgeres.backends.onnx_subgraph import constant_inputs, node_macs, output_pixels, shapes
 from edgeres.backends.onnx_subgraph import feeding as _feeding
-from edgeres.backends.onnx_subgraph import node_macs as _node_macs
 from edgeres.backends.onnx_subgraph import prefix as _prefix
 from edgeres.backends.onnx_subgraph import tap as _tap
 from edgeres.core.errors import ConversionError, first_line
@@ -94,6 +94,21 @@ class OnnxQuantizer:
     def __getstate__(self) -> dict:
         """What a Ray worker gets (edgeres.cluster): everything but the open ONNX Runtime session."""
         return {**self.__dict__, "_tapped": None}
+
+    @cached_property
+    def _shapes(self) -> dict[str, list[int]]:
+        """The float model's inferred tensor shapes: one shape inference for every recipe built."""
+        return shapes(self.proto)
+
+    @cached_property
+    def macs(self) -> dict[str, float]:
+        """Multiply-accumulates per image of each node of the float model (:func:`onnx_subgraph.node_macs`)."""
+        return node_macs(self.proto, self._shapes)
+
+    @cached_property
+    def pixels(self) -> dict[str, int]:
+        """Output pixels per image of each Conv of the float model (:func:`onnx_subgraph.output_pixels`)."""
+        return output_pixels(self.proto, self._shapes)
 
     def collect_stats(self, x: np.ndarray, histograms: bool = False):
         """Statistics of every float tensor on ``x`` (keys: tensor names)."""
@@ -209,7 +224,7 @@ class OnnxQuantizer:
         if not targets:
             return [], "no layer to correct"
         tensor_layer = {n: layer for layer, nodes in self.layers.items() for n in nodes}
-        macs = _node_macs(self.proto)
+        macs = self.macs
         feeding = {t[2]: _feeding(qproto, t[2]) for t in targets}
         passes, how = bias_correction_passes(targets, len(self.calib),
                                              (sum(macs.get(n.name, 0) for n in feeding[t[2]]) for t in targets))

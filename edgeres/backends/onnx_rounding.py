@@ -6,7 +6,7 @@ from functools import partial
 
 import numpy as np
 
-from edgeres.backends.onnx_subgraph import constant_inputs, feeding, node_macs, output_pixels, prefix, tap
+from edgeres.backends.onnx_subgraph import constant_inputs, feeding, prefix, tap
 from edgeres.quant.stats import LAYER_BY_LAYER, bias_correction_passes
 
 
@@ -21,7 +21,7 @@ def round_weights(q, qproto) -> dict:
     inits = {i.name: i for i in qproto.graph.initializer}
     float_inits = {i.name: i for i in q.proto.graph.initializer}
     targets = []
-    pixels = output_pixels(q.proto)
+    pixels = q.pixels
     for node, dq in constant_inputs(qproto, 1):
         src = float_inits.get(dq.input[0].removesuffix("_quantized"))
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
@@ -56,7 +56,7 @@ def round_weights(q, qproto) -> dict:
         targets.append((node, inits[dq.input[0]], w2, scale, geometry, axis, pixels.get(node.name, 1)))
     if not targets:
         return {"method": "gptq", "layers": [], "note": "no layer to round"}
-    macs = node_macs(q.proto)
+    macs = q.macs
     _, how = bias_correction_passes(targets, len(q.calib), (sum(
         macs.get(n.name, 0) for n in feeding(qproto, t[0].input[0])) for t in targets))
     if how != LAYER_BY_LAYER:

@@ -57,16 +57,18 @@ def shapes(proto) -> dict[str, list[int]]:
             for v in (*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input)}
 
 
-def output_pixels(proto) -> dict[str, int]:
-    """Output pixels per image of each Conv node (1 for other nodes), by node name."""
-    shape = shapes(proto)
+def output_pixels(proto, shape: dict[str, list[int]] | None = None) -> dict[str, int]:
+    """Output pixels per image of each Conv node (1 for other nodes), by node name; ``shape``: :func:`shapes`
+    of ``proto``, when the caller has them."""
+    shape = shapes(proto) if shape is None else shape
     return {n.name: int(np.prod(shape.get(n.output[0], [0, 0, 1, 1])[2:]) or 1) for n in proto.graph.node
             if n.op_type == "Conv"}
 
 
-def node_macs(proto) -> dict[str, float]:
-    """Multiply-accumulates per image of each Conv, ConvTranspose, Gemm and MatMul node, by node name."""
-    shape = shapes(proto)
+def node_macs(proto, shape: dict[str, list[int]] | None = None) -> dict[str, float]:
+    """Multiply-accumulates per image of each Conv, ConvTranspose, Gemm and MatMul node, by node name;
+    ``shape``: :func:`shapes` of ``proto``, when the caller has them."""
+    shape = shapes(proto) if shape is None else shape
     weights = {t.name: tuple(t.dims) for t in proto.graph.initializer}
     macs = {}
     for node in proto.graph.node:

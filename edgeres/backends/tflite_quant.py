@@ -307,9 +307,7 @@ class TFLiteQuantizer:
         qg = qm.subgraphs[0]
         fg = schema.ModelT.InitFromPackedBuf(self.calibrated, 0).subgraphs[0]
         f_index = {t.name: i for i, t in enumerate(fg.tensors)}
-        # the model's output tensor is renamed when mlir_quantize puts a DEQUANTIZE after it: it keeps its name
-        dequantized = {op.inputs[0]: qg.tensors[op.outputs[0]].name for op in qg.operators
-                       if tflite_edit.op_kind(qm, op, self._opnames) == "DEQUANTIZE"}
+        dequantized = tflite_edit.dequantized_names(qm, self._opnames)
         targets, clamps = [], {}
         for op in qg.operators:
             kind = tflite_edit.op_kind(qm, op, self._opnames)

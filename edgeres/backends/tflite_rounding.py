@@ -22,8 +22,7 @@ def round_weights(q, data: bytes) -> tuple[bytes, dict, set[str]]:
     qm = schema.ModelT.InitFromPackedBuf(data, 0)
     fg, qg = fm.subgraphs[0], qm.subgraphs[0]
     f_by_out = {fg.tensors[op.outputs[0]].name: op for op in fg.operators}
-    dequantized = {op.inputs[0]: qg.tensors[op.outputs[0]].name for op in qg.operators
-                   if tflite_edit.op_kind(qm, op, q._opnames) == "DEQUANTIZE"}
+    dequantized = tflite_edit.dequantized_names(qm, q._opnames)
     padding = schema.Padding
     tensor_layer = q.tensor_layer()
     layers, names = [], {}

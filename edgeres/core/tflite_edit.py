@@ -148,6 +148,14 @@ def op_kind(model_t, op, opnames: dict[int, str]) -> str:
     return opnames.get(max(code.builtinCode, code.deprecatedBuiltinCode), "?")
 
 
+def dequantized_names(model_t, opnames: dict[int, str]) -> dict[int, bytes]:
+    """Tensor index -> the name of the DEQUANTIZE output that reads it (subgraph 0).  ``mlir_quantize`` renames
+    a model output when it puts a DEQUANTIZE after it, and the DEQUANTIZE keeps the float model's name."""
+    g = model_t.subgraphs[0]
+    return {op.inputs[0]: g.tensors[op.outputs[0]].name for op in g.operators
+            if op_kind(model_t, op, opnames) == "DEQUANTIZE"}
+
+
 def constant(model_t, tensor, dtype) -> np.ndarray | None:
     """A constant tensor's data as ``dtype`` in its shape; None when it has none."""
     buf = model_t.buffers[tensor.buffer].data if tensor.buffer < len(model_t.buffers) else None

@@ -86,6 +86,13 @@ def same_pads(size: int, kernel: int, stride: int, dilation: int) -> tuple[int, 
     return total // 2, total - total // 2
 
 
+def nearest(w: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """Each weight of ``w`` (O, K) rounded to its nearest step of the per-row grid ``scale`` (O,), as int8 (a
+    zero scale counts as 1: such a row is all zeros)."""
+    s = np.asarray(scale, np.float64).reshape(-1, 1)
+    return np.clip(np.round(np.asarray(w, np.float64) / np.where(s > 0, s, 1.0)), -QMAX, QMAX).astype(np.int8)
+
+
 def gptq(w: np.ndarray, scale: np.ndarray, h: np.ndarray, damp: float = DAMP, block: int = BLOCK) -> np.ndarray:
     """The int8 weights (O, K) for float weights ``w`` (O, K) on the per-row grid ``scale`` (O,) that GPTQ
     chooses under ``h`` (K, K), columns taken in descending order of their input energy.  Columns whose
@@ -95,9 +102,9 @@ def gptq(w: np.ndarray, scale: np.ndarray, h: np.ndarray, damp: float = DAMP, bl
     s = np.where(s > 0, s, 1.0)
     h = np.array(h, np.float64)
     k = w.shape[1]
-    nearest = np.clip(np.round(w / s), -QMAX, QMAX).astype(np.int8)
+    plain = nearest(w, scale)
     if not np.all(np.isfinite(h)):
-        return nearest  # degenerate statistics: plain rounding
+        return plain  # degenerate statistics: plain rounding
     dead = np.diag(h) <= 0
     h[dead, :] = 0.0
     h[:, dead] = 0.0
@@ -109,7 +116,7 @@ def gptq(w: np.ndarray, scale: np.ndarray, h: np.ndarray, damp: float = DAMP, bl
     try:
         u = np.linalg.cholesky(np.linalg.inv(h)).T  # upper: inv(h) = u^T u
     except np.linalg.LinAlgError:
-        return nearest
+        return plain
     q = np.empty_like(work)
     for b0 in range(0, k, block):
         b1 = min(b0 + block, k)
@@ -124,7 +131,7 @@ def gptq(w: np.ndarray, scale: np.ndarray, h: np.ndarray, damp: float = DAMP, bl
             errs[:, j] = e
         work[:, b1:] -= errs @ u[b0:b1, b1:]
     if not np.all(np.isfinite(q)):
-        return nearest
+        return plain
     out = np.empty_like(q)
     out[:, order] = q
     return out.astype(np.int8)
@@ -170,9 +177,8 @@ def round_layers(layers: list[Layer], inputs: Callable[[Any], Iterable[np.ndarra
         if gram.rows == 0:
             continue
         scale = np.where(layer.scale > 0, layer.scale, 1.0)[:, None]
-        near = np.clip(np.round(layer.w / scale), -QMAX, QMAX)
         q = gptq(layer.w, layer.scale, gram.h)
-        before = output_error(layer.w, near * scale, gram.h)
+        before = output_error(layer.w, nearest(layer.w, layer.scale) * scale, gram.h)
         after = output_error(layer.w, q * scale, gram.h)
         if not after < before:
             continue
