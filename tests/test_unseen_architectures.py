@@ -225,3 +225,87 @@ def test_a_model_with_two_outputs_is_a_shape_error_like_any_non_classifier_outpu
     result = invoke("convert", tmp_path / "two.keras", "--int8", "--calib", TRAIN, "-o", out)
     assert_one_line_error(result, 5, "1 inputs and 2 outputs", "single-output image classifiers")
     assert not out.exists()
+
+
+# ------------------------------------------------------------------ layers outside the int8 kernels and exporters
+
+@pytest.fixture(scope="module")
+def norm_gelu_grouped(tmp_path_factory) -> Path:
+    """A grouped convolution (RegNet, ResNeXt), the exact GELU (ConvNeXt, ViTs) and a LayerNormalization:
+    tf2onnx could not export the first two, and LayerNormalization's NEG has no int8 TFLite kernel."""
+    import keras
+    from keras import layers
+
+    keras.utils.set_random_seed(0)
+    i = keras.Input((8, 8, 1))
+    x = layers.Conv2D(8, 3, padding="same", activation="relu")(layers.Rescaling(1 / 255.0)(i))
+    x = layers.Conv2D(16, 3, padding="same", groups=2, activation="gelu", name="grouped")(x)
+    x = layers.LayerNormalization(name="norm")(x)
+    out = layers.Dense(10)(layers.GlobalAveragePooling2D()(x))
+    model = keras.Model(i, out)
+    d = np.load(TRAIN)
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(d["x"].astype("float32"), d["y"], epochs=4, batch_size=64, verbose=0)
+    path = tmp_path_factory.mktemp("norm-gelu-grouped") / "model.keras"
+    model.save(path)
+    return path
+
+
+def test_grouped_convolutions_and_the_exact_gelu_export_to_onnx_exactly(norm_gelu_grouped):
+    import keras
+    import onnx
+    import onnxruntime as ort
+
+    from edgeres.backends.base import get_format, resolve_settings
+    from edgeres.devices.targets import resolve_target
+    from edgeres.quant.recipes import resolve_recipe
+
+    model = keras.models.load_model(norm_gelu_grouped)
+    settings = resolve_settings(resolve_target("x86-64"), resolve_recipe("default"))
+    data, _ = get_format("onnx").export_float(model, (8, 8, 1), settings)
+    graph = onnx.load_model_from_string(data).graph
+    assert any(n.op_type == "Conv" and any(a.name == "group" and a.i == 2 for a in n.attribute) for n in graph.node)
+    assert any(n.op_type == "Erf" for n in graph.node)
+    x = np.load(TEST)["x"][:32].astype(np.float32)
+    sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    got = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+    np.testing.assert_allclose(got, model.predict(x, verbose=0), atol=1e-4, rtol=1e-4)
+
+
+def test_ops_without_an_int8_kernel_stay_in_float_and_the_report_names_them(norm_gelu_grouped, tmp_path):
+    out = tmp_path / "run"
+    result = invoke("convert", norm_gelu_grouped, "--int8", "--calib", TRAIN, "--data", TEST, "--calib-size", "200",
+                    "--val-size", "300", "--runs", "50", "--jobs", "1", "--target", "x86-64", "-o", out)
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    arts = {a["name"]: a for a in report["artifacts"]}
+    for name in ("tflite_fp32", "onnx_fp32"):
+        assert arts[name]["agreement"] == 100.0, arts[name]
+    tflite, onnx_ = arts["tflite_int8"]["details"], arts["onnx_int8"]["details"]
+    # TFLite: LayerNormalization's NEG has no int8 kernel; ONNX Runtime: the GELU's Erf and the norm's Sqrt
+    assert tflite["full_integer"] is False and "norm" in tflite["float_ops"]["NEG"], tflite
+    assert onnx_["full_integer"] is False and onnx_["float_ops"]["Erf"] == ["grouped"], onnx_
+    assert "norm" in onnx_["float_ops"]["Sqrt"]
+    notes = "\n".join(report["notes"])
+    assert "tflite_int8: not full-integer" in notes and "onnx_int8: not full-integer" in notes
+    for name in ("tflite_int8", "onnx_int8"):  # the islands cost little accuracy
+        assert arts[name]["agreement"] >= 95.0, arts[name]
+
+
+def test_a_full_integer_target_refuses_ops_without_an_int8_kernel_by_layer(norm_gelu_grouped, tmp_path):
+    from tests.conftest import assert_one_line_error
+
+    out = tmp_path / "run"
+    result = invoke("convert", norm_gelu_grouped, "--int8", "--calib", TRAIN, "--calib-size", "64",
+                    "--target", "coral-edgetpu", "-o", out)
+    assert_one_line_error(result, 6, "NEG (in norm)", "full-integer")
+    assert not out.exists()
+
+
+def test_an_integer_only_model_has_no_float_islands(default_run):
+    """The audit reads what ONNX Runtime fused: the embedded default's int8 model runs integer throughout."""
+    from edgeres.backends.onnx_subgraph import float_islands
+
+    assert float_islands((default_run / "model_int8.onnx").read_bytes()) == []
+    report = json.loads((default_run / "report.json").read_text())
+    assert all("float_ops" not in a["details"] for a in report["artifacts"])

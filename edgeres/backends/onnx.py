@@ -28,7 +28,8 @@ def to_float32(model: Any, hwc: tuple[int, int, int]) -> bytes:
 
     spec = (tf.TensorSpec((None, *hwc), tf.float32, name=INPUT_NAME),)
     try:
-        with _lean_freezing():
+        with _lean_freezing(), _traceable_grouped_conv():
+            _register_erfc()
             proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=OPSET,
                                                   optimizers=_collecting_optimizers())
     except Exception as exc:
@@ -38,6 +39,74 @@ def to_float32(model: Any, hwc: tuple[int, int, int]) -> bytes:
     fold_pad_into_maxpool(proto)
     check(proto)
     return proto.SerializeToString()
+
+
+@contextlib.contextmanager
+def _traceable_grouped_conv():
+    """Keras' grouped convolutions traced as plain ``tf.nn.convolution`` for the export.
+
+    TensorFlow's CPU kernel has no grouped convolution, so Keras runs one (``Conv2D(groups=g)``, RegNet,
+    ResNeXt) inside a nested ``tf.function(jit_compile=True)``.  tf2onnx cannot inline that function and
+    leaves a ``StatefulPartitionedCall`` the ONNX checker refuses.  The export only traces the graph, never
+    runs it on TensorFlow's kernels, and tf2onnx turns a convolution whose input has more channels than
+    its kernel into an ONNX ``Conv`` with ``group`` set: the same function, which edgeres' validation then
+    measures against Keras.  Ungrouped convolutions take Keras' own path.  When Keras moved the function,
+    nothing is patched (and a grouped model fails the export with tf2onnx's error, as before).
+    """
+    try:
+        from keras.src import backend
+        nn = backend.nn
+        original = nn.conv
+        to_format = nn._convert_data_format
+    except (ImportError, AttributeError):
+        yield
+        return
+
+    def conv(inputs, kernel, strides=1, padding="valid", data_format=None, dilation_rate=1):
+        import tensorflow as tf
+
+        data_format = backend.standardize_data_format(data_format)
+        channels = inputs.shape[-1] if data_format == "channels_last" else inputs.shape[1]
+        if channels == kernel.shape[-2]:
+            return original(inputs, kernel, strides, padding, data_format, dilation_rate)
+        return tf.nn.convolution(inputs, kernel, strides, padding.upper(),
+                                 data_format=to_format(data_format, len(inputs.shape)), dilations=dilation_rate)
+
+    nn.conv = conv
+    try:
+        yield
+    finally:
+        nn.conv = original
+
+
+_ERFC = []
+
+
+def _register_erfc() -> None:
+    """A tf2onnx handler for TensorFlow's ``Erfc`` (Keras 3's exact GELU: ConvNeXt, ViTs): ``1 - Erf(x)``.
+
+    tf2onnx converts ``Erf`` but not ``Erfc``; ONNX has ``Erf`` from opset 9.  Registered once, on the first
+    export (tf2onnx's handler registry is global).
+    """
+    if _ERFC:
+        return
+    from tf2onnx import utils
+    from tf2onnx.handler import tf_op
+
+    @tf_op("Erfc")
+    class Erfc:  # noqa: F841 - registered by the decorator
+        @classmethod
+        def version_9(cls, ctx, node, **kwargs):
+            dtype = ctx.get_dtype(node.input[0])
+            shapes, dtypes = node.output_shapes, node.output_dtypes
+            erf = ctx.make_node("Erf", [node.input[0]], op_name_scope=node.name)
+            one = ctx.make_const(utils.make_name(f"{node.name}_one"),
+                                 np.array(1, dtype=utils.map_onnx_to_numpy_type(dtype)))
+            ctx.remove_node(node.name)
+            ctx.make_node("Sub", [one.output[0], erf.output[0]], outputs=node.output, name=node.name,
+                          shapes=shapes, dtypes=dtypes)
+
+    _ERFC.append(Erfc)
 
 
 @contextlib.contextmanager
@@ -139,6 +208,14 @@ class OnnxFormat:
     def int8_details(self, settings, recipe) -> dict:
         return {"scheme": settings.target.onnx_scheme, "format": "QDQ",
                 "per_channel": recipe.weights == "per-channel"}
+
+    def audit_int8(self, data: bytes, layer_types: dict[str, str]) -> dict:
+        """The ops ONNX Runtime runs in float inside the int8 model (no int8 kernel for them here), by the layers
+        they belong to; ``{}`` when it is integer throughout (:func:`~.onnx_subgraph.float_islands`)."""
+        from edgeres.backends.onnx_subgraph import float_islands
+        from edgeres.core.layers import ops_by_layer
+
+        return ops_by_layer(float_islands(data), layer_types)
 
     def tune_int8(self, data: bytes, settings, log=None) -> tuple[bytes, dict]:
         """The int8 model with each convolution on ONNX Runtime's faster kernel here (exact;

@@ -111,3 +111,51 @@ def prefix(proto, output: str, nodes: list):
         nodes, proto.graph.name, [i for i in proto.graph.input if i.name in names],
         [onnx.ValueInfoProto(name=output)], [t for t in proto.graph.initializer if t.name in names])
     return onnx.helper.make_model(graph, opset_imports=proto.opset_import, ir_version=proto.ir_version)
+
+
+#: ops that move or reshape values without arithmetic: a float one costs a copy, not precision
+_MOVEMENT = {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Shape", "Expand", "Slice",
+             "Split", "Concat", "Gather", "ReorderInput", "ReorderOutput"}
+
+
+def float_islands(data: bytes) -> list[tuple[str, str]]:
+    """(op type, node name) of every op that ONNX Runtime runs in float *inside* an int8 model: after a
+    DequantizeLinear, with its result quantized again further on.  Measured, not assumed: the graph is the one
+    ORT optimises for this CPU (its QDQ fusions), where a QDQ group with an int8 kernel became one QLinear/integer
+    node and an op without one (LayerNormalization's Sqrt, Erf, GlobalMaxPool) is left between a
+    DequantizeLinear and a QuantizeLinear.  Float ops at the model's edges (input normalization, an output
+    activation) are not islands; data movement ops (Reshape, Transpose, ...) are not counted."""
+    import os
+    import tempfile
+
+    import onnx
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory(prefix="edgeres-ort-") as tmp:
+        path = os.path.join(tmp, "optimized.onnx")
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3
+        opts.optimized_model_filepath = path
+        ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+        graph = onnx.load(path).graph
+    floating: set[str] = set()  # tensors in float downstream of a DequantizeLinear
+    compute: list = []
+    for node in graph.node:  # topological order
+        if node.op_type == "DequantizeLinear":
+            floating.update(node.output)
+        elif node.op_type != "QuantizeLinear" and any(i in floating for i in node.input):
+            floating.update(node.output)
+            if node.op_type not in _MOVEMENT:
+                compute.append(node)
+    consumers: dict[str, list[int]] = {}
+    for k, node in enumerate(graph.node):
+        for i in node.input:
+            consumers.setdefault(i, []).append(k)
+    leads_to_int8 = [False] * len(graph.node)  # the node's result is quantized again, further on
+    for k in range(len(graph.node) - 1, -1, -1):  # consumers come after their producer: one reverse pass
+        node = graph.node[k]
+        leads_to_int8[k] = node.op_type == "QuantizeLinear" or any(
+            leads_to_int8[c] for o in node.output for c in consumers.get(o, []))
+    return [(n.op_type, n.name) for n in compute
+            if any(leads_to_int8[c] for o in n.output for c in consumers.get(o, []))]

@@ -36,7 +36,8 @@ class TFLiteFormat:
             from edgeres.backends.keras_io import with_fixed_batch
 
             model = with_fixed_batch(model, hwc)
-        return TFLiteQuantizer(model, calib, layer_types, settings.io_dtype, batchnorm_as_depthwise=as_depthwise)
+        return TFLiteQuantizer(model, calib, layer_types, settings.io_dtype, batchnorm_as_depthwise=as_depthwise,
+                               allow_float_ops=not settings.full_integer_only)
 
     def int8_details(self, settings, recipe) -> dict:
         return {"io_dtype": settings.io_dtype, "static_batch": 1 if settings.static_batch else None}

@@ -99,16 +99,23 @@ def _explain(exc: Exception, precision: str) -> str:
 
 def float_compute_ops(model_bytes: bytes) -> set[str]:
     """Names of ops in an int8 model that compute in float (excluding I/O (de)quantize)."""
+    return {op for op, _ in float_compute_sites(model_bytes)}
+
+
+def float_compute_sites(model_bytes: bytes) -> list[tuple[str, str]]:
+    """(op name, output tensor name) of every op in an int8 model that computes in float, in graph order
+    (excluding I/O (de)quantize): the output name says which Keras layer it came from."""
     from edgeres.core.runtime import tflite_module
 
     mod, _ = tflite_module()
     interp = mod.Interpreter(model_content=model_bytes)
     tensors = {t["index"]: t for t in interp.get_tensor_details()}
-    found: set[str] = set()
+    found: list[tuple[str, str]] = []
     for op in interp._get_ops_details():
         if op["op_name"] in _BOUNDARY_OPS:
             continue
         idx = [i for i in list(op["inputs"]) + list(op["outputs"]) if i >= 0]
         if any(np.dtype(tensors[i]["dtype"]) == np.float32 for i in idx):
-            found.add(op["op_name"])
+            outs = [i for i in op["outputs"] if i >= 0]
+            found.append((op["op_name"], tensors[outs[0]]["name"] if outs else ""))
     return found

@@ -15,9 +15,9 @@ from edgeres.backends.tflite_convert import (
     _explain,
     _io_type,
     _quantizing_converter,
-    _refuse_float_ops,
     _run,
     float_compute_ops,
+    float_compute_sites,
 )
 from edgeres.core import tflite_edit, tflite_schema
 from edgeres.core.errors import ConversionError
@@ -61,8 +61,12 @@ class TFLiteQuantizer:
     """
 
     def __init__(self, model: Any, calib: np.ndarray, layer_types: dict[str, str], io_dtype: str = "int8",
-                 batch: int = 32, batchnorm_as_depthwise: list[str] | None = None):
+                 batch: int = 32, batchnorm_as_depthwise: list[str] | None = None, allow_float_ops: bool = False):
         self.keras_model, self.calib, self.io_dtype = model, calib, io_dtype
+        self.layer_types = layer_types
+        # an op with no int8 kernel (LayerNormalization's NEG) may stay in float, between a DEQUANTIZE and a
+        # QUANTIZE, as TFLiteConverter leaves it; False when the target needs a full-integer model
+        self.allow_float_ops = allow_float_ops
         # the layers edgeres.backends.keras_rewrite built as depthwise convolutions in ``model``, for the report
         self.batchnorm_as_depthwise = list(batchnorm_as_depthwise or [])
         # The converter's own min/max only need to exist: edgeres replaces every one of them
@@ -245,9 +249,30 @@ class TFLiteQuantizer:
                                         "io_dtype": io_dtype})
 
     def _checked(self, data: bytes, keep_float: list[str], details: dict) -> tuple[bytes, dict]:
-        float_ops = float_compute_ops(data) if keep_float else _refuse_float_ops(data)
+        if keep_float:
+            float_ops = float_compute_ops(data)
+        else:
+            float_ops = set(self.float_ops(data, details))
         details.update({"full_integer": not float_ops, "float_layers": keep_float})
         return data, details
+
+    def float_ops(self, data: bytes, details: dict) -> dict[str, list[str]]:
+        """The ops the converter left in float, for lack of an int8 kernel, and the layers they belong to,
+        recorded in ``details["float_ops"]``; a ConversionError naming them when the target needs a full-integer
+        model (``allow_float_ops`` False)."""
+        from edgeres.core.layers import describe_ops, ops_by_layer
+
+        where = ops_by_layer(float_compute_sites(data), self.layer_types)
+        if not where:
+            return where
+        named = describe_ops(where)
+        if not self.allow_float_ops:
+            raise ConversionError(f"ops with no int8 kernel stayed in float: {named}; the target needs a "
+                                  f"full-integer model: replace those layers, or convert for another target")
+        details["float_ops"] = where
+        details["float_ops_note"] = (f"no int8 kernel, so the converter kept them in float between a DEQUANTIZE "
+                                     f"and a QUANTIZE: {named}")
+        return where
 
     def _bias_correct(self, data: bytes, skip: set[str] = frozenset()) -> tuple[bytes, list[str]]:
         """Cancel the mean output shift that weight rounding adds to each conv/dense layer, analytically (Nagel et

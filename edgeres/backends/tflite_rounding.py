@@ -43,8 +43,8 @@ def round_weights(q, data: bytes) -> tuple[bytes, dict, set[str]]:
             continue
         o = op.builtinOptions
         if kind == "CONV_2D":
-            if w_int.ndim != 4 or len(x.shape) != 4:
-                continue
+            if w_int.ndim != 4 or len(x.shape) != 4 or w_int.shape[3] != x.shape[3]:
+                continue  # a grouped convolution (its kernel sees a slice of the channels) keeps nearest rounding
             kernel, strides = tuple(w_int.shape[1:3]), (o.strideH, o.strideW)
             dilations = (o.dilationHFactor or 1, o.dilationWFactor or 1)
             if o.padding == padding.SAME:

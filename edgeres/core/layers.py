@@ -46,3 +46,20 @@ def resolve_layer(names: list[str], layer_types: dict[str, str]) -> str | None:
     if not found:
         return None
     return min(found, key=lambda n: (_rank(layer_types[n]), found.index(n)))
+
+
+def ops_by_layer(sites: list[tuple[str, str]], layer_types: dict[str, str]) -> dict[str, list[str]]:
+    """{op: [layers]} of (op, converter name) pairs, each layer once, ops sorted; a name that resolves to no
+    layer stands for itself."""
+    where: dict[str, list[str]] = {}
+    for op, name in sites:
+        layer = resolve_layer([name], layer_types) or name
+        if layer not in where.setdefault(op, []):
+            where[op].append(layer)
+    return dict(sorted(where.items()))
+
+
+def describe_ops(where: dict[str, list[str]], limit: int = 3) -> str:
+    """``NEG (in layer_normalization); ERF (in a, b, c, ...)``: one line for a report or an error."""
+    return "; ".join(f"{op} (in {', '.join(layers[:limit])}{', ...' if len(layers) > limit else ''})"
+                     for op, layers in where.items())

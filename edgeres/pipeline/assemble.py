@@ -21,7 +21,7 @@ DETAIL_KEYS = ("io_dtype", "full_integer", "scheme", "format", "per_channel", "c
                "static_batch", "recipe", "recipe_summary", "engine", "output_range", "float_layers",
                "bias_corrected_layers", "bias_correction", "activations", "float_share", "adaptive", "head",
                "kernels",
-               "int8_graph_rewrites", "batchnorm_as_depthwise", "weight_rounding")
+               "int8_graph_rewrites", "batchnorm_as_depthwise", "weight_rounding", "float_ops", "float_ops_note")
 BUDGET_TOLERANCE = 1e-9  # points: float rounding of a loss that equals the budget
 MODEL_KEYS = ("name", "source", "kind", "params", "trainable_params", "macs", "input_shape", "output_shape", "layers")
 
@@ -124,6 +124,8 @@ def _notes(cfg, settings: Settings, inputs, artifacts) -> list[str]:
             notes.append(f"{a.name}: {k['gemm_layers']} of {k['layers']} convolutions run on ONNX Runtime's GEMM "
                          f"kernels, which timed faster on this CPU ({k['timed_ms']['model_symmetric']:.2f} -> "
                          f"{k['timed_ms']['model_tuned']:.2f} ms a run; an exact rewrite, same outputs)")
+        if a.details.get("float_ops_note"):
+            notes.append(f"{a.name}: not full-integer: {a.details['float_ops_note']}")
     floaty = [f"{a.name} {100 * a.details['float_share']:.0f}%" for a in artifacts if a.details.get("float_share")]
     if floaty:
         notes.append("layers kept in float (share of quantizable layers): " + ", ".join(floaty))
