@@ -2,7 +2,7 @@
 
     python benchmarks/suite/train.py [--force] [--only NAME,...] [--dir DIR] [--epochs N]
 
-Trains five small CIFAR-10 classifiers on ../shared/data/cifar10/train-10k.npz
+Trains six small CIFAR-10 classifiers on ../shared/data/cifar10/train-10k.npz
 (10,000 training images, disjoint from cifar10/calib and cifar10/test) into a
 cache folder outside git: --dir, else $EDGERES_SUITE_DIR, else
 ~/.cache/edgeres/suite/.  A model already there is kept unless --force.
@@ -22,7 +22,12 @@ cache folder outside git: --dir, else $EDGERES_SUITE_DIR, else
   logits;
 - resnet8_wide_normalized.keras: ResNet-8 with 32/64/128 filters, expects
   ImageNet-normalised input made outside the model (`--scale
-  0.00392156862745098 --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225`), logits.
+  0.00392156862745098 --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225`), logits;
+- convnext_mini.keras: not a ResNet, keras.applications' ConvNeXt builder
+  (patchify stem, depthwise 7x7, LayerNormalization, exact GELU, layer scale)
+  at depths 2/2/4/2 and widths 32/64/128/256; raw pixels, its own
+  Normalization inside; logits.  Its LayerNormalization and GELU have ops with
+  no int8 kernel in TFLite or ONNX Runtime.
 
 Fixed seeds, TensorFlow deterministic ops, a per-model seed (so training one
 model never changes another), Adam with cosine decay, random flips and up to 4
@@ -33,7 +38,7 @@ safe_mode), decoded and preprocessed exactly as `edgeres convert` does.
 suite.json lists every suite model, the three shared ones by absolute path
 included: name, path, convert_args, input convention, head, channels,
 float32 top-1, description (and how it was trained).  `benchmarks/int8_suite.py`
-reads it.  About 8 minutes on 2 idle CPU cores (each model under 2 minutes); --epochs N
+reads it.  About 10 minutes on 2 idle CPU cores (each model under 3 minutes); --epochs N
 overrides every epoch count for a quick check of the script itself.
 """
 
@@ -187,6 +192,9 @@ TRAINED = [
      "ResNet-8 on 32x32x1 luma (Pillow convert('L')), 16/32/64, normalises inside, Keras 3"),
     ("resnet8_wide_normalized", "resnet8_wide_normalized.keras", NORMALISED, IMAGENET, "logits", 3, 5,
      "wide ResNet-8 (32/64/128), ImageNet mean/std applied outside, Keras 3"),
+    ("convnext_mini", "convnext_mini.keras", RAW, [], "logits", 3, 12,
+     "not a ResNet: keras.applications' ConvNeXt (depthwise 7x7, LayerNormalization, exact GELU, layer scale), "
+     "depths 2/2/4/2, widths 32/64/128/256, its own Normalization inside, Keras 3"),
 ]
 
 
@@ -199,6 +207,12 @@ def build(name: str):
         return resnet8_v1(1, (16, 32, 64), (GRAY_MEAN, GRAY_STD), name)
     if name == "resnet8_wide_normalized":
         return resnet8_v1(3, (32, 64, 128), None, name)
+    if name == "convnext_mini":
+        from keras.applications import convnext
+
+        return convnext.ConvNeXt(depths=[2, 2, 4, 2], projection_dims=[32, 64, 128, 256], default_size=32,
+                                 name=name, include_preprocessing=True, weights=None, input_shape=(32, 32, 3),
+                                 classes=10, classifier_activation=None)
     raise ValueError(name)
 
 

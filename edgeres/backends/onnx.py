@@ -210,12 +210,18 @@ class OnnxFormat:
                 "per_channel": recipe.weights == "per-channel"}
 
     def audit_int8(self, data: bytes, layer_types: dict[str, str]) -> dict:
-        """The ops ONNX Runtime runs in float inside the int8 model (no int8 kernel for them here), by the layers
-        they belong to; ``{}`` when it is integer throughout (:func:`~.onnx_subgraph.float_islands`)."""
+        """``float_ops`` (op -> layers) and a note for the report: what ONNX Runtime runs in float inside the
+        int8 model (:func:`~.onnx_subgraph.float_islands`); ``{}`` when it is integer throughout."""
         from edgeres.backends.onnx_subgraph import float_islands
-        from edgeres.core.layers import ops_by_layer
+        from edgeres.core.layers import describe_ops, ops_by_layer
 
-        return ops_by_layer(float_islands(data), layer_types)
+        where = ops_by_layer(float_islands(data), layer_types)
+        if not where:
+            return {}
+        return {"float_ops": where, "float_ops_note": (
+            "ONNX Runtime has no int8 kernel for some of these ops, and the elementwise ops after them up to the "
+            "next convolution or matrix product were left in float with them (quantized once there, not after "
+            f"every op): {describe_ops(where)}")}
 
     def tune_int8(self, data: bytes, settings, log=None) -> tuple[bytes, dict]:
         """The int8 model with each convolution on ONNX Runtime's faster kernel here (exact;

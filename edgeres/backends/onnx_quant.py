@@ -14,7 +14,7 @@ import numpy as np
 
 from edgeres.backends.onnx_graph import check, dequantize_output, input_normalization_nodes
 from edgeres.backends.onnx_int8_graph import apply_all
-from edgeres.backends.onnx_subgraph import constant_inputs, node_macs, output_pixels, shapes
+from edgeres.backends.onnx_subgraph import MOVEMENT_OPS, constant_inputs, node_macs, output_pixels, shapes
 from edgeres.backends.onnx_subgraph import feeding as _feeding
 from edgeres.backends.onnx_subgraph import prefix as _prefix
 from edgeres.backends.onnx_subgraph import tap as _tap
@@ -37,6 +37,15 @@ class _Reader:
 
 _LAYER_OPS = {"Conv", "Gemm", "MatMul", "Add", "Mul", "Sub", "GlobalAveragePool", "AveragePool", "MaxPool",
               "Concat", "ConvTranspose"}
+#: op types ORT's CPU QDQ fusions run in integer (or that only move data), seen so in every int8 model of the
+#: development suite and in keras.applications' MobileNets and EfficientNet: a float graph of only these is not
+#: probed for float islands (:meth:`OnnxQuantizer._no_int8_kernel`); the final model is audited either way
+#: where a float chain ends and is quantized again: a convolution or matrix product (its int8 kernel is the
+#: point), or an op that only moves data (exact in int8: a Reshape before a MatMul keeps the MatMul integer)
+_STOPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"} | MOVEMENT_OPS
+_INTEGER_OPS = {"Conv", "Gemm", "MatMul", "Add", "Mul", "Relu", "Clip", "MaxPool", "AveragePool", "GlobalAveragePool",
+                "Sigmoid", "Softmax", "LeakyRelu", "Concat", "Reshape", "Flatten", "Transpose", "Squeeze",
+                "Unsqueeze", "Identity", "Pad"}
 
 
 class OnnxQuantizer:
@@ -72,6 +81,7 @@ class OnnxQuantizer:
         self.output_names = [o.name for o in g.output]
         inits = {i.name for i in g.initializer}
         self.keep_float_always = input_normalization_nodes(self.proto)
+        self.no_int8_kernel: list[str] = []  # found once the statistics are in (below)
         self.layers: dict[str, list[str]] = {}  # layer -> node names
         self.layer_ops: dict[str, list[str]] = {}
         for node in g.node:
@@ -90,6 +100,48 @@ class OnnxQuantizer:
         per_image = sum(v.nbytes for v in sess.run(None, {self.input_name: calib[:1]}))
         self.batch = tap_batch(per_image, batch)
         self.stats = self.collect_stats(calib, histograms=True)
+        # ops ORT has no int8 kernel for run in float anyway: quantizing their inputs and outputs only adds
+        # rounding inside the float chain (LayerNormalization's ReduceMean -> Pow -> Sqrt, each to 8 bits)
+        self.no_int8_kernel = self._no_int8_kernel()
+
+    def _no_int8_kernel(self) -> list[str]:
+        """The nodes to leave out of quantization: the ops ONNX Runtime would run in float inside the int8 model
+        (:func:`onnx_subgraph.float_islands`, found by quantizing once), and every op after them up to the next
+        convolution or matrix product.  An island's own ops cannot take int8 (no kernel), and quantizing the
+        elementwise ops after it (LayerNormalization's ``(x - mean) * rstd * gamma + beta``, a GELU's
+        ``x * 0.5 * (1 + erf)``) only rounds the float chain to 8 bits again and again; so the chain stays float
+        and is quantized once, where a convolution or matrix product takes it.  Not probed when every op type is
+        one ORT's CPU QDQ fusions run in integer."""
+        from edgeres.backends.onnx_subgraph import float_islands
+        from edgeres.quant.recipes import resolve_recipe
+
+        g = self.proto.graph
+        if {n.op_type for n in g.node if n.name not in self.keep_float_always} <= _INTEGER_OPS:
+            return []
+        plain = resolve_recipe("default").replace(bias_correction=False, weight_rounding="nearest")
+        try:  # the way every recipe is built, without the corrections (they move no node)
+            data, _ = self.quantize(plain)
+        except ConversionError:  # the real build reports it, with its recipe
+            return []
+        by_name = {n.name: n for n in g.node}
+        islands = [name for _, name in float_islands(data) if name in by_name and by_name[name].op_type not in _STOPS]
+        consumers: dict[str, list] = {}
+        for node in g.node:
+            for i in node.input:
+                consumers.setdefault(i, []).append(node)
+        kept, todo = set(), list(islands)
+        while todo:  # forwards from each island, up to the next stop
+            name = todo.pop()
+            if name not in kept:
+                kept.add(name)
+                todo.extend(c.name for out in by_name[name].output for c in consumers.get(out, [])
+                            if c.op_type not in _STOPS)
+        for node in reversed(g.node):  # and an op that only feeds the chain (a GELU's x / sqrt(2) before its erf)
+            users = [c for out in node.output for c in consumers.get(out, [])]
+            if node.name not in kept and node.op_type not in _STOPS and users \
+                    and all(c.name in kept for c in users) and node.name not in self.keep_float_always:
+                kept.add(node.name)
+        return [n.name for n in g.node if n.name in kept]
 
     def __getstate__(self) -> dict:
         """What a Ray worker gets (edgeres.cluster): everything but the open ONNX Runtime session."""
@@ -171,7 +223,8 @@ class OnnxQuantizer:
             a, b = self.stats.range(name, method, recipe.percentile, bits)
             overrides[name] = [{"rmin": np.float32(a), "rmax": np.float32(b)}]
         extra = {"WeightSymmetric": True, "ActivationSymmetric": False, "TensorQuantOverrides": overrides}
-        exclude = self.keep_float_always + [n for layer in keep_float for n in self.layers[layer]]
+        exclude = [*self.keep_float_always, *self.no_int8_kernel,
+                   *(n for layer in keep_float for n in self.layers[layer])]
         # ORT still runs its own calibrator; every range is overridden, so a few images suffice.
         reader = _Reader(self.input_name, self.calib[:8], 8)
         with tempfile.TemporaryDirectory(prefix="edgeres-ort-") as tmp:
@@ -202,7 +255,9 @@ class OnnxQuantizer:
         data = qproto.SerializeToString()
         check(data)
         # ORT's CPU provider has no int16 kernels: int16 QDQ runs as DequantizeLinear -> float op.
-        details["full_integer"] = not keep_float and bits == 8
+        details["full_integer"] = not keep_float and bits == 8 and not self.no_int8_kernel
+        if self.no_int8_kernel:
+            details["float_chain_nodes"] = len(self.no_int8_kernel)
         return data, details
 
     def _bias_correct(self, qproto) -> tuple[list[str], str]:

@@ -114,7 +114,7 @@ def prefix(proto, output: str, nodes: list):
 
 
 #: ops that move or reshape values without arithmetic: a float one costs a copy, not precision
-_MOVEMENT = {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Shape", "Expand", "Slice",
+MOVEMENT_OPS = {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Shape", "Expand", "Slice",
              "Split", "Concat", "Gather", "ReorderInput", "ReorderOutput"}
 
 
@@ -144,10 +144,14 @@ def float_islands(data: bytes) -> list[tuple[str, str]]:
     for node in graph.node:  # topological order
         if node.op_type == "DequantizeLinear":
             floating.update(node.output)
-        elif node.op_type != "QuantizeLinear" and any(i in floating for i in node.input):
+        elif node.op_type in ("QuantizeLinear", "Shape", "Size") or node.domain not in ("", "ai.onnx"):
+            continue  # integer values: quantized, a shape, or one of ORT's fused (integer) kernels
+        elif node.op_type in MOVEMENT_OPS:
+            if node.input and node.input[0] in floating:  # the data; a Reshape's shape is not
+                floating.update(node.output)
+        elif any(i in floating for i in node.input):
             floating.update(node.output)
-            if node.op_type not in _MOVEMENT:
-                compute.append(node)
+            compute.append(node)
     consumers: dict[str, list[int]] = {}
     for k, node in enumerate(graph.node):
         for i in node.input:

@@ -123,13 +123,9 @@ def build_format(cfg, settings: Settings, inputs, stage: Path, stages, name: str
             if backend.host_activation is None:
                 details["full_integer"] = False  # an int8 body, and the activation in float32 after it
         audit = getattr(fmt, "audit_int8", None)  # ops the runtime runs in float inside the int8 model
-        where = audit(data, types_of(model)) if audit is not None else {}
-        if where:
-            from edgeres.core.layers import describe_ops
-
-            details = {**details, "full_integer": False, "float_ops": where,
-                       "float_ops_note": f"no int8 kernel in {fmt.name} here, so they run in float between a "
-                                         f"dequantize and a quantize: {describe_ops(where)}"}
+        found = audit(data, types_of(model)) if audit is not None else {}
+        if found:
+            details = {**details, "full_integer": False, **found}
     recipe = cfg.recipe.for_backend(fmt.name)
     n_float, n_layers = len(details.get("float_layers") or []), len(backend.layers)
     details = {**fmt.int8_details(settings, cfg.recipe), "recipe_summary": recipe.summary(), **details,
