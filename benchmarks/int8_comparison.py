@@ -58,9 +58,21 @@ def stock_onnx(model, calib: np.ndarray, tmp: Path, per_channel_u8s8: bool) -> P
 
     fp32, pre = tmp / "stock_fp32.onnx", tmp / "stock_pre.onnx"
     if not fp32.exists():
+        import onnx
+
         spec = (tf.TensorSpec((None, *calib.shape[1:]), tf.float32, name="input"),)
         proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=17)
-        fp32.write_bytes(proto.SerializeToString())
+        try:
+            onnx.checker.check_model(proto)
+            fp32.write_bytes(proto.SerializeToString())
+        except onnx.checker.ValidationError as exc:
+            # tf2onnx by hand cannot export it (a Keras grouped convolution or exact GELU): the stock
+            # quantizer gets edgeres' float export instead, the only valid float graph there is
+            from edgeres.backends.onnx import to_float32
+
+            print(f"stock ONNX: tf2onnx's own export is invalid ({str(exc).splitlines()[0][:120]}); "
+                  f"quantize_static runs on edgeres' float export", file=sys.stderr, flush=True)
+            fp32.write_bytes(to_float32(model, tuple(calib.shape[1:])))
         quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
 
     class Reader:

@@ -208,7 +208,7 @@ def build(name: str):
     if name == "resnet8_wide_normalized":
         return resnet8_v1(3, (32, 64, 128), None, name)
     if name == "convnext_mini":
-        from keras.applications import convnext
+        from keras.src.applications import convnext  # the builder behind ConvNeXtTiny and friends
 
         return convnext.ConvNeXt(depths=[2, 2, 4, 2], projection_dims=[32, 64, 128, 256], default_size=32,
                                  name=name, include_preprocessing=True, weights=None, input_shape=(32, 32, 3),
