@@ -1,16 +1,16 @@
-"""Ops with no int8 kernel: edgeres' ONNX int8 with each float chain kept float, against every op quantized.
+"""Ops with no int8 kernel: edgeres' int8 with each float chain kept float, against every op quantized.
 
     python benchmarks/float_chains.py [--models convnext_mini,...] [--suite-dir DIR] [--runs 300]
 
 For each suite model (default: convnext_mini, keras.applications' ConvNeXt: LayerNormalization and an exact
-GELU, whose ReduceMean/Sub/Sqrt/Reciprocal/Erf have no int8 kernel in ONNX Runtime), one calibration pass
-(300 cifar10/calib images, seed 0, as `edgeres convert` samples them) and two ONNX int8 models of the
-`default` recipe from it:
+GELU: TFLite has no int8 NEG, ONNX Runtime no int8 ReduceMean/Sub/Sqrt/Reciprocal/Erf), for each format one
+calibration pass (300 cifar10/calib images, seed 0, as `edgeres convert` samples them) and two int8 models
+of the `default` recipe from it:
 
-- **edgeres**: what `edgeres convert` builds: each op ORT runs in float, and the arithmetic after it up to the
-  next convolution or matrix product, left out of quantization (the chain is quantized once);
-- **every op quantized**: the same recipe with that list emptied, so every op with a QDQ form is quantized,
-  as ONNX Runtime's `quantize_static` does by itself.
+- **edgeres**: what `edgeres convert` builds: each op with no int8 kernel, and the arithmetic after it up to
+  the next convolution, matrix product or data move, left out of quantization (the chain is quantized once);
+- **every op quantized**: the same recipe with that chain emptied, so every op with an int8 form is
+  quantized, as TFLiteConverter and ONNX Runtime's `quantize_static` do by themselves.
 
 Both run on the 2,000 cifar10/test images against the Keras float32 outputs (agreement, output SQNR) and are
 timed in one interleaved run (batch 1, 2 threads); the table gives their ratio.  A model with no such op
@@ -43,7 +43,6 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     from edgeres.backends import keras_io
     from edgeres.backends.base import create_backend, resolve_settings
-    from edgeres.backends.onnx_subgraph import float_islands
     from edgeres.devices.targets import resolve_target
     from edgeres.quant.recipes import resolve_recipe
 
@@ -63,32 +62,40 @@ def main(argv=None) -> int:
         calib, _ = calib_ds.sample(min(args.calib_size, len(calib_ds)), 0).load(hwc, pre)
         batches = [(x, keras_io.predict(model, x)) for x, _y in open_dataset(shared("cifar10", "test")).batches(
             hwc, 64, pre)]
-        print(f"[{entry['name']}] calibrating, then building both", file=sys.stderr, flush=True)
-        backend = create_backend("onnx", model, hwc, calib, settings)
-        kept = list(backend.quantizer.no_int8_kernel)
-        built = {"edgeres": backend.build(recipe)[0]}
-        backend.quantizer.no_int8_kernel = []
-        built["every op quantized"] = backend.build(recipe)[0]
-        with tempfile.TemporaryDirectory() as tmp:
-            runners, scores = {}, {}
-            for name, data in built.items():
-                (Path(tmp) / name[:7]).mkdir()
-                runners[name] = backend.runner(data, Path(tmp) / name[:7])
-                tally = Tally()
-                for x, ref in batches:
-                    tally.update(runners[name].predict(x), ref=ref)
-                scores[name] = tally.result()
-            x1 = batches[0][0][:1]
-            lat = measure_interleaved({k: r.timed_invoke(r.quantize_input(x1)) for k, r in runners.items()},
-                                      runs=args.runs, warmup=20)
-        a, b = scores["edgeres"], scores["every op quantized"]
-        pa, pb = lat["edgeres"][0].p50, lat["every op quantized"][0].p50
-        rows.append((entry["name"], len(kept), len(float_islands(built["every op quantized"])),
-                     f"{b['agreement']:.2f} -> {a['agreement']:.2f}", f"{b['sqnr_db']:.1f} -> {a['sqnr_db']:.1f}",
-                     f"{pb:.3f} -> {pa:.3f}", f"{pb / pa:.2f}x"))
-    print(table(("model", "nodes kept float", "float islands (all quantized)", "agreement %", "SQNR dB",
-                 "p50 ms", "speedup"), rows))
+        for fmt in ("tflite", "onnx"):
+            print(f"[{entry['name']}] {fmt}: calibrating, then building both", file=sys.stderr, flush=True)
+            rows.append((entry["name"], fmt, *compare(create_backend(fmt, model, hwc, calib, settings), recipe,
+                                                     batches, args.runs)))
+    print(table(("model", "format", "ops kept float", "agreement %", "SQNR dB", "p50 ms", "speedup"), rows))
     return 0
+
+
+def compare(backend, recipe, batches, runs: int) -> tuple:
+    """(ops kept float, agreement, SQNR, p50 and speedup, each 'every op quantized -> edgeres')."""
+    q = backend.quantizer
+    built = {"edgeres": backend.build(recipe)[0]}
+    kept = list(q.float_chain or []) if backend.name == "tflite" else list(q.no_int8_kernel)
+    if backend.name == "tflite":
+        q.float_chain = []
+    else:
+        q.no_int8_kernel = []
+    built["every op quantized"] = backend.build(recipe)[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        runners, scores = {}, {}
+        for name, data in built.items():
+            (Path(tmp) / name[:7]).mkdir()
+            runners[name] = backend.runner(data, Path(tmp) / name[:7])
+            tally = Tally()
+            for x, ref in batches:
+                tally.update(runners[name].predict(x), ref=ref)
+            scores[name] = tally.result()
+        x1 = batches[0][0][:1]
+        lat = measure_interleaved({k: r.timed_invoke(r.quantize_input(x1)) for k, r in runners.items()},
+                                  runs=runs, warmup=20)
+    a, b = scores["edgeres"], scores["every op quantized"]
+    pa, pb = lat["edgeres"][0].p50, lat["every op quantized"][0].p50
+    return (len(kept), f"{b['agreement']:.2f} -> {a['agreement']:.2f}", f"{b['sqnr_db']:.1f} -> {a['sqnr_db']:.1f}",
+            f"{pb:.3f} -> {pa:.3f}", f"{pb / pa:.2f}x")
 
 
 if __name__ == "__main__":

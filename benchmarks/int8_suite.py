@@ -26,7 +26,7 @@ interleaved blocks so drift hits every artifact alike).  edgeres' own report
 
 Target (issue #10), per model and format: edgeres' agreement >= the best stock
 agreement of that format, and edgeres' drop <= the best stock drop + 0.05.
-Exit 1 when a model misses it (or fails to run).  All 8 models, 2,000 images: about 5 minutes on
+Exit 1 when a model misses it (or fails to run).  All 9 models, 2,000 images: about 7 minutes on
 2 idle cores (11 under load); --val-size 200 --runs 50 for a quick check.
 """
 

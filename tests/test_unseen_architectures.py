@@ -284,6 +284,7 @@ def test_ops_without_an_int8_kernel_stay_in_float_and_the_report_names_them(norm
     tflite, onnx_ = arts["tflite_int8"]["details"], arts["onnx_int8"]["details"]
     # TFLite: LayerNormalization's NEG has no int8 kernel; ONNX Runtime: the GELU's Erf and the norm's Sqrt
     assert tflite["full_integer"] is False and "norm" in tflite["float_ops"]["NEG"], tflite
+    assert "norm" in tflite["float_ops"]["RSQRT"], tflite  # the chain after the NEG stays float with it
     assert onnx_["full_integer"] is False and onnx_["float_ops"]["Erf"] == ["grouped"], onnx_
     assert "norm" in onnx_["float_ops"]["Sqrt"]
     notes = "\n".join(report["notes"])

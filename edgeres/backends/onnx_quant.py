@@ -105,14 +105,12 @@ class OnnxQuantizer:
         self.no_int8_kernel = self._no_int8_kernel()
 
     def _no_int8_kernel(self) -> list[str]:
-        """The nodes to leave out of quantization: the ops ONNX Runtime would run in float inside the int8 model
-        (:func:`onnx_subgraph.float_islands`, found by quantizing once), and every op after them up to the next
-        convolution or matrix product.  An island's own ops cannot take int8 (no kernel), and quantizing the
-        elementwise ops after it (LayerNormalization's ``(x - mean) * rstd * gamma + beta``, a GELU's
-        ``x * 0.5 * (1 + erf)``) only rounds the float chain to 8 bits again and again; so the chain stays float
-        and is quantized once, where a convolution or matrix product takes it.  Not probed when every op type is
-        one ORT's CPU QDQ fusions run in integer."""
+        """The nodes to leave out of quantization (:func:`edgeres.core.graphs.float_chain`): the ops ONNX Runtime
+        would run in float inside the int8 model (:func:`onnx_subgraph.float_islands`, found by quantizing once)
+        and the arithmetic after them up to the next convolution, matrix product or data move.  Not probed when
+        every op type is one ORT's CPU QDQ fusions run in integer."""
         from edgeres.backends.onnx_subgraph import float_islands
+        from edgeres.core.graphs import float_chain
         from edgeres.quant.recipes import resolve_recipe
 
         g = self.proto.graph
@@ -123,25 +121,14 @@ class OnnxQuantizer:
             data, _ = self.quantize(plain)
         except ConversionError:  # the real build reports it, with its recipe
             return []
-        by_name = {n.name: n for n in g.node}
-        islands = [name for _, name in float_islands(data) if name in by_name and by_name[name].op_type not in _STOPS]
-        consumers: dict[str, list] = {}
+        producer = {o: n.name for n in g.node for o in n.output}
+        users: dict[str, list[str]] = {}
         for node in g.node:
             for i in node.input:
-                consumers.setdefault(i, []).append(node)
-        kept, todo = set(), list(islands)
-        while todo:  # forwards from each island, up to the next stop
-            name = todo.pop()
-            if name not in kept:
-                kept.add(name)
-                todo.extend(c.name for out in by_name[name].output for c in consumers.get(out, [])
-                            if c.op_type not in _STOPS)
-        for node in reversed(g.node):  # and an op that only feeds the chain (a GELU's x / sqrt(2) before its erf)
-            users = [c for out in node.output for c in consumers.get(out, [])]
-            if node.name not in kept and node.op_type not in _STOPS and users \
-                    and all(c.name in kept for c in users) and node.name not in self.keep_float_always:
-                kept.add(node.name)
-        return [n.name for n in g.node if n.name in kept]
+                if i in producer:
+                    users.setdefault(producer[i], []).append(node.name)
+        return float_chain([n.name for n in g.node], {n.name: n.op_type for n in g.node}, users,
+                           [name for _, name in float_islands(data)], _STOPS, never=self.keep_float_always)
 
     def __getstate__(self) -> dict:
         """What a Ray worker gets (edgeres.cluster): everything but the open ONNX Runtime session."""

@@ -115,7 +115,7 @@ def prefix(proto, output: str, nodes: list):
 
 #: ops that move or reshape values without arithmetic: a float one costs a copy, not precision
 MOVEMENT_OPS = {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Shape", "Expand", "Slice",
-             "Split", "Concat", "Gather", "ReorderInput", "ReorderOutput"}
+                "Pad", "Split", "Concat", "Gather", "ReorderInput", "ReorderOutput"}
 
 
 def float_islands(data: bytes) -> list[tuple[str, str]]:

@@ -17,7 +17,6 @@ from edgeres.backends.tflite_convert import (
     _quantizing_converter,
     _run,
     float_compute_ops,
-    float_compute_sites,
 )
 from edgeres.core import tflite_edit, tflite_schema
 from edgeres.core.errors import ConversionError
@@ -67,6 +66,9 @@ class TFLiteQuantizer:
         # an op with no int8 kernel (LayerNormalization's NEG) may stay in float, between a DEQUANTIZE and a
         # QUANTIZE, as TFLiteConverter leaves it; False when the target needs a full-integer model
         self.allow_float_ops = allow_float_ops
+        #: output tensors kept float in every build: the ops with no int8 kernel and the arithmetic after them
+        #: (:func:`edgeres.backends.tflite_islands.float_chain`); None until the first build has shown them
+        self.float_chain: list[str] | None = None
         # the layers edgeres.backends.keras_rewrite built as depthwise convolutions in ``model``, for the report
         self.batchnorm_as_depthwise = list(batchnorm_as_depthwise or [])
         # The converter's own min/max only need to exist: edgeres replaces every one of them
@@ -197,15 +199,27 @@ class TFLiteQuantizer:
             q = g.tensors[i].quantization
             q.min, q.max = [float(a)], [float(b)]
         deny = [t for layer in keep_float for t in self.layers[layer]]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            try:
-                data = tf_convert.mlir_quantize(tflite_edit.pack(model_t),
-                                                disable_per_channel=recipe.weights == "per-tensor",
-                                                input_data_type=tf.float32, output_data_type=tf.float32,
-                                                denylisted_nodes=deny or None)
-            except Exception as exc:
-                raise ConversionError(_explain(exc, "int8")) from None
+        packed = tflite_edit.pack(model_t)
+
+        def quantized(deny: list[str]) -> bytes:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                try:
+                    return tf_convert.mlir_quantize(packed, disable_per_channel=recipe.weights == "per-tensor",
+                                                    input_data_type=tf.float32, output_data_type=tf.float32,
+                                                    denylisted_nodes=deny or None)
+                except Exception as exc:
+                    raise ConversionError(_explain(exc, "int8")) from None
+
+        if self.float_chain is None:  # the first build, nothing kept float, shows the ops with no int8 kernel
+            from edgeres.backends.tflite_islands import float_chain
+
+            data = quantized([])
+            self.float_chain = float_chain(self, data) if self.allow_float_ops else []
+            if deny or self.float_chain:
+                data = quantized(deny + self.float_chain)
+        else:
+            data = quantized(deny + self.float_chain)
         details = {"engine": "TFLiteConverter calibrate-only + mlir_quantize, edgeres ranges",
                    "calibration": recipe.calibration, "output_range": "minmax" if recipe.output != "calibrated"
                    else recipe.calibration}
@@ -249,30 +263,11 @@ class TFLiteQuantizer:
                                         "io_dtype": io_dtype})
 
     def _checked(self, data: bytes, keep_float: list[str], details: dict) -> tuple[bytes, dict]:
-        if keep_float:
-            float_ops = float_compute_ops(data)
-        else:
-            float_ops = set(self.float_ops(data, details))
+        from edgeres.backends.tflite_islands import record_float_ops
+
+        float_ops = float_compute_ops(data) if keep_float else record_float_ops(self, data, details)
         details.update({"full_integer": not float_ops, "float_layers": keep_float})
         return data, details
-
-    def float_ops(self, data: bytes, details: dict) -> dict[str, list[str]]:
-        """The ops the converter left in float, for lack of an int8 kernel, and the layers they belong to,
-        recorded in ``details["float_ops"]``; a ConversionError naming them when the target needs a full-integer
-        model (``allow_float_ops`` False)."""
-        from edgeres.core.layers import describe_ops, ops_by_layer
-
-        where = ops_by_layer(float_compute_sites(data), self.layer_types)
-        if not where:
-            return where
-        named = describe_ops(where)
-        if not self.allow_float_ops:
-            raise ConversionError(f"ops with no int8 kernel stayed in float: {named}; the target needs a "
-                                  f"full-integer model: replace those layers, or convert for another target")
-        details["float_ops"] = where
-        details["float_ops_note"] = (f"no int8 kernel, so the converter kept them in float between a DEQUANTIZE "
-                                     f"and a QUANTIZE: {named}")
-        return where
 
     def _bias_correct(self, data: bytes, skip: set[str] = frozenset()) -> tuple[bytes, list[str]]:
         """Cancel the mean output shift that weight rounding adds to each conv/dense layer, analytically (Nagel et
