@@ -81,8 +81,8 @@ class Format(Protocol):
 
     # Optional: ``tune_int8(data, settings, log=None) -> (data, details)``, an exact rewrite of the final
     # int8 model for the target's speed, run after every format is built (nothing else runs then).
-    # Optional: ``audit_int8(data, layer_types) -> dict``, what the runtime runs in float inside the final int8
-    # model (``float_ops``: op -> layers, ``float_ops_note``), ``{}`` when nothing; the report records it.
+    # Optional: ``audit_int8(data, layer_types, settings) -> dict``, what the runtime runs in float inside the final
+    # int8 model (``float_ops``: op -> layers, ``float_ops_note``), ``{}`` when nothing; the report records it.
 
 
 def get_format(name: str) -> Format:

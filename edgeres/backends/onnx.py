@@ -203,17 +203,26 @@ class OnnxFormat:
 
         if float_model is None:
             float_model = to_float32(model, hwc)
-        return OnnxQuantizer(float_model, calib, layer_types, settings.target.onnx.activation_type)
+        from edgeres.devices.targets import host_arch
+
+        # which ops ORT runs in float is read from its fusions on this CPU: for another kind of target, not assumed
+        return OnnxQuantizer(float_model, calib, layer_types, settings.target.onnx.activation_type,
+                             float_chains=settings.target.arch == host_arch())
 
     def int8_details(self, settings, recipe) -> dict:
         return {"scheme": settings.target.onnx_scheme, "format": "QDQ",
                 "per_channel": recipe.weights == "per-channel"}
 
-    def audit_int8(self, data: bytes, layer_types: dict[str, str]) -> dict:
+    def audit_int8(self, data: bytes, layer_types: dict[str, str], settings) -> dict:
         """``float_ops`` (op -> layers) and a note for the report: what ONNX Runtime runs in float inside the
-        int8 model (:func:`~.onnx_subgraph.float_islands`); ``{}`` when it is integer throughout."""
+        int8 model (:func:`~.onnx_subgraph.float_islands`); ``{}`` when it is integer throughout, or when the
+        target is another kind of CPU (ORT's fusions are per CPU: this one's say nothing about the target's)."""
         from edgeres.backends.onnx_subgraph import float_islands
         from edgeres.core.layers import describe_ops, ops_by_layer
+        from edgeres.devices.targets import host_arch
+
+        if settings.target.arch != host_arch():
+            return {}
 
         where = ops_by_layer(float_islands(data), layer_types)
         if not where:

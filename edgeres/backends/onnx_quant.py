@@ -61,7 +61,7 @@ class OnnxQuantizer:
     """
 
     def __init__(self, float_model: bytes, calib: np.ndarray, layer_types: dict[str, str],
-                 activation_type: str = "uint8", batch: int = 32):
+                 activation_type: str = "uint8", batch: int = 32, float_chains: bool = True):
         import onnx
         from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -102,7 +102,7 @@ class OnnxQuantizer:
         self.stats = self.collect_stats(calib, histograms=True)
         # ops ORT has no int8 kernel for run in float anyway: quantizing their inputs and outputs only adds
         # rounding inside the float chain (LayerNormalization's ReduceMean -> Pow -> Sqrt, each to 8 bits)
-        self.no_int8_kernel = self._no_int8_kernel()
+        self.no_int8_kernel = self._no_int8_kernel() if float_chains else []
 
     def _no_int8_kernel(self) -> list[str]:
         """The nodes to leave out of quantization (:func:`edgeres.core.graphs.float_chain`): the ops ONNX Runtime

@@ -123,7 +123,7 @@ def build_format(cfg, settings: Settings, inputs, stage: Path, stages, name: str
             if backend.host_activation is None:
                 details["full_integer"] = False  # an int8 body, and the activation in float32 after it
         audit = getattr(fmt, "audit_int8", None)  # ops the runtime runs in float inside the int8 model
-        found = audit(data, types_of(model)) if audit is not None else {}
+        found = audit(data, types_of(model), settings) if audit is not None else {}
         if found:
             details = {**details, "full_integer": False, **found}
     recipe = cfg.recipe.for_backend(fmt.name)
