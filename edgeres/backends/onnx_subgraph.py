@@ -28,6 +28,8 @@ def tap(proto, names: list[str], optimized: bool = False):
         ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     opts.log_severity_level = 3
     opts.enable_cpu_mem_arena = False  # every tensor is an output here: give each batch's memory back
+    # no spin-waiting between runs: the other format converts in a process beside this one, on the same cores
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     sess = ort.InferenceSession(tapped.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     return sess, [o.name for o in sess.get_outputs()]
 
