@@ -319,3 +319,25 @@ def test_an_integer_only_model_has_no_float_islands(default_run):
     assert float_islands((default_run / "model_int8.onnx").read_bytes()) == []
     report = json.loads((default_run / "report.json").read_text())
     assert all("float_ops" not in a["details"] for a in report["artifacts"])
+
+
+def test_the_float_chain_runs_from_each_island_to_the_next_matrix_product_or_data_move():
+    """LayerNormalization then GELU, as both back ends lower them, on plain node ids."""
+    from edgeres.core.graphs import float_chain
+
+    kind = {"conv": "Conv", "mean": "ReduceMean", "sub": "Sub", "sq": "Mul", "var": "ReduceMean",
+            "sqrt": "Sqrt", "rcp": "Reciprocal", "scale": "Mul", "shift": "Add", "reshape": "Reshape",
+            "mm": "MatMul", "div": "Mul", "erf": "Erf", "one": "Add", "gelu": "Mul", "mm2": "MatMul",
+            "side": "Add"}
+    users = {"conv": ["mean", "sub", "side"], "mean": ["sub"], "sub": ["sq", "scale"], "sq": ["var"],
+             "var": ["sqrt"], "sqrt": ["rcp"], "rcp": ["scale"], "scale": ["shift"], "shift": ["reshape"],
+             "reshape": ["mm"], "mm": ["div", "gelu"], "div": ["erf"], "erf": ["one"], "one": ["gelu"],
+             "gelu": ["mm2"], "side": ["mm2"]}
+    order = list(kind)
+    stops = {"Conv", "MatMul", "Reshape"}
+    kept = float_chain(order, kind, users, islands=["mean", "sqrt", "erf"], stops=stops)
+    # the norm up to the Reshape before the MatMul; the GELU: its erf, the ops after it, and x / sqrt(2),
+    # which only feeds the erf; never a convolution, a matrix product, a data move, or an unrelated branch
+    assert kept == ["mean", "sub", "sq", "var", "sqrt", "rcp", "scale", "shift", "div", "erf", "one", "gelu"]
+    assert float_chain(order, kind, users, islands=[], stops=stops) == []
+    assert float_chain(order, kind, users, islands=["mean"], stops=stops, never=["sub"]) == ["mean"]
