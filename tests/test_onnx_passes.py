@@ -310,3 +310,52 @@ def test_lean_freezing_exports_the_same_graph():
     assert _structure(lean) == _structure(plain)
     x = np.random.default_rng(4).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
     np.testing.assert_array_equal(_run(lean, x), _run(plain, x))
+
+
+def test_made_up_names_are_numbered_and_ordered_by_first_use():
+    """tf2onnx numbers the names it makes up (folded constants, added nodes) in an order that changes from run
+    to run; the export renumbers them by where the graph first uses them, so a model exports to the same
+    bytes: here a copy with its folded constants renumbered and its initializers shuffled comes back."""
+    import random
+
+    import keras
+    from keras import layers
+
+    keras.utils.set_random_seed(0)
+    i = keras.Input((8, 8, 3))
+    x = layers.Conv2D(8, 3, padding="same")(i)
+    for _ in range(3):  # pre-activation blocks: BN on a tensor the skip also reads, which no conv absorbs
+        y = layers.Conv2D(8, 3, padding="same")(layers.ReLU()(layers.BatchNormalization()(x)))
+        x = layers.Add()([x, y])
+    model = keras.Model(i, layers.Dense(4)(layers.GlobalAveragePooling2D()(x)))
+    rng = np.random.default_rng(0)
+    for layer in model.layers:  # trained statistics: a fresh BN (scale 1, shift 0) folds away entirely
+        if isinstance(layer, layers.BatchNormalization):
+            layer.set_weights([rng.uniform(0.5, 2, 8).astype("float32") for _ in layer.get_weights()])
+    data = onnx_conv.to_float32(model, (8, 8, 3))
+    proto = onnx.load_model_from_string(data)
+    folded = [t.name for t in proto.graph.initializer if t.name.startswith("const_fold_opt__")]
+    assert len(folded) >= 2
+    first_use = [n for node in proto.graph.node for n in node.input if n in folded]
+    numbers = [int(n.rsplit("__", 1)[1]) for n in sorted(folded, key=first_use.index)]
+    assert numbers == sorted(numbers) and numbers[0] < 10, numbers  # numbered by first use, from the start
+
+    shuffled = onnx.load_model_from_string(data)  # another run's numbering and order
+    names = [f"const_fold_opt__{k + 500}" for k in range(len(folded))]
+    random.Random(1).shuffle(names)
+    rename = dict(zip(folded, names))
+    for t in shuffled.graph.initializer:
+        t.name = rename.get(t.name, t.name)
+    for node in shuffled.graph.node:
+        for k, n in enumerate(node.input):
+            node.input[k] = rename.get(n, n)
+    inits = list(shuffled.graph.initializer)
+    random.Random(2).shuffle(inits)
+    copies = [onnx.TensorProto() for _ in inits]
+    for c, t in zip(copies, inits):
+        c.CopyFrom(t)
+    del shuffled.graph.initializer[:]
+    shuffled.graph.initializer.extend(copies)
+    assert shuffled.SerializeToString() != data
+    assert onnx_graph.canonical_names(shuffled) >= len(folded)
+    assert shuffled.SerializeToString() == data

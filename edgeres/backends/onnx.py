@@ -14,7 +14,13 @@ from typing import Any
 
 import numpy as np
 
-from edgeres.backends.onnx_graph import check, fold_input_scale_into_conv, fold_pad_into_maxpool, hoist_input_transpose
+from edgeres.backends.onnx_graph import (
+    canonical_names,
+    check,
+    fold_input_scale_into_conv,
+    fold_pad_into_maxpool,
+    hoist_input_transpose,
+)
 from edgeres.core.errors import ConversionError, first_line
 
 OPSET = 17
@@ -37,6 +43,7 @@ def to_float32(model: Any, hwc: tuple[int, int, int]) -> bytes:
     if hoist_input_transpose(proto):
         fold_input_scale_into_conv(proto)
     fold_pad_into_maxpool(proto)
+    canonical_names(proto)
     check(proto)
     return proto.SerializeToString()
 

@@ -11,6 +11,8 @@ rewrites of the quantized graph for ORT's int8 kernels are in
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from edgeres.core.errors import ConversionError, first_line
@@ -217,6 +219,50 @@ def fold_pad_into_maxpool(proto) -> int:
 
 
 _AFFINE_OPS = ("Mul", "Add", "Sub", "Div")
+
+
+_COUNTED = re.compile(r"^(?P<base>.*?__)(?P<n>\d+)(?P<port>:\d+)?$")  # tf2onnx's made names: Squeeze__203:0
+
+
+def canonical_names(proto) -> int:
+    """Renumber the names tf2onnx makes up (``const_fold_opt__193``, ``Mean_Squeeze__203:0``) by where they first
+    appear in the graph, and order the initializers by first use; returns how many names were renumbered.
+
+    tf2onnx numbers them from one process-wide counter, in an order that changed from run to run (a pre-activation
+    ResNet's folded BatchNorm constants came out in another order each time, and one extra name shifted every
+    later number by one), so the same model exported to different bytes, and every artifact after it.  The
+    nodes, their order and the values were the same: renumbered, the export is the same bytes each time
+    (``tests/test_onnx_passes.py``).  A name that does not end in ``__<number>`` is left as it is, so a new name
+    can only meet another renumbered one, and those are numbered apart."""
+    g = proto.graph
+    new: dict[str, str] = {}
+
+    def canon(name: str) -> str:
+        m = _COUNTED.match(name)
+        if not m:
+            return name
+        key = m["base"] + m["n"]
+        if key not in new:
+            new[key] = f"{m['base']}{len(new)}"
+        return new[key] + (m["port"] or "")
+
+    first: dict[str, int] = {}
+    for node in g.node:
+        for name in node.input:
+            first.setdefault(name, len(first))
+        node.input[:] = [canon(n) for n in node.input]
+        node.name = canon(node.name)
+        node.output[:] = [canon(n) for n in node.output]
+    order = sorted(g.initializer, key=lambda i: (first.get(i.name, len(first)), i.name))
+    ordered = [type(i)() for i in order]
+    for dst, src in zip(ordered, order):
+        dst.CopyFrom(src)
+        dst.name = canon(dst.name)
+    del g.initializer[:]
+    g.initializer.extend(ordered)
+    for info in (*g.input, *g.output, *g.value_info):
+        info.name = canon(info.name)
+    return len(new)
 
 
 def input_normalization_nodes(proto) -> list[str]:
