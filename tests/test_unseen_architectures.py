@@ -72,11 +72,16 @@ def mobilenet_like(tmp_path_factory) -> Path:
     x = block(x, 72, 24, 1)
     x = block(x, 72, 24, 1)
     out = layers.Dense(10)(layers.GlobalAveragePooling2D()(x))
-    model = keras.Model(i, out)
+    return _trained(keras.Model(i, out), epochs=8, path=tmp_path_factory.mktemp("mobilenet-like") / "mnv2_like.keras")
+
+
+def _trained(model, epochs: int, path: Path) -> Path:
+    """``model`` trained on the embedded digits (logits, Adam) and saved to ``path``."""
+    import keras
+
     d = np.load(TRAIN)
     model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    model.fit(d["x"].astype("float32"), d["y"], epochs=8, batch_size=64, verbose=0)
-    path = tmp_path_factory.mktemp("mobilenet-like") / "mnv2_like.keras"
+    model.fit(d["x"].astype("float32"), d["y"], epochs=epochs, batch_size=64, verbose=0)
     model.save(path)
     return path
 
@@ -242,13 +247,7 @@ def norm_gelu_grouped(tmp_path_factory) -> Path:
     x = layers.Conv2D(16, 3, padding="same", groups=2, activation="gelu", name="grouped")(x)
     x = layers.LayerNormalization(name="norm")(x)
     out = layers.Dense(10)(layers.GlobalAveragePooling2D()(x))
-    model = keras.Model(i, out)
-    d = np.load(TRAIN)
-    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    model.fit(d["x"].astype("float32"), d["y"], epochs=4, batch_size=64, verbose=0)
-    path = tmp_path_factory.mktemp("norm-gelu-grouped") / "model.keras"
-    model.save(path)
-    return path
+    return _trained(keras.Model(i, out), epochs=4, path=tmp_path_factory.mktemp("norm-gelu-grouped") / "model.keras")
 
 
 def test_grouped_convolutions_and_the_exact_gelu_export_to_onnx_exactly(norm_gelu_grouped):

@@ -10,6 +10,7 @@ graph rewrites in :mod:`.onnx_graph`.
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Any
 
 import numpy as np
@@ -86,17 +87,21 @@ def _traceable_grouped_conv():
         nn.conv = original
 
 
-_ERFC = []
+def _runs_here(settings) -> bool:
+    """Whether the target is this machine's kind of CPU: what ORT does here (its fusions, its kernel timings)
+    says something about the target only then."""
+    from edgeres.devices.targets import host_arch
+
+    return settings.target.arch == host_arch()
 
 
+@functools.cache
 def _register_erfc() -> None:
     """A tf2onnx handler for TensorFlow's ``Erfc`` (Keras 3's exact GELU: ConvNeXt, ViTs): ``1 - Erf(x)``.
 
     tf2onnx converts ``Erf`` but not ``Erfc``; ONNX has ``Erf`` from opset 9.  Registered once, on the first
     export (tf2onnx's handler registry is global).
     """
-    if _ERFC:
-        return
     from tf2onnx import utils
     from tf2onnx.handler import tf_op
 
@@ -112,8 +117,6 @@ def _register_erfc() -> None:
             ctx.remove_node(node.name)
             ctx.make_node("Sub", [one.output[0], erf.output[0]], outputs=node.output, name=node.name,
                           shapes=shapes, dtypes=dtypes)
-
-    _ERFC.append(Erfc)
 
 
 @contextlib.contextmanager
@@ -210,11 +213,9 @@ class OnnxFormat:
 
         if float_model is None:
             float_model = to_float32(model, hwc)
-        from edgeres.devices.targets import host_arch
-
         # which ops ORT runs in float is read from its fusions on this CPU: for another kind of target, not assumed
         return OnnxQuantizer(float_model, calib, layer_types, settings.target.onnx.activation_type,
-                             float_chains=settings.target.arch == host_arch())
+                             float_chains=_runs_here(settings))
 
     def int8_details(self, settings, recipe) -> dict:
         return {"scheme": settings.target.onnx_scheme, "format": "QDQ",
@@ -225,19 +226,14 @@ class OnnxFormat:
         int8 model (:func:`~.onnx_subgraph.float_islands`); ``{}`` when it is integer throughout, or when the
         target is another kind of CPU (ORT's fusions are per CPU: this one's say nothing about the target's)."""
         from edgeres.backends.onnx_subgraph import float_islands
-        from edgeres.core.layers import describe_ops, ops_by_layer
-        from edgeres.devices.targets import host_arch
+        from edgeres.core.layers import float_ops_note, ops_by_layer
 
-        if settings.target.arch != host_arch():
+        if not _runs_here(settings):
             return {}
-
         where = ops_by_layer(float_islands(data), layer_types)
         if not where:
             return {}
-        return {"float_ops": where, "float_ops_note": (
-            "ONNX Runtime has no int8 kernel for some of these ops, and the elementwise ops after them up to the "
-            "next convolution or matrix product were left in float with them (quantized once there, not after "
-            f"every op): {describe_ops(where)}")}
+        return {"float_ops": where, "float_ops_note": float_ops_note(where, "ONNX Runtime")}
 
     def tune_int8(self, data: bytes, settings, log=None) -> tuple[bytes, dict]:
         """The int8 model with each convolution on ONNX Runtime's faster kernel here (exact;
@@ -249,7 +245,7 @@ class OnnxFormat:
             return data, {"choice": "symmetric", "why": f"target '{target.name}' asks for ORT's default kernels"}
         if self.run_delegate(settings) is not None:
             return data, {"choice": "symmetric", "why": "measured for ORT's CPU provider only"}
-        if target.arch != host_arch():
+        if not _runs_here(settings):
             return data, {"choice": "symmetric",
                           "why": f"converted on {host_arch()} for {target.arch}: kernels are timed on the target's CPU"}
         from edgeres.backends.onnx_kernels import tune

@@ -37,12 +37,12 @@ class _Reader:
 
 _LAYER_OPS = {"Conv", "Gemm", "MatMul", "Add", "Mul", "Sub", "GlobalAveragePool", "AveragePool", "MaxPool",
               "Concat", "ConvTranspose"}
-#: op types ORT's CPU QDQ fusions run in integer (or that only move data), seen so in every int8 model of the
-#: development suite and in keras.applications' MobileNets and EfficientNet: a float graph of only these is not
-#: probed for float islands (:meth:`OnnxQuantizer._no_int8_kernel`); the final model is audited either way
 #: where a float chain ends and is quantized again: a convolution or matrix product (its int8 kernel is the
 #: point), or an op that only moves data (exact in int8: a Reshape before a MatMul keeps the MatMul integer)
 _STOPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"} | MOVEMENT_OPS
+#: op types ORT's CPU QDQ fusions run in integer (or that only move data), seen so in every int8 model of the
+#: development suite and in keras.applications' MobileNets and EfficientNet: a float graph of only these is not
+#: probed for float islands (:meth:`OnnxQuantizer._no_int8_kernel`); the final model is audited either way
 _INTEGER_OPS = {"Conv", "Gemm", "MatMul", "Add", "Mul", "Relu", "Clip", "MaxPool", "AveragePool", "GlobalAveragePool",
                 "Sigmoid", "Softmax", "LeakyRelu", "Concat", "Reshape", "Flatten", "Transpose", "Squeeze",
                 "Unsqueeze", "Identity", "Pad"}
@@ -243,8 +243,6 @@ class OnnxQuantizer:
         check(data)
         # ORT's CPU provider has no int16 kernels: int16 QDQ runs as DequantizeLinear -> float op.
         details["full_integer"] = not keep_float and bits == 8 and not self.no_int8_kernel
-        if self.no_int8_kernel:
-            details["float_chain_nodes"] = len(self.no_int8_kernel)
         return data, details
 
     def _bias_correct(self, qproto) -> tuple[list[str], str]:

@@ -42,17 +42,14 @@ def record_float_ops(q, data: bytes, details: dict) -> dict[str, list[str]]:
     """The ops computing in float in ``data``, by the layers they belong to, recorded in ``details["float_ops"]``
     with a note; a ConversionError naming them when the target needs a full-integer model
     (``q.allow_float_ops`` False)."""
-    from edgeres.core.layers import describe_ops, ops_by_layer
+    from edgeres.core.layers import describe_ops, float_ops_note, ops_by_layer
 
     where = ops_by_layer(float_compute_sites(data), q.layer_types)
     if not where:
         return where
-    named = describe_ops(where)
     if not q.allow_float_ops:
-        raise ConversionError(f"ops with no int8 kernel stayed in float: {named}; the target needs a "
+        raise ConversionError(f"ops with no int8 kernel stayed in float: {describe_ops(where)}; the target needs a "
                               f"full-integer model: replace those layers, or convert for another target")
     details["float_ops"] = where
-    details["float_ops_note"] = ("the converter has no int8 kernel for some of these ops, and the arithmetic after "
-                                 "them up to the next convolution or matrix product stays float with them "
-                                 f"(quantized once there, not after every op): {named}")
+    details["float_ops_note"] = float_ops_note(where, "TFLite's converter")
     return where

@@ -63,3 +63,10 @@ def describe_ops(where: dict[str, list[str]], limit: int = 3) -> str:
     """``NEG (in layer_normalization); ERF (in a, b, c, ...)``: one line for a report or an error."""
     return "; ".join(f"{op} (in {', '.join(layers[:limit])}{', ...' if len(layers) > limit else ''})"
                      for op, layers in where.items())
+
+
+def float_ops_note(where: dict[str, list[str]], engine: str) -> str:
+    """The report's line on the ops ``engine`` runs in float inside an int8 model (``where``: op -> layers)."""
+    return (f"{engine} has no int8 kernel for some of these ops, and the arithmetic after them up to the next "
+            f"convolution or matrix product stays float with them (quantized once there, not after every op): "
+            f"{describe_ops(where)}")
