@@ -49,6 +49,32 @@ def test_default_run_writes_all_artifacts_and_reports(default_run: Path):
     assert report["conversion_seconds"] < sum(stages.values())
 
 
+def test_same_input_gives_the_same_bytes(tmp_path: Path, default_run: Path):
+    """A second conversion of the same model, images and seed writes the same artifacts (README: "the same
+    input gives the same bytes"): the adaptive default's candidates, GPTQ rounding and tf2onnx's made-up
+    names all included.  The one exception is by design: an ONNX int8 model whose convolution kernels were
+    chosen by timing them may take the other kernel on a close call, and must then give the same outputs."""
+    from edgeres.core.runtime import open_runner
+
+    out = tmp_path / "again"
+    result = invoke("convert", "--int8", "-o", out)
+    assert result.exit_code == 0, result.stderr
+    first = {a["name"]: a for a in json.loads((default_run / "report.json").read_text())["artifacts"]}
+    again = {a["name"]: a for a in json.loads((out / "report.json").read_text())["artifacts"]}
+    assert first.keys() == again.keys()
+    for name, a in first.items():
+        b = again[name]
+        kernels = (a["details"].get("kernels") or {}).get("choice"), (b["details"].get("kernels") or {}).get("choice")
+        same_kernels = a["details"].get("kernels") == b["details"].get("kernels") or "measured" not in kernels
+        if same_kernels or name != "onnx_int8":
+            assert a["sha256"] == b["sha256"], (name, a["details"].get("kernels"), b["details"].get("kernels"))
+        else:
+            x = np.load(CALIBRATION / "digits-test.npz")["x"][:64].astype(np.float32)
+            r1, r2 = open_runner(default_run / a["path"]), open_runner(out / b["path"])
+            np.testing.assert_array_equal(r1.predict(x), r2.predict(x))
+        assert a["top1"] == b["top1"] and a["agreement"] == b["agreement"]
+
+
 def test_report_md_has_one_row_per_artifact(default_run: Path):
     md = (default_run / "report.md").read_text()
     rows = [ln for ln in md.splitlines() if ln.startswith("| ")]

@@ -359,3 +359,25 @@ def test_made_up_names_are_numbered_and_ordered_by_first_use():
     assert shuffled.SerializeToString() != data
     assert onnx_graph.canonical_names(shuffled) >= len(folded)
     assert shuffled.SerializeToString() == data
+
+
+def test_a_constant_two_nodes_read_gets_the_same_name_whichever_tf2onnx_kept():
+    """tf2onnx merges equal constants and keeps the first one's name, which changed between two conversions
+    in one process: the name is canonical, so the bytes are the same whichever survived."""
+    from onnx import TensorProto, helper
+
+    def graph(kept: str):
+        zero = helper.make_tensor(kept, TensorProto.FLOAT, [], [0.0])
+        nodes = [helper.make_node("Mul", ["x", kept], ["y"], name="block3/mul"),
+                 helper.make_node("Mul", ["y", kept], ["z"], name="block4/mul")]
+        io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1]) for n in ("x", "z")]
+        return helper.make_model(helper.make_graph(nodes, "g", [io[0]], [io[1]], [zero]))
+
+    a, b = graph("block3/zeros/Cast/x:0"), graph("block4/zeros/Cast/x:0")
+    assert a.SerializeToString() != b.SerializeToString()
+    onnx_graph.canonical_names(a)
+    onnx_graph.canonical_names(b)
+    assert a.SerializeToString() == b.SerializeToString()
+    assert [i.name for i in a.graph.initializer] == ["shared_const__0"]
+    assert list(a.graph.node[1].input) == ["y", "shared_const__0"]
+    onnx.checker.check_model(a)

@@ -232,9 +232,15 @@ def canonical_names(proto) -> int:
     ResNet's folded BatchNorm constants came out in another order each time, and one extra name shifted every
     later number by one), so the same model exported to different bytes, and every artifact after it.  The
     nodes, their order and the values were the same: renumbered, the export is the same bytes each time
-    (``tests/test_onnx_passes.py``).  A name that does not end in ``__<number>`` is left as it is, so a new name
-    can only meet another renumbered one, and those are numbered apart."""
+    (``tests/test_onnx_passes.py``).  The symbolic dimensions it makes up (``unk__104``) are renumbered the same
+    way.  A name that does not end in ``__<number>`` is left as it is, so a new name
+    can only meet another renumbered one, and those are numbered apart.
+
+    tf2onnx also merges equal constants (two ``Cast/x`` zeros of a ResNet's padded shortcuts) and keeps the name
+    of whichever it met first, which changed between two conversions in one process.  So a constant that more
+    than one node reads is named ``shared_const__<first use>`` instead."""
     g = proto.graph
+    _name_shared_constants(g)
     new: dict[str, str] = {}
 
     def canon(name: str) -> str:
@@ -262,7 +268,34 @@ def canonical_names(proto) -> int:
     g.initializer.extend(ordered)
     for info in (*g.input, *g.output, *g.value_info):
         info.name = canon(info.name)
+        if info.type.HasField("tensor_type"):  # and its unnamed dimensions: unk__104
+            for dim in info.type.tensor_type.shape.dim:
+                if dim.HasField("dim_param"):
+                    dim.dim_param = canon(dim.dim_param)
     return len(new)
+
+
+def _name_shared_constants(g) -> None:
+    """Rename each initializer that two or more nodes read (see :func:`canonical_names`)."""
+    readers: dict[str, set[int]] = {}
+    for i, node in enumerate(g.node):
+        for name in node.input:
+            readers.setdefault(name, set()).add(i)
+    graph_inputs = {v.name for v in g.input}
+    shared = {i.name for i in g.initializer if len(readers.get(i.name, ())) > 1 and i.name not in graph_inputs}
+    rename: dict[str, str] = {}
+    for node in g.node:  # numbered by first use: the nodes' order is the same each time, the names are not
+        for name in node.input:
+            if name in shared and name not in rename:
+                rename[name] = f"shared_const__{len(rename)}"
+    if not rename:
+        return
+    for node in g.node:
+        node.input[:] = [rename.get(n, n) for n in node.input]
+    for init in g.initializer:
+        init.name = rename.get(init.name, init.name)
+    for info in g.value_info:
+        info.name = rename.get(info.name, info.name)
 
 
 def input_normalization_nodes(proto) -> list[str]:
