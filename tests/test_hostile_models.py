@@ -165,3 +165,78 @@ def test_images_that_would_not_fit_in_memory_are_refused_before_decoding(tmp_pat
 def test_counts_and_floats_are_bounded(tmp_path: Path, args, needle):
     result = invoke(*args)
     assert_one_line_error(result, 2, needle)
+
+
+# --------------------------------------------------------------- models saved the way users save them
+
+@pytest.fixture(scope="module")
+def saved_oddly(tmp_path_factory) -> dict[str, Path]:
+    """Real models saved in ways Keras allows and a converter chokes on."""
+    import keras
+    from keras import layers
+
+    root = tmp_path_factory.mktemp("saved-oddly")
+    rng = np.random.default_rng(0)
+
+    def body():
+        return [layers.Conv2D(6, 3, padding="same", activation="relu"), layers.GlobalAveragePooling2D(),
+                layers.Dense(10)]
+
+    # A Sequential (tf2onnx failed on every one), with a fixed batch of 8 and a float16 input.
+    seq = keras.Sequential([keras.Input((8, 8, 1), batch_size=8, dtype="float16"), *body()])
+    seq.set_weights([rng.normal(0, 0.5, w.shape).astype("float32") for w in seq.get_weights()])
+    seq.save(root / "sequential_b8_f16.keras")
+    keras.Sequential(body()).save(root / "unbuilt.keras")  # no input shape: saved before it was built
+    i = keras.Input((8, 8, 1), dtype="float64")
+    f64 = keras.Model(i, body()[2](layers.Flatten()(i)))
+    f64.save(root / "float64_input.keras")
+    nan = keras.Sequential([keras.Input((8, 8, 1)), *body()])
+    w = nan.get_weights()
+    w[0][0, 0, 0, 0] = np.nan
+    nan.set_weights(w)
+    nan.save(root / "nan_weights.keras")
+    return {p.stem: p for p in root.glob("*.keras")}
+
+
+def test_a_fixed_batch_float16_sequential_converts_with_any_batch_and_the_same_outputs(saved_oddly, tmp_path):
+    import keras
+    import onnxruntime as ort
+
+    from edgeres.core.runtime import open_runner
+
+    out = tmp_path / "run"
+    result = invoke("convert", saved_oddly["sequential_b8_f16"], "--int8", "--calib", CALIB, "--data", DATA,
+                    "--calib-size", "64", "--val-size", "100", "-o", out)
+    assert result.exit_code == 0, result.stderr
+    assert "fixed batch of 8" in result.stderr and "float16" in result.stderr  # said, not silent
+    report = json.loads((out / "report.json").read_text())
+    assert report["model"]["input_shape"] == [None, 8, 8, 1]
+    x = np.load(DATA)["x"][:5].astype(np.float32)  # 5 images: not the saved batch of 8
+    want = keras.saving.load_model(saved_oddly["sequential_b8_f16"]).predict(
+        np.concatenate([x, x[:3]]).astype(np.float16), verbose=0)[:5].astype(np.float32)
+    sess = ort.InferenceSession(str(out / "model_fp32.onnx"), providers=["CPUExecutionProvider"])
+    got_onnx = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+    got_tflite = open_runner(out / "model_fp32.tflite").predict(x)
+    np.testing.assert_allclose(got_onnx, want, atol=2e-2)  # float16 in the saved model, float32 here
+    np.testing.assert_allclose(got_tflite, want, atol=2e-2)
+    for a in report["artifacts"]:
+        assert a["agreement"] >= (99.9 if a["precision"] == "float32" else 90.0), a["name"]
+
+
+@pytest.mark.parametrize("name, code, needle", [
+    ("unbuilt", 5, "no input shape"),
+    ("nan_weights", 3, "NaN or infinite weight"),
+])
+def test_models_that_cannot_run_are_refused_in_one_line(saved_oddly, tmp_path, name, code, needle):
+    out = tmp_path / "run"
+    assert_one_line_error(invoke("info", saved_oddly[name]), code, needle)
+    result = invoke("convert", saved_oddly[name], "--int8", "--calib", CALIB, "-o", out)
+    assert_one_line_error(result, code, needle)
+    assert not out.exists()
+
+
+def test_a_float64_input_is_converted_in_float32(saved_oddly):
+    result = invoke("info", saved_oddly["float64_input"], "--json")
+    assert result.exit_code == 0, result.stderr
+    assert "float64" in result.stderr and "converted in float32" in result.stderr
+    assert json.loads(result.stdout)["input_shape"] == [None, 8, 8, 1]
