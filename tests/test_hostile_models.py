@@ -240,3 +240,36 @@ def test_a_float64_input_is_converted_in_float32(saved_oddly):
     assert result.exit_code == 0, result.stderr
     assert "float64" in result.stderr and "converted in float32" in result.stderr
     assert json.loads(result.stdout)["input_shape"] == [None, 8, 8, 1]
+
+
+def test_misnamed_custom_and_channels_first_models_are_named_for_what_they_are(tmp_path):
+    import shutil
+
+    import keras
+    from keras import layers
+
+    i = keras.Input((8, 8, 1))
+    plain = keras.Model(i, layers.Dense(10)(layers.Flatten()(i)))
+    plain.save(tmp_path / "plain.keras")
+    plain.save(tmp_path / "plain.h5")
+    shutil.copy(tmp_path / "plain.keras", tmp_path / "archive.h5")
+    shutil.copy(tmp_path / "plain.h5", tmp_path / "hdf5.keras")
+    assert_one_line_error(invoke("info", tmp_path / "archive.h5"), 3, ".keras archive named .h5")
+    assert_one_line_error(invoke("info", tmp_path / "hdf5.keras"), 3, "HDF5 model named .keras")
+
+    @keras.saving.register_keras_serializable(package="mine")
+    class MyScale(layers.Layer):
+        def call(self, x):
+            return 2.0 * x
+
+    keras.Model(i, layers.Dense(10)(layers.Flatten()(MyScale()(i)))).save(tmp_path / "custom.keras")
+    keras.saving.get_custom_objects().pop("mine>MyScale")  # as in another process, where it is not imported
+    assert_one_line_error(invoke("info", tmp_path / "custom.keras"), 3, "custom class 'mine>MyScale'")
+
+    j = keras.Input((3, 8, 8))
+    nchw = layers.Conv2D(4, 3, data_format="channels_first")(j)
+    keras.Model(j, layers.Dense(10)(layers.Flatten()(nchw))).save(tmp_path / "nchw.keras")
+    out = tmp_path / "run"
+    result = invoke("convert", tmp_path / "nchw.keras", "--int8", "--calib", CALIB, "-o", out)
+    assert_one_line_error(result, 5, "looks channels-first")
+    assert not out.exists()

@@ -43,6 +43,9 @@ class LoadedModel:
         if len(shape) != 4 or any(d is None for d in shape[1:]):
             raise ShapeError(f"model input shape {shape} cannot be fed images: edgeres needs (N, H, W, C) "
                              "with fixed H, W and C")
+        if shape[1] in (1, 3, 4) and shape[3] not in (1, 3, 4):
+            raise ShapeError(f"model input shape {shape} looks channels-first (N, C, H, W): edgeres feeds "
+                             "(N, H, W, C) images, the layout TFLite runs; save the model channels-last")
         dtype = str(getattr(self.model.inputs[0], "dtype", "float32"))
         if "float" not in dtype:
             raise ShapeError(f"model input is {dtype}: edgeres feeds float32 images (raw 0..255 pixels, or "
@@ -78,13 +81,19 @@ def load_model(spec: str, *, input_size: int | None = None, num_classes: int | N
         raise ModelError(f"{path} is not a Keras model: expected .keras, .h5 or a SavedModel folder")
     if path.stat().st_size == 0:
         raise ModelError(f"{path} is empty")
-    if suffix == ".keras" and not zipfile.is_zipfile(path):
-        raise ModelError(f"{path} is corrupt or not a .keras file (not a zip archive)")
+    _check_format(path, suffix)
     import keras
 
     try:
         model = keras.saving.load_model(str(path), compile=False, safe_mode=True)
     except Exception as exc:  # Keras raises many types; all mean "not loadable"
+        missing = re.search(r"Could not locate (?:class|function) '([^']+)'(?:.*?'registered_name': '([^']+)')?",
+                            str(exc), re.S)
+        if missing:
+            name = missing[2] or missing[1]
+            raise ModelError(f"cannot load {path}: it needs the custom class {name!r}, which is not registered here "
+                             "(edgeres runs no code from a model file; a model of standard "
+                             "Keras layers converts)") from None
         raise ModelError(f"cannot load {path}: {first_line(exc)}") from None
     if not isinstance(model, keras.Model):
         raise ModelError(f"{path} does not hold a Keras model")
@@ -95,6 +104,21 @@ def load_model(spec: str, *, input_size: int | None = None, num_classes: int | N
     model = _float32_compute(model, str(path))
     model = _functional(_any_batch(model, str(path)))
     return LoadedModel(model, path.stem, str(path), suffix.lstrip(".").replace("hdf5", "h5"))
+
+
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def _check_format(path: Path, suffix: str) -> None:
+    """A .keras archive named .h5 or an HDF5 file named .keras: say which it is, not the loader's complaint."""
+    with open(path, "rb") as f:
+        head = f.read(len(_HDF5_SIGNATURE))
+    is_zip, is_hdf5 = zipfile.is_zipfile(path), head == _HDF5_SIGNATURE
+    if suffix == ".keras" and not is_zip:
+        raise ModelError(f"{path} is an HDF5 model named .keras: rename it to .h5" if is_hdf5 else
+                         f"{path} is corrupt or not a .keras file (not a zip archive)")
+    if suffix != ".keras" and is_zip:
+        raise ModelError(f"{path} is a .keras archive named {suffix}: rename it to .keras")
 
 
 def _from_zoo(name: str, input_size, num_classes, weights) -> LoadedModel:

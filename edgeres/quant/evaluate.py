@@ -75,5 +75,5 @@ def evaluate(backend: Backend, data: bytes, split: Split, latency_runs: int = 0)
     top1 = r.get("top1")
     drop = (ref["top1"] - top1) if top1 is not None else None
     return Evaluation(top1, drop, r["agreement"], r["sqnr_db"],
-                      collapsed(tally.predictions) and not collapsed(ref_tally.predictions), p50, len(data),
+                      collapsed(tally.predictions, ref_tally.predictions), p50, len(data),
                       tally.labelled, tally.lost, tally.gained, tally.compared, tally.disagree)

@@ -1,0 +1,30 @@
+"""When an int8 model counts as collapsed: one class for nearly every input, where the float model was not."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgeres.core.metrics import collapsed
+
+
+def test_one_class_for_every_input_is_a_collapse_when_the_reference_tells_inputs_apart():
+    ref = np.arange(200) % 10
+    assert collapsed(np.zeros(200, int))
+    assert collapsed(np.zeros(200, int), ref)
+    assert not collapsed(ref, ref)
+
+
+def test_a_reference_that_already_gives_one_class_is_not_broken_by_int8_doing_the_same():
+    """A degenerate float model calls 96% of the images class 3; int8 calls 98% so, agreeing on 98%."""
+    ref = np.full(200, 3)
+    ref[:8] = np.arange(8)  # 192 of 200 (96%) are class 3
+    int8 = np.full(200, 3)
+    int8[:4] = np.arange(4)  # 197 of 200 (98.5%)
+    assert collapsed(int8)  # on its own it looks collapsed
+    assert not collapsed(int8, ref)
+    other = np.full(200, 7)  # but one class the reference rarely gives is still a collapse
+    assert collapsed(other, ref)
+
+
+def test_too_few_inputs_never_count():
+    assert not collapsed(np.zeros(19, int), np.arange(19))
