@@ -28,3 +28,19 @@ def test_a_reference_that_already_gives_one_class_is_not_broken_by_int8_doing_th
 
 def test_too_few_inputs_never_count():
     assert not collapsed(np.zeros(19, int), np.arange(19))
+
+
+def test_nan_outputs_are_counted_and_never_a_zero_difference():
+    from edgeres.core.metrics import Tally
+
+    ref = np.eye(4, dtype=np.float32)
+    out = ref.copy()
+    out[1, 2] = np.nan
+    t = Tally()
+    t.update(out, y=np.arange(4), ref=ref)
+    r = t.result()
+    assert r["nonfinite_outputs"] == 1
+    assert r["max_abs_diff"] == float("inf")
+    clean = Tally()
+    clean.update(ref, ref=ref)
+    assert "nonfinite_outputs" not in clean.result() and clean.result()["max_abs_diff"] == 0.0

@@ -36,12 +36,15 @@ class Tally:
     max_abs: float = 0.0
     lost: int = 0      # labelled images the reference gets right and this model wrong
     gained: int = 0    # ... and the reverse
+    nonfinite: int = 0  # images with a NaN or infinite output: never "the same as the reference"
     _top1: list = field(default_factory=list, repr=False, compare=False)
     _signal: list = field(default_factory=list, repr=False, compare=False)  # per image: sum(ref^2), per batch
     _noise: list = field(default_factory=list, repr=False, compare=False)   # per image: sum((out - ref)^2)
 
     def update(self, out: np.ndarray, y: np.ndarray | None = None, ref: np.ndarray | None = None) -> None:
         out = out.reshape(len(out), -1)
+        bad = ~np.isfinite(out).all(axis=1)
+        self.nonfinite += int(bad.sum())
         pred = out.argmax(1)
         self._top1.append(pred)
         self.n += len(out)
@@ -64,7 +67,8 @@ class Tally:
             diff = out.astype(np.float64) - ref
             self._signal.append((ref ** 2).sum(axis=1))  # row by row: the same whatever else is in the batch
             self._noise.append((diff ** 2).sum(axis=1))
-            self.max_abs = max(self.max_abs, float(np.abs(diff).max()))
+            worst = np.abs(diff).max()
+            self.max_abs = max(self.max_abs, float(worst) if np.isfinite(worst) else math.inf)  # NaN: not 0
 
     @property
     def signal(self) -> float:
@@ -99,10 +103,12 @@ class Tally:
             r["agreement"] = 100.0 * self.agree / self.compared
             r["sqnr_db"] = sqnr_db(self.signal, self.noise)
             r["max_abs_diff"] = self.max_abs
+        if self.nonfinite:
+            r["nonfinite_outputs"] = self.nonfinite
         return r
 
 
-_COUNTS = ("n", "correct1", "correctk", "labelled", "agree", "compared", "lost", "gained")
+_COUNTS = ("n", "correct1", "correctk", "labelled", "agree", "compared", "lost", "gained", "nonfinite")
 
 
 def merge_tallies(tallies: Sequence[Tally]) -> Tally:
