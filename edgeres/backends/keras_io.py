@@ -301,8 +301,12 @@ def reference(model):
     if fn is None:
         import tensorflow as tf
 
-        compiled = tf.function(lambda v: model(v, training=False), reduce_retracing=True)
-        fn = _COMPILED[model] = lambda x: np.asarray(compiled(x))
+        shape = tuple(model.inputs[0].shape)
+        # one trace for every batch size (a softmax model's logits model was traced for each one, and
+        # TensorFlow printed its "triggered tf.function retracing" warning); a dynamic H, W still retraces
+        spec = [tf.TensorSpec((None, *shape[1:]), tf.float32)] if None not in shape[1:] else None
+        compiled = tf.function(lambda v: model(v, training=False), input_signature=spec, reduce_retracing=True)
+        fn = _COMPILED[model] = lambda x: np.asarray(compiled(np.asarray(x, np.float32)))
     return fn
 
 

@@ -129,7 +129,9 @@ class TFLiteQuantizer:
         from edgeres.core.runtime import tflite_module
 
         mod, _ = tflite_module()
-        interp = mod.Interpreter(model_content=model, experimental_preserve_all_tensors=keep_all, num_threads=2)
+        with warnings.catch_warnings():  # "intended for debugging purposes only": reading them is the point
+            warnings.filterwarnings("ignore", message=".*experimental_preserve_all_tensors")
+            interp = mod.Interpreter(model_content=model, experimental_preserve_all_tensors=keep_all, num_threads=2)
         detail = interp.get_input_details()[0]
         for s in range(0, len(x), self.batch):
             xb = x[s:s + self.batch]
