@@ -70,6 +70,7 @@ def test_class_folders_ignore_hidden_dirs_and_non_images(tmp_path):
     (tmp_path / "b" / "notes.txt").write_text("not an image")
     _png(tmp_path / "b" / ".hidden.png")
     _png(tmp_path / ".ipynb_checkpoints" / "z.png")
+    _png(tmp_path / "a" / ".ipynb_checkpoints" / "x-checkpoint.png")  # hidden inside a class folder too
     ds = open_dataset(tmp_path)
     assert ds.class_names == ("a", "b")
     assert [p.rsplit("/", 1)[-1] for p in ds.items] == ["x.png", "y.jpg"]

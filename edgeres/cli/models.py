@@ -18,7 +18,7 @@ from edgeres.core.limits import MAX_CHANNELS, MAX_CLASSES, MAX_INPUT_SIZE, MAX_W
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Where to write the .keras file.")
 @click.option("--input-size", type=click.IntRange(1, MAX_INPUT_SIZE), default=None,
               help="Square input size (default: the arch's).")
-@click.option("--num-classes", type=click.IntRange(1, MAX_CLASSES), default=None)
+@click.option("--num-classes", type=click.IntRange(2, MAX_CLASSES), default=None)
 @click.option("--channels", type=click.IntRange(1, MAX_CHANNELS), default=3, show_default=True)
 @click.option("--width", type=FiniteFloat(0, MAX_WIDTH, min_open=True), default=1.0, show_default=True,
               help="Width multiplier for all filters.")

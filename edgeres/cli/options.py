@@ -71,7 +71,7 @@ def calib_size_option(fn):
 
 def zoo_options(fn):
     """--input-size/--num-classes, for zoo model names."""
-    fn = click.option("--num-classes", type=click.IntRange(1, MAX_CLASSES), default=None,
+    fn = click.option("--num-classes", type=click.IntRange(2, MAX_CLASSES), default=None,
                       help="Classes for zoo models.")(fn)
     return click.option("--input-size", type=click.IntRange(1, MAX_INPUT_SIZE), default=None,
                         help="Input size for zoo models.")(fn)

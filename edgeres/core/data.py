@@ -304,6 +304,13 @@ def _is_image(p: Path) -> bool:
     return p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
 
 
+def _images_under(d: Path) -> list[str]:
+    """The images in ``d`` and its subfolders, sorted, except in hidden ones (``.ipynb_checkpoints`` holds
+    copies of a notebook's images: counted, they would weigh twice)."""
+    return sorted(str(f) for f in d.rglob("*")
+                  if _is_image(f) and not any(part.startswith(".") for part in f.relative_to(d).parts))
+
+
 def open_dataset(source: str | os.PathLike, role: str = "data") -> Dataset:
     """Open an image folder (class subfolders or flat) or an ``.npz`` file."""
     path = Path(source)
@@ -327,7 +334,7 @@ def _open_folder(path: Path, role: str) -> Dataset:
     subdirs = sorted(d for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
     top = sorted(str(f) for f in path.iterdir() if _is_image(f))
     if subdirs and top:  # images at the top: a flat folder, unless class folders hold images too
-        filled = [d.name for d in subdirs if any(_is_image(f) for f in d.rglob("*"))]
+        filled = [d.name for d in subdirs if _images_under(d)]
         if filled:
             raise DataError(f"{role} folder {path} mixes {len(top)} images at its top level with class folders "
                             f"({', '.join(filled[:5])}): put every image in a class folder, or all at the top")
@@ -337,7 +344,7 @@ def _open_folder(path: Path, role: str) -> Dataset:
         labels: list[int] = []
         names: list[str] = []
         for d in subdirs:
-            files = sorted(str(f) for f in d.rglob("*") if _is_image(f))
+            files = _images_under(d)
             names.append(d.name)
             items.extend(files)
             labels.extend([len(names) - 1] * len(files))
