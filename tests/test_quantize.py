@@ -242,3 +242,13 @@ def test_diagnose_refuses_a_recipe_pattern_that_matches_no_layer(tmp_path: Path)
     recipe = write_recipe(tmp_path, 'keep_float = ["nope*"]\n')
     assert_one_line_error(invoke("diagnose", "--recipe", recipe, "--no-sensitivity", "--val-size", "50"), 2,
                           "layer pattern 'nope*' matches no quantized layer")
+
+
+@pytest.mark.parametrize("option, where, needle", [
+    ("-o", "missing/diag.json", "does not exist"),
+    ("--plot", ".", "is a folder"),
+])
+def test_diagnose_refuses_an_unwritable_output_before_it_works(tmp_path: Path, option, where, needle):
+    from tests.conftest import assert_one_line_error
+
+    assert_one_line_error(invoke("diagnose", "--no-sensitivity", option, tmp_path / where), 8, needle)
