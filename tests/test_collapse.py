@@ -17,13 +17,14 @@ def test_one_class_for_every_input_is_a_collapse_when_the_reference_tells_inputs
 def test_a_reference_that_already_gives_one_class_is_not_broken_by_int8_doing_the_same():
     """A degenerate float model calls 96% of the images class 3; int8 calls 98% so, agreeing on 98%."""
     ref = np.full(200, 3)
-    ref[:8] = np.arange(8)  # 192 of 200 (96%) are class 3
-    int8 = np.full(200, 3)
-    int8[:4] = np.arange(4)  # 197 of 200 (98.5%)
+    ref[:8] = np.arange(10, 18)  # 192 of 200 (96%) are class 3
+    int8 = ref.copy()
+    int8[4:8] = 3  # 196 of 200 (98%) are class 3; it agrees with the reference on 196, 4 of its 8 others
     assert collapsed(int8)  # on its own it looks collapsed
     assert not collapsed(int8, ref)
     other = np.full(200, 7)  # but one class the reference rarely gives is still a collapse
     assert collapsed(other, ref)
+    assert collapsed(np.full(200, 3), ref)  # and so is losing every image the reference tells apart
 
 
 def test_too_few_inputs_never_count():

@@ -84,12 +84,16 @@ class OnnxQuantizer:
         self.no_int8_kernel: list[str] = []  # found once the statistics are in (below)
         self.layers: dict[str, list[str]] = {}  # layer -> node names
         self.layer_ops: dict[str, list[str]] = {}
+        self.layer_all: dict[str, list[str]] = {}  # layer -> every node computing in it (see the TFLite one)
         for node in g.node:
-            if node.op_type not in _LAYER_OPS or node.name in self.keep_float_always:
+            if node.name in self.keep_float_always or node.op_type in ("QuantizeLinear", "DequantizeLinear"):
                 continue
             names = [node.name] + [i for i in node.input if i in inits] + list(node.output)
             layer = resolve_layer(names, layer_types)
-            if layer is not None:
+            if layer is None:
+                continue
+            self.layer_all.setdefault(layer, []).append(node.name)
+            if node.op_type in _LAYER_OPS:
                 self.layers.setdefault(layer, []).append(node.name)
                 self.layer_ops.setdefault(layer, []).append(node.op_type)
         self.tensors = [o for n in g.node for o in n.output]
@@ -211,7 +215,7 @@ class OnnxQuantizer:
             overrides[name] = [{"rmin": np.float32(a), "rmax": np.float32(b)}]
         extra = {"WeightSymmetric": True, "ActivationSymmetric": False, "TensorQuantOverrides": overrides}
         exclude = [*self.keep_float_always, *self.no_int8_kernel,
-                   *(n for layer in keep_float for n in self.layers[layer])]
+                   *(n for layer in keep_float for n in self.layer_all.get(layer, self.layers[layer]))]
         # ORT still runs its own calibrator; every range is overridden, so a few images suffice.
         reader = _Reader(self.input_name, self.calib[:8], 8)
         with tempfile.TemporaryDirectory(prefix="edgeres-ort-") as tmp:

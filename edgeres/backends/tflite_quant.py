@@ -87,20 +87,25 @@ class TFLiteQuantizer:
         self.inputs, self.outputs = list(g.inputs), list(g.outputs)
         self.layers: dict[str, list[str]] = {}  # layer -> output tensor names (mlir_quantize's node names)
         self.layer_ops: dict[str, list[str]] = {}
+        #: layer -> every op computing in it: what keeping the layer float keeps float (a SELU inside a
+        #: Conv2D is GREATER, EXP, SUB, MUL and SELECT_V2 after the CONV_2D, none of them a layer op)
+        self.layer_all: dict[str, list[str]] = {}
+        from edgeres.core.layers import resolve_layer
+
         for op in g.operators:
             kind = tflite_edit.op_kind(model_t, op, self._opnames)
-            if kind not in _LAYER_OPS:
+            if kind in ("QUANTIZE", "DEQUANTIZE") or not len(op.outputs):
                 continue
             out = g.tensors[op.outputs[0]].name.decode()
             names = [out] + [g.tensors[i].name.decode() for i in op.inputs[1:] if i >= 0
                              and kind in _WEIGHT_OPS]
-            from edgeres.core.layers import resolve_layer
-
             layer = resolve_layer(names, layer_types)
             if layer is None:
                 continue
-            self.layers.setdefault(layer, []).append(out)
-            self.layer_ops.setdefault(layer, []).append(kind)
+            self.layer_all.setdefault(layer, []).append(out)
+            if kind in _LAYER_OPS:
+                self.layers.setdefault(layer, []).append(out)
+                self.layer_ops.setdefault(layer, []).append(kind)
         from edgeres.quant.stats import tap_batch
 
         per_image = sum(4 * int(np.prod(g.tensors[i].shape[1:])) for i in self.ranged)
@@ -200,7 +205,7 @@ class TFLiteQuantizer:
             a, b = self.stats.range(str(i), method, recipe.percentile)
             q = g.tensors[i].quantization
             q.min, q.max = [float(a)], [float(b)]
-        deny = [t for layer in keep_float for t in self.layers[layer]]
+        deny = [t for layer in keep_float for t in self.layer_all.get(layer, self.layers[layer])]
         packed = tflite_edit.pack(model_t)
 
         def quantized(deny: list[str]) -> bytes:
