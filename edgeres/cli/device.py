@@ -73,7 +73,9 @@ def targets(as_json):
 @target_option
 @click.option("--data", type=click.Path(), default=None,
               help="Feed a real image (folder or .npz) instead of random data.")
-@click.option("--shape", default=None, metavar="N,H,W,C", help="Input shape for ONNX models with dynamic dims.")
+@click.option("--shape", default=None, metavar="N,H,W,C", help="Input shape for models with dynamic dims, as "
+              "N,H,W,C whatever the model's layout (an NCHW model gets N,C,H,W). It must agree with the model's "
+              "fixed dims; N is the batch timed (default 1, or the model's fixed batch).")
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path), default=None,
               help="Write a PNG of the latency distributions (needs matplotlib).")
 @preprocess_options
@@ -82,6 +84,9 @@ def targets(as_json):
 def bench(models, threads, runs, min_time, warmup, delegate, target, data, shape, plot_path, preprocess, remote,
           as_json):
     """Benchmark one or more .tflite / .onnx MODELS (batch 1), or app bundles.
+
+    A model exported with a fixed batch of N is timed at batch N (one
+    inference is N images), and the output says so.
 
     A bundle folder stands for all its models; a bundle is checked against
     its manifest first and refused (exit 9) if any file changed.
@@ -150,9 +155,16 @@ def bench(models, threads, runs, min_time, warmup, delegate, target, data, shape
                 text += (f"; {100 * tp['fraction_of_peak']:.0f}% of the theoretical peak of "
                          f"{tp['int8_peak_gops']:.0f} GOP/s [{tp['peak_basis']}]")
             click.echo(text)
+    for r in report["results"]:
+        if r["batch"] > 1:
+            why = "the model's fixed batch" if r.get("fixed_batch") else "--shape"
+            click.echo(f"{Path(r['model']).name} ({r['threads']} threads): timed at batch {r['batch']} ({why}): "
+                       f"one inference is {r['batch']} images, p50 {r['per_image_p50_ms']:.3f} ms per image")
     m = report["machine"]
     r0 = report["results"][0]
-    click.echo(f"\nms per inference, batch 1, {r0['input']} input; {m['cpu']}, {m['cores']} cores, {m['arch']}; "
+    batches = sorted({r["batch"] for r in report["results"]})
+    batch = f"batch {batches[0]}" if len(batches) == 1 else "batch " + " or ".join(map(str, batches)) + " (above)"
+    click.echo(f"\nms per inference, {batch}, {r0['input']} input; {m['cpu']}, {m['cores']} cores, {m['arch']}; "
                f"{r0['runtime']} {r0['runtime_version']}; Python {m['python']}")
 
 
@@ -168,10 +180,13 @@ def bench(models, threads, runs, min_time, warmup, delegate, target, data, shape
 @seed_option
 @on_bad_image_option
 @click.option("--scale", type=FiniteFloat(), default=None,
-              help="As for convert; default: the run folder's report.json.")
+              help="As for convert. Each of --scale/--mean/--std/--resize replaces its own field only; the "
+                   "others come from the bundle's manifest or the run folder's report.json (else the defaults).")
 @click.option("--mean", default=None, metavar="R,G,B")
 @click.option("--std", default=None, metavar="R,G,B")
 @click.option("--resize", type=click.Choice(["crop", "stretch"]), default=None)
+@click.option("--shape", default=None, metavar="N,H,W,C", help="Input shape for models with dynamic H, W or C, "
+              "as N,H,W,C whatever the model's layout (N is not used).")
 @target_option
 @remote_options
 @click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
@@ -183,21 +198,23 @@ def bench(models, threads, runs, min_time, warmup, delegate, target, data, shape
                    "sent. --threads is per task.")
 @json_option
 def validate(model, data, reference, threads, delegate, val_size, seed, on_bad_image, scale, mean, std, resize,
-             target, remote, ray_address, as_json):
+             shape, target, remote, ray_address, as_json):
     """Accuracy of one .tflite/.onnx MODEL on labelled --data, on this device (or on Ray: --ray).
 
-    Preprocessing comes from the options, else from the manifest of the app
-    bundle or the report.json of the run folder the model sits in.  MODEL
-    may be a bundle folder (its TFLite model is validated); a bundle is
-    checked against its manifest first and refused (exit 9) if any file
-    changed.  With --reference, also compares outputs.
+    Preprocessing comes from the manifest of the app bundle or the report.json
+    of the run folder the model sits in; each of --scale/--mean/--std/--resize
+    given replaces its own field.  A --reference from another run gets its own
+    recorded preprocessing.  MODEL may be a bundle folder (its TFLite model is
+    validated); a bundle is checked against its manifest first and refused
+    (exit 9) if any file changed.  With --reference, also compares outputs.
     """
     from edgeres.core.data import Preprocess
     from edgeres.devices.targets import resolve_target
-    from edgeres.measure.validate import recorded_preprocess, run_report, run_validate
+    from edgeres.measure.bench import parse_shape
+    from edgeres.measure.validate import effective_preprocess, reference_preprocess, run_report, run_validate
 
-    explicit = any(v is not None for v in (scale, mean, std, resize))
-    pre = Preprocess.parse(scale if scale is not None else 1.0, mean, std, resize or "crop") if explicit else None
+    given = Preprocess.given(scale, mean, std, resize)
+    dims = parse_shape(shape)
     remotes = devices(remote, resolve_target(target) if target else None)
     if remotes and ray_address is not None:
         raise UsageError("give --ray or --remote (or a --target with an ssh_host), not both: --ray runs on a Ray "
@@ -206,20 +223,28 @@ def validate(model, data, reference, threads, delegate, val_size, seed, on_bad_i
         from edgeres.bundle.manifest import resolve
 
         (bundled, *_), m = resolve(model)  # checked here; the device gets the model and its preprocessing
-        if m is not None:
-            model, pre = str(bundled), pre or recorded_preprocess(str(bundled))
+        pre = None
+        if m is not None or given:  # the manifest is not sent, and partial options need the record: merge here
+            model = str(bundled)
+            pre = effective_preprocess(model, given)[0]
+        if reference:
+            resolve(reference)
+            here = pre or effective_preprocess(model, given)[0]
+            if reference_preprocess(reference, given, here) != here:
+                raise UsageError(f"{Path(model).name} and --reference {Path(reference).name} recorded different "
+                                 "preprocessing, and the device gets one: validate each with --remote on its own")
         files, names = ship([model, data, reference])
-        if pre is None and run_report(model).is_file():  # the device reads the preprocessing from it, as here
+        if run_report(model).is_file():  # the device reads the host activation (and preprocessing) from it
             files["report.json"] = run_report(model)
         argv = ["validate", names[0], "--data", names[1], "--threads", str(threads), "--seed", str(seed),
                 "--on-bad-image", on_bad_image, *preprocess_args(pre)]
         argv += (["--reference", names[2]] if reference else []) + (["--delegate", delegate] if delegate else [])
-        argv += ["--val-size", str(val_size)] if val_size else []
+        argv += (["--val-size", str(val_size)] if val_size else []) + (["--shape", shape] if shape else [])
         results = run_on_devices(remotes, argv, files)
         local = None
         if remote["compare_local"]:
-            local = run_validate(model, data, reference=reference, preprocess=pre, threads=threads,
-                                 delegate=delegate, val_size=val_size, seed=seed, on_error=on_bad_image)
+            local = run_validate(model, data, reference=reference, preprocess=given, threads=threads,
+                                 delegate=delegate, val_size=val_size, seed=seed, on_error=on_bad_image, shape=dims)
         print_validate(results, local, as_json)
         finish(results)
         return
@@ -229,9 +254,9 @@ def validate(model, data, reference, threads, delegate, val_size, seed, on_bad_i
 
         executor = RayExecutor(ray_address)
     with executor or contextlib.nullcontext(), progress(sys.stderr.isatty() and not as_json)("validating", 0) as bar:
-        result = run_validate(model, data, reference=reference, preprocess=pre, threads=threads, delegate=delegate,
-                              val_size=val_size, seed=seed, on_error=on_bad_image, progress=bar.update,
-                              executor=executor)
+        result = run_validate(model, data, reference=reference, preprocess=given, threads=threads,
+                              delegate=delegate, val_size=val_size, seed=seed, on_error=on_bad_image,
+                              progress=bar.update, executor=executor, shape=dims)
     if as_json:
         echo_json(result)
         return
@@ -239,14 +264,16 @@ def validate(model, data, reference, threads, delegate, val_size, seed, on_bad_i
             ("sqnr_db", "SQNR dB", ".1f"), ("max_abs_diff", "max abs diff", ".4g"), ("top1_drop", "drop pp", "+.2f")]
     if "bundle" in result:
         click.echo(f"bundle {model}: {result['bundle']['files']} files intact")
+    batch = f", fixed batch of {result['batch']}" if result.get("batch") else ""
     click.echo(f"{Path(result['model']).name}: {result['count']} images from {result['data']['source']} "
-               f"({result['runtime']} {result['runtime_version']}, {result['threads']} threads; preprocessing from "
-               f"{result['preprocess']['from']})")
+               f"({result['runtime']} {result['runtime_version']}, {result['threads']} threads{batch}; "
+               f"preprocessing from {result['preprocess']['from']})")
     for key, label, spec in keys:
         if result.get(key) is not None:
             click.echo(f"  {label:<14} {result[key]:{spec}}")
     if "reference" in result and result["reference"].get("top1") is not None:
-        click.echo(f"  reference      {Path(reference).name}: top-1 {result['reference']['top1']:.2f}%")
+        own = " (its own recorded preprocessing)" if "preprocess" in result["reference"] else ""
+        click.echo(f"  reference      {Path(reference).name}: top-1 {result['reference']['top1']:.2f}%{own}")
     if "executor" in result:
         ex = result["executor"]
         where = "a local Ray" if ex["address"] == "local" else f"Ray at {ex['address']}"

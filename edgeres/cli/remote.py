@@ -31,8 +31,13 @@ def remote_options(fn):
 
 def devices(remote: dict, target) -> list:
     """The devices to run on: --remote, else the target's ssh_host; empty means this machine."""
+    from edgeres.core.errors import UsageError
     from edgeres.devices.remote import Remote, parse_hosts
 
+    for value in remote["hosts"]:  # an empty --remote (e.g. an unset shell variable) must not run here instead
+        if not parse_hosts([value]):
+            raise UsageError(f"--remote {value!r} names no host: give user@host or a ~/.ssh/config alias "
+                             "(HOST[,HOST...]), or leave --remote out to run on this machine")
     hosts = parse_hosts(remote["hosts"]) or ([target.ssh_host] if target is not None and target.ssh_host else [])
     python = remote["python"] or (target.ssh_python if target is not None and target.ssh_python else "python3")
     return [Remote(h, python, remote["ssh_config"]) for h in hosts]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ import numpy as np
 from edgeres.core.errors import DataError, ShapeError, UsageError
 
 RESIZE_MODES = ("crop", "stretch")
+FIELDS = ("scale", "mean", "std", "resize")
 # Pixels are 0..255 and travel as float32 (at most 3.4e38): a smaller std or scale, or a larger parameter
 # or transformed pixel, would vanish or overflow.
 MIN_STD, MIN_SCALE, MAX_VALUE = 1e-6, 1e-30, 1e30
@@ -83,6 +85,30 @@ class Preprocess:
             raise UsageError(f"--scale takes a number, got {scale!r}") from None
         return cls(scale=scale, mean=_floats(mean, "--mean", (0.0,)),
                    std=_floats(std, "--std", (1.0,)), resize=resize)
+
+    @staticmethod
+    def given(scale: float | None = None, mean: str | None = None, std: str | None = None,
+              resize: str | None = None) -> dict:
+        """The preprocessing options the user gave (None: not given), parsed: ``{field: value}`` for
+        :meth:`merged`, so one option changes one field and the others keep their recorded values."""
+        out: dict = {}
+        if scale is not None:
+            out["scale"] = Preprocess.parse(scale).scale
+        if mean is not None:
+            out["mean"] = _floats(mean, "--mean", (0.0,))
+        if std is not None:
+            out["std"] = _floats(std, "--std", (1.0,))
+        if resize is not None:
+            out["resize"] = resize
+        return out
+
+    def merged(self, fields: dict) -> Preprocess:
+        """This preprocessing with ``fields`` (from :meth:`given`) replacing its own; the result is checked
+        as a whole (a given --std may not fit a recorded --scale)."""
+        unknown = set(fields) - set(FIELDS)
+        if unknown:
+            raise UsageError(f"unknown preprocessing field(s): {', '.join(sorted(unknown))}")
+        return dataclasses.replace(self, **fields)
 
     @classmethod
     def from_dict(cls, d: dict, source: str | None = None) -> Preprocess:

@@ -7,6 +7,8 @@ place this module may touch TensorFlow, and only when nothing lighter exists).
 A :class:`Runner` takes float32 NHWC input already preprocessed, quantizes it
 when the model has integer I/O, and returns float32 outputs (dequantized), so
 every artifact can be compared with the Keras float32 reference directly.
+A model whose input is NCHW (as PyTorch exports them) gets its batches
+transposed, and one with a fixed batch of N gets them in chunks of exactly N.
 """
 
 from __future__ import annotations
@@ -92,15 +94,57 @@ def _sigmoid(y: np.ndarray) -> np.ndarray:
 HOST_ACTIVATIONS = {"softmax": _softmax, "sigmoid": _sigmoid}
 
 
+def input_layout(dims) -> str:
+    """``"NCHW"`` for a rank-4 input whose dimension 1 holds 1, 3 or 4 channels while its last does not (a
+    PyTorch export, e.g. [1, 3, 224, 224] or [N, 3, H, W]), else ``"NHWC"`` (TFLite's and Keras' order)."""
+    dims = list(dims)
+    if len(dims) == 4 and dims[1] in (1, 3, 4) and dims[3] not in (1, 3, 4):
+        return "NCHW"
+    return "NHWC"
+
+
+def resolve_dims(name: str, dims, shape: tuple[int, ...] | None, layout: str) -> list[int]:
+    """The model's input ``dims`` (its own order, -1 for dynamic) with ``shape`` (N,H,W,C, whatever the model's
+    layout; -1 for "any") filling the dynamic ones.
+
+    A ``shape`` value that contradicts a fixed dimension is a ShapeError: ignoring it would time or measure
+    another input than the one asked for.
+    """
+    dims = [int(d) for d in dims]
+    if shape is None:
+        return dims
+    if len(dims) != 4:
+        raise ShapeError(f"--shape gives N,H,W,C but {name} takes a {len(dims)}-dimensional input "
+                         f"{_dims_text(dims)}")
+    n, h, w, c = shape
+    given, labels = ((n, c, h, w), "NCHW") if layout == "NCHW" else ((n, h, w, c), "NHWC")
+    for d, g, label in zip(dims, given, labels):
+        if g != -1 and d != -1 and d != g:
+            raise ShapeError(f"--shape {','.join('?' if v < 0 else str(v) for v in shape)} (N,H,W,C) conflicts "
+                             f"with {name}'s fixed input {_dims_text(dims)} ({layout}): {label} is {d}, not {g}")
+    return [g if d == -1 and g != -1 else d for d, g in zip(dims, given)]
+
+
+def _dims_text(dims) -> str:
+    return "[" + ",".join("?" if (v is None or v < 0) else str(v) for v in dims) + "]"
+
+
 class Runner:
-    """Common interface of the TFLite and ONNX runners."""
+    """Common interface of the TFLite and ONNX runners.
+
+    Callers speak NHWC (``hwc``, ``predict``, ``timed_invoke``); the runner
+    speaks the model's own layout and batch to the runtime.
+    """
 
     format: str
     path: Path
     runtime: RuntimeInfo
     threads: int
     delegate: str
-    input_shape: tuple[int, ...]  # with batch dimension, -1/None for dynamic
+    input_shape: tuple[int, ...]  # the model's own order, with batch dimension, -1 for a dynamic batch
+    layout: str = "NHWC"  # or "NCHW" (input_layout)
+    #: images per inference when timing: the model's fixed batch, else --shape's N, else 1
+    batch: int = 1
     input_dtype: np.dtype
     output_dtype: np.dtype
     input_quant: tuple[float, int] | None = None
@@ -111,7 +155,36 @@ class Runner:
 
     @property
     def hwc(self) -> tuple[int, int, int]:
+        """The input of one image as H, W, C (what the data is resized to), whatever the model's layout.
+        Running a model needs it, so dynamic H, W or C left unset is an error here (``info`` only reads
+        ``input_shape``, and describes such a model)."""
+        if any(d < 0 for d in self.input_shape[1:]):
+            raise ShapeError(f"{self.path.name} has dynamic input dims {_dims_text(self.input_shape)}; "
+                             "pass --shape N,H,W,C")
+        if self.layout == "NCHW":
+            _, c, h, w = self.input_shape
+            return int(h), int(w), int(c)
         return tuple(int(v) for v in self.input_shape[1:])  # type: ignore[return-value]
+
+    @property
+    def fixed_batch(self) -> int | None:
+        """The batch size the model was exported with, None when its batch is dynamic."""
+        return int(self.input_shape[0]) if self.input_shape[0] > 0 else None
+
+    def _finish_shape(self, dims: list[int], shape: tuple[int, ...] | None) -> None:
+        """Set ``input_shape``, ``layout`` and ``batch`` from the model's ``dims`` and --shape (N,H,W,C)."""
+        self.layout = input_layout(dims)
+        dims = [dims[0], *resolve_dims(self.path.name, dims, shape, self.layout)[1:]]  # a dynamic batch stays so
+        self.input_shape = tuple(dims)
+        self.batch = self.fixed_batch or (shape[0] if shape is not None and shape[0] > 0 else 1)
+
+    def _to_model(self, xq: np.ndarray) -> np.ndarray:
+        """An NHWC batch in the model's layout.  A batch already in it (callers that read the model's own
+        shape) passes unchanged: an NCHW model's last dimension is never its channel count, so the two
+        cannot be confused."""
+        if self.layout == "NCHW" and xq.ndim == 4 and tuple(xq.shape[1:]) == self.hwc:
+            return np.ascontiguousarray(xq.transpose(0, 3, 1, 2))
+        return xq
 
     def quantize_input(self, x: np.ndarray) -> np.ndarray:
         return quantize(x, self.input_quant, self.input_dtype)
@@ -123,27 +196,43 @@ class Runner:
         return (y.astype(np.float32) - zero) * np.float32(scale)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        """Float32 outputs for a float32 batch (any batch size)."""
-        if tuple(x.shape[1:]) != self.hwc:
+        """Float32 outputs for a float32 NHWC batch (any batch size)."""
+        if tuple(x.shape[1:]) not in (self.hwc, tuple(self.input_shape[1:])):
             raise ShapeError(f"{self.path.name} takes input {self._shape_text()}, got "
                              f"{'x'.join(map(str, x.shape[1:]))}")
         y = self.dequantize_output(self._run(self.quantize_input(x)))
         return HOST_ACTIVATIONS[self.host_activation](y) if self.host_activation else y
 
     def _shape_text(self) -> str:
-        return "x".join("?" if (v is None or v < 0) else str(v) for v in self.input_shape[1:])
+        return "x".join("?" if (v is None or v < 0) else str(v) for v in self.hwc)
 
-    def _run(self, xq: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+    def _run(self, xq: np.ndarray) -> np.ndarray:
+        """Raw outputs for a quantized batch of any size.  A model with a fixed batch of N gets chunks of
+        exactly N, the last one padded by repeating its images, and the padding's outputs are dropped (a
+        classifier treats the images of a batch independently, so the padding changes no real output)."""
+        xq = self._to_model(xq)
+        n = self.fixed_batch
+        if n is None or len(xq) == n:
+            return self._invoke(xq)
+        outs = []
+        for i in range(0, len(xq), n):
+            chunk = xq[i:i + n]
+            k = len(chunk)
+            outs.append(self._invoke(chunk[np.arange(n) % k])[:k])
+        return np.concatenate(outs) if outs else self._invoke(xq[:0])
+
+    def _invoke(self, xq: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+        """One inference of the runtime on a batch in the model's layout and batch size."""
         raise NotImplementedError
 
     def timed_invoke(self, xq: np.ndarray) -> Callable[[], None]:
-        """A zero-argument callable that runs one inference on prepared input."""
+        """A zero-argument callable that runs one inference on prepared input (``batch`` images, NHWC)."""
         raise NotImplementedError  # pragma: no cover - abstract
 
     def describe(self) -> dict:
         return {"format": self.format, "path": str(self.path), "runtime": self.runtime.name,
                 "runtime_version": self.runtime.version, "threads": self.threads,
-                "delegate": self.delegate, "input_shape": list(self.input_shape),
+                "delegate": self.delegate, "input_shape": list(self.input_shape), "layout": self.layout,
                 "input_dtype": np.dtype(self.input_dtype).name,
                 "output_dtype": np.dtype(self.output_dtype).name}
 
@@ -151,7 +240,8 @@ class Runner:
 class TFLiteRunner(Runner):
     format = "tflite"
 
-    def __init__(self, path: str | Path, threads: int = 2, delegate: str = "xnnpack"):
+    def __init__(self, path: str | Path, threads: int = 2, delegate: str = "xnnpack",
+                 shape: tuple[int, ...] | None = None):
         if delegate not in TFLITE_DELEGATES:
             raise UsageError(f"unknown TFLite delegate {delegate!r}; choose from {', '.join(TFLITE_DELEGATES)}")
         self.path = Path(path)
@@ -169,40 +259,54 @@ class TFLiteRunner(Runner):
         t0 = time.perf_counter()
         try:
             self.interp = mod.Interpreter(**kwargs)
-            self.interp.allocate_tensors()
+            inp = self.interp.get_input_details()
+            out = self.interp.get_output_details()
         except (ValueError, RuntimeError) as exc:
             raise ModelError(f"{self.path} is not a loadable TFLite model: {first_line(exc)}") from None
-        self.load_seconds = time.perf_counter() - t0
-        inp = self.interp.get_input_details()
-        out = self.interp.get_output_details()
         if len(inp) != 1:
             raise ShapeError(f"{self.path.name} has {len(inp)} inputs; edgeres handles single-input image models")
         self._in, self._out = inp[0], out[0]
-        sig = self._in.get("shape_signature", self._in["shape"])
-        self.input_shape = tuple(int(v) for v in sig)
+        sig = [int(v) for v in self._in.get("shape_signature", self._in["shape"])]
+        self._finish_shape(sig, shape)
+        try:  # dynamic dims set by --shape are sized before the first allocation (at 1x1 a 3x3 conv fails)
+            if all(d > 0 for d in self.input_shape[1:]) and list(self.input_shape[1:]) != list(sig[1:]):
+                self.interp.resize_tensor_input(self._in["index"], [max(sig[0], 1), *self.input_shape[1:]])
+            self.interp.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:
+            if any(d < 0 for d in self.input_shape[1:]):
+                raise ShapeError(f"{self.path.name} has dynamic input dims {_dims_text(self.input_shape)}; "
+                                 "pass --shape N,H,W,C") from None
+            raise ModelError(f"{self.path} is not a loadable TFLite model: {first_line(exc)}") from None
+        self.load_seconds = time.perf_counter() - t0
+        self._in = self.interp.get_input_details()[0]
         self.input_dtype = np.dtype(self._in["dtype"])
         self.output_dtype = np.dtype(self._out["dtype"])
         self.input_quant = _quant(self._in)
         self.output_quant = _quant(self._out)
-        self._batch = int(self._in["shape"][0])
+        self._allocated = tuple(int(v) for v in self._in["shape"])
 
     def _resize(self, batch: int) -> None:
-        if batch != self._batch:
-            if self.input_shape[0] not in (-1, batch):
-                raise ShapeError(f"{self.path.name} has a fixed batch of {self.input_shape[0]}")
-            self.interp.resize_tensor_input(self._in["index"], [batch, *self.hwc])
-            self.interp.allocate_tensors()
-            self._batch = batch
+        """Allocate for ``batch`` images (only a dynamic batch changes; _run keeps a fixed one whole)."""
+        want = (batch, *self.input_shape[1:])
+        if want != self._allocated:
+            if self.fixed_batch not in (None, batch):
+                raise ShapeError(f"{self.path.name} has a fixed batch of {self.fixed_batch}, not {batch}")
+            try:
+                self.interp.resize_tensor_input(self._in["index"], list(want))
+                self.interp.allocate_tensors()
+            except (ValueError, RuntimeError) as exc:
+                raise ShapeError(f"{self.path.name} cannot take input {_dims_text(want)}: {first_line(exc)}") \
+                    from None
+            self._allocated = want
 
-    def _run(self, xq: np.ndarray) -> np.ndarray:
-        if self.input_shape[0] != -1 and len(xq) != self._batch:
-            return np.concatenate([self._run(xq[i:i + 1]) for i in range(len(xq))])
+    def _invoke(self, xq: np.ndarray) -> np.ndarray:
         self._resize(len(xq))
         self.interp.set_tensor(self._in["index"], xq)
         self.interp.invoke()
         return self.interp.get_tensor(self._out["index"]).copy()
 
     def timed_invoke(self, xq: np.ndarray) -> Callable[[], None]:
+        xq = self._to_model(xq)
         self._resize(len(xq))
         self.interp.set_tensor(self._in["index"], xq)
         return self.interp.invoke
@@ -337,22 +441,16 @@ class OnnxRunner(Runner):
             raise ShapeError(f"{self.path.name} has {len(inputs)} inputs; edgeres handles single-input image models")
         self._in = inputs[0]
         self._out_name = self.sess.get_outputs()[0].name
-        dims = [d if isinstance(d, int) else -1 for d in self._in.shape]
-        if shape is not None:
-            if len(shape) != len(dims):
-                raise ShapeError(f"--shape has {len(shape)} dims but {self.path.name} input has {len(dims)}")
-            dims = [int(s) if d == -1 else d for d, s in zip(dims, shape)]
-        if any(d == -1 for d in dims[1:]):
-            raise ShapeError(f"{self.path.name} has dynamic input dims {self._in.shape}; pass --shape N,H,W,C")
-        self.input_shape = tuple(dims)
+        dims = [d if isinstance(d, int) and d > 0 else -1 for d in self._in.shape]
+        self._finish_shape(dims, shape)
         self.input_dtype = np.dtype(_ORT_TYPES.get(self._in.type, np.float32))
         self.output_dtype = np.dtype(_ORT_TYPES.get(self.sess.get_outputs()[0].type, np.float32))
 
-    def _run(self, xq: np.ndarray) -> np.ndarray:
+    def _invoke(self, xq: np.ndarray) -> np.ndarray:
         return self.sess.run([self._out_name], {self._in.name: xq})[0]
 
     def timed_invoke(self, xq: np.ndarray) -> Callable[[], None]:
-        run, out, feed = self.sess.run, [self._out_name], {self._in.name: xq}
+        run, out, feed = self.sess.run, [self._out_name], {self._in.name: self._to_model(xq)}
         return lambda: run(out, feed)
 
 
@@ -362,14 +460,15 @@ _ORT_TYPES = {"tensor(float)": np.float32, "tensor(uint8)": np.uint8, "tensor(in
 
 def open_runner(path: str | Path, threads: int = 2, delegate: str | None = None,
                 shape: tuple[int, ...] | None = None) -> Runner:
-    """Open a ``.tflite`` or ``.onnx`` file with the right runtime."""
+    """Open a ``.tflite`` or ``.onnx`` file with the right runtime.  ``shape`` (N,H,W,C in any model layout,
+    -1 for "any") fills the model's dynamic input dims and must agree with its fixed ones."""
     p = Path(path)
     check_threads(threads, "thread count")
     if not p.is_file():
         raise ModelError(f"model file {p} does not exist")
     suffix = p.suffix.lower()
     if suffix == ".tflite":
-        return TFLiteRunner(p, threads, delegate or "xnnpack")
+        return TFLiteRunner(p, threads, delegate or "xnnpack", shape)
     if suffix == ".onnx":
         providers = None if delegate in (None, "xnnpack", "cpu") else tuple(delegate.split(","))
         return OnnxRunner(p, threads, providers, shape)

@@ -53,7 +53,12 @@ def parse_threads(text: str) -> tuple[int, ...]:
     return tuple(check_threads(v, "--threads") for v in values)
 
 
+MAX_BENCH_BATCH = 1024  # images per timed inference: far above an edge model's batch
+
+
 def parse_shape(text: str | None) -> tuple[int, ...] | None:
+    """--shape as N,H,W,C (also NxHxWxC), whatever the models' own layout: the runner maps it onto NCHW
+    models and refuses values that contradict a fixed dimension."""
     if text is None:
         return None
     try:
@@ -62,17 +67,21 @@ def parse_shape(text: str | None) -> tuple[int, ...] | None:
         raise UsageError(f"--shape takes N,H,W,C, got {text!r}") from None
     if any(d < 1 for d in dims):
         raise UsageError(f"--shape dims must be positive, got {text!r}")
-    if len(dims) != 4 or dims[0] != 1 or max(dims[1:3]) > MAX_INPUT_SIZE or dims[3] > MAX_CHANNELS:
-        raise UsageError(f"--shape takes 1,H,W,C (batch 1, H and W at most {MAX_INPUT_SIZE}, C at most "
-                         f"{MAX_CHANNELS}), got {text!r}")
+    if len(dims) != 4 or dims[0] > MAX_BENCH_BATCH or max(dims[1:3]) > MAX_INPUT_SIZE or dims[3] > MAX_CHANNELS:
+        raise UsageError(f"--shape takes N,H,W,C (N at most {MAX_BENCH_BATCH}, H and W at most {MAX_INPUT_SIZE}, "
+                         f"C at most {MAX_CHANNELS}), got {text!r}")
     return dims
 
 
 def make_input(runner: Runner, cfg: BenchConfig) -> np.ndarray:
-    """One batch-1 input in the model's own dtype: a real image or random data."""
+    """One input of ``runner.batch`` images (1 unless the model has a fixed batch or --shape gives N), NHWC, in
+    the model's own dtype: real images (the sample repeated to fill the batch) or random data."""
+    batch = runner.batch
     if cfg.data:
-        ds = open_dataset(cfg.data, "benchmark").sample(1, cfg.seed)
-        x = next(ds.batches(runner.hwc, 1, _preprocess(str(runner.path), cfg), "warn"))[0]
+        ds = open_dataset(cfg.data, "benchmark")
+        ds = ds.sample(min(batch, len(ds)), cfg.seed)
+        x = next(ds.batches(runner.hwc, batch, _preprocess(str(runner.path), cfg), "warn"))[0]
+        x = x[np.arange(batch) % len(x)]
         if np.issubdtype(runner.input_dtype, np.integer) and runner.input_quant is None:
             if not np.allclose(x, np.round(x)) or x.min() < np.iinfo(runner.input_dtype).min or \
                     x.max() > np.iinfo(runner.input_dtype).max:
@@ -80,7 +89,7 @@ def make_input(runner: Runner, cfg: BenchConfig) -> np.ndarray:
                                  f"parameters, but --data gives values outside it after preprocessing")
         return runner.quantize_input(x)
     rng = np.random.default_rng(cfg.seed)
-    shape = (1, *runner.hwc)
+    shape = (batch, *runner.hwc)
     if np.issubdtype(runner.input_dtype, np.integer):
         info = np.iinfo(runner.input_dtype)
         return rng.integers(info.min, info.max, size=shape, endpoint=True).astype(runner.input_dtype)
@@ -122,19 +131,23 @@ def bench_one(path: str, threads: int, cfg: BenchConfig) -> dict:
         "delegate": runner.delegate,
         "runtime": runner.runtime.name,
         "runtime_version": runner.runtime.version,
-        "input_shape": [1, *runner.hwc],
+        "input_shape": [runner.batch, *runner.input_shape[1:]],
+        "layout": runner.layout,
+        "batch": runner.batch,
+        "fixed_batch": runner.fixed_batch,
         "input_dtype": runner.input_dtype.name,
         "input": "data" if cfg.data else "random",
         "load_ms": runner.load_seconds * 1000.0,
         "latency_ms": stats.to_dict(),
+        "per_image_p50_ms": stats.p50 / runner.batch,
         "samples_ms": samples,
         "peak_rss_mb": _peak_rss_mb(),
         "warnings": warnings,
     }
     if isinstance(runner, TFLiteRunner):
         result["ops"] = runner.delegate_coverage()
-        result["throughput"] = throughput(runner.macs(), stats.p50, threads, runner.compute_precision(),
-                                          runner.delegate)
+        result["throughput"] = throughput(runner.macs() * runner.batch, stats.p50, threads,
+                                          runner.compute_precision(), runner.delegate)
     else:
         result["ops"] = {"delegate": runner.delegate, "providers": runner.sess.get_providers()}
     return result
@@ -189,9 +202,11 @@ def run_bench(cfg: BenchConfig, progress=None) -> dict:
             results.append(bench_one(path, threads, cfg))
             if progress:
                 progress(1)
+    batches = sorted({r["batch"] for r in results})
     return {"machine": machine_info(), "results": results, "seconds": time.perf_counter() - t0,
             "settings": {"runs": cfg.runs, "warmup": cfg.warmup, "min_time": cfg.min_time,
-                         "batch": 1, "input": "data" if cfg.data else "random",
+                         "batch": batches[0] if len(batches) == 1 else batches,
+                         "input": "data" if cfg.data else "random",
                          "preprocess": cfg.preprocess.to_dict() if cfg.data else None}}
 
 

@@ -14,6 +14,7 @@ def describe_artifact(path: str) -> dict:
         "format": runner.format,
         "size_bytes": Path(path).stat().st_size,
         "input_shape": list(runner.input_shape),
+        "layout": runner.layout,
         "input_dtype": runner.input_dtype.name,
         "output_dtype": runner.output_dtype.name,
         "input_quant": runner.input_quant,

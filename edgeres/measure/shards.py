@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeres.core.data import Dataset, Preprocess, Shard, effective_batch_size, judge_skipped
+from edgeres.core.errors import DataError
 from edgeres.core.executor import Executor
 from edgeres.core.metrics import Tally, default_topk, merge_tallies, tally_batches
 from edgeres.core.quiet import quiet
@@ -28,6 +29,26 @@ from edgeres.core.runtime import Runner, open_runner
 
 SHARDS_PER_WORKER = 4  # a few per worker, so a slow worker or a retried shard does not hold up the end
 MIN_SHARD_BATCHES = 4  # but none smaller than this: each shard loads the models again
+
+
+def feeds(model_fn: Callable, ref_fn: Callable | None, pre: Preprocess, ref_pre: Preprocess | None):
+    """``(stream, model_fn, ref_fn)``: the preprocessing to read the images with, and the two functions to call
+    on each batch.  When the reference takes other preprocessing (another run's), the images are read raw
+    (resized only) and each function applies its own; the resize must agree (the caller checks)."""
+    if ref_fn is None or ref_pre is None or ref_pre == pre:
+        return pre, model_fn, ref_fn
+    return (Preprocess(resize=pre.resize), lambda x: model_fn(_apply(pre, x)),
+            lambda x: ref_fn(_apply(ref_pre, x)))
+
+
+def _apply(pre: Preprocess, raw: np.ndarray) -> np.ndarray:
+    """``pre`` on raw pixels, as :meth:`Dataset.batches` applies it (bit for bit), with the same check."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        x = pre.apply(raw)
+    if not np.isfinite(x).all():
+        raise DataError(f"pixels {float(raw.min()):g}..{float(raw.max()):g} are not finite in float32 after "
+                        "(pixels * scale - mean) / std; check the data and --scale/--mean/--std")
+    return x
 
 
 def shard_bounds(n: int, batch_size: int, workers: int) -> list[tuple[int, int]]:
@@ -52,13 +73,13 @@ class ModelBytes:
     def of(cls, runner: Runner) -> ModelBytes:
         return cls(runner.path.name, runner.path.read_bytes(), runner.host_activation)
 
-    def open(self, folder: Path, threads: int, delegate: str | None) -> Runner:
+    def open(self, folder: Path, threads: int, delegate: str | None, shape: tuple[int, ...] | None = None) -> Runner:
         """A runner on a copy written into ``folder`` (which must outlive it)."""
         folder.mkdir()
         path = folder / self.name
         path.write_bytes(self.content)
         with quiet():
-            runner = open_runner(path, threads=threads, delegate=delegate)
+            runner = open_runner(path, threads=threads, delegate=delegate, shape=shape)
         runner.host_activation = self.host_activation
         return runner
 
@@ -76,6 +97,8 @@ class ShardJob:
     preprocess: Preprocess
     on_error: str
     topk: int
+    ref_preprocess: Preprocess | None = None
+    shape: tuple[int, ...] | None = None
 
 
 @dataclass
@@ -92,11 +115,13 @@ def run_shard(job: ShardJob, shard: Shard) -> ShardResult:
     ds = shard.open("validation")
     skipped: list[str] = []
     with tempfile.TemporaryDirectory(prefix="edgeres-shard-") as tmp:
-        runner = job.model.open(Path(tmp) / "model", job.threads, job.delegate)
-        ref = job.reference.open(Path(tmp) / "reference", job.threads, None) if job.reference else None
+        runner = job.model.open(Path(tmp) / "model", job.threads, job.delegate, job.shape)
+        ref = job.reference.open(Path(tmp) / "reference", job.threads, None, job.shape) if job.reference else None
+        stream, model_fn, ref_fn = feeds(runner.predict, ref.predict if ref is not None else None, job.preprocess,
+                                         job.ref_preprocess)
         ref_tally, tallies = tally_batches(
-            ds.batches(job.hwc, job.batch_size, job.preprocess, job.on_error, skipped=skipped),
-            {"model": runner.predict}, reference=ref.predict if ref is not None else None, topk=job.topk)
+            ds.batches(job.hwc, job.batch_size, stream, job.on_error, skipped=skipped),
+            {"model": model_fn}, reference=ref_fn, topk=job.topk)
         del runner, ref  # before their files go
     return ShardResult(tallies["model"], ref_tally, skipped)
 
@@ -109,7 +134,8 @@ def output_width(runner: Runner) -> int:
 
 def tally_shards(executor: Executor, ds: Dataset, runner: Runner, ref_runner: Runner | None, *, threads: int,
                  delegate: str | None, batch_size: int, preprocess: Preprocess, on_error: str,
-                 progress: Callable[[int], None] | None = None) -> tuple[Tally, Tally, int]:
+                 progress: Callable[[int], None] | None = None, ref_preprocess: Preprocess | None = None,
+                 shape: tuple[int, ...] | None = None) -> tuple[Tally, Tally, int]:
     """Tally ``ds`` with ``runner`` (and ``ref_runner``) in shards on ``executor``: the reference's tally, the
     model's, and the number of shards; the same figures as :func:`tally_batches` over ``ds.batches``.
 
@@ -121,7 +147,8 @@ def tally_shards(executor: Executor, ds: Dataset, runner: Runner, ref_runner: Ru
     ds.check_classes(width, "validation")
     batch_size = effective_batch_size(runner.hwc, batch_size)
     job = ShardJob(ModelBytes.of(runner), ModelBytes.of(ref_runner) if ref_runner is not None else None,
-                   threads, delegate, runner.hwc, batch_size, preprocess, on_error, default_topk(width))
+                   threads, delegate, runner.hwc, batch_size, preprocess, on_error, default_topk(width),
+                   ref_preprocess, shape)
     shards = [ds.shard(a, b) for a, b in shard_bounds(len(ds), batch_size, executor.workers)]
     results = executor.map(run_shard, shards, shared=job,
                            progress=(lambda i, r: progress(r.tally.n)) if progress else None)

@@ -6,17 +6,21 @@ LIGHT layer: runs on the device with numpy, Pillow and one runtime.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 from edgeres.bundle import manifest
 from edgeres.core.data import Preprocess, open_dataset
-from edgeres.core.errors import DataError, ShapeError, first_line
+from edgeres.core.errors import DataError, ShapeError, UsageError, first_line
 from edgeres.core.executor import Executor
 from edgeres.core.machine import machine_info
 from edgeres.core.metrics import tally_batches
+from edgeres.core.preprocess import FIELDS
 from edgeres.core.quiet import quiet
 from edgeres.core.runtime import HOST_ACTIVATIONS, open_runner
-from edgeres.measure.shards import tally_shards
+from edgeres.measure.shards import feeds, tally_shards
+
+log = logging.getLogger(__name__)
 
 
 def run_report(model: str) -> Path:
@@ -46,7 +50,7 @@ def recorded_preprocess(model: str) -> Preprocess | None:
     if not report.is_file():
         return None
     where = f"report.json in {report.parent}"
-    hint = "; pass --scale/--mean/--std to set the preprocessing yourself"
+    hint = "; pass --scale, --mean, --std and --resize to set the preprocessing yourself"
     d = _read_report(report, hint)
     if not isinstance(d, dict) or not isinstance(d.get("preprocess"), dict):
         raise DataError(f"{where} has no 'preprocess' table{hint}")
@@ -54,6 +58,44 @@ def recorded_preprocess(model: str) -> Preprocess | None:
         return Preprocess.from_dict(d["preprocess"], source=where)
     except DataError as exc:
         raise DataError(f"{exc}{hint}") from None
+
+
+def effective_preprocess(model: str, given: Preprocess | dict | None) -> tuple[Preprocess, dict[str, str]]:
+    """What ``model`` is fed, and where each field came from (``given``, ``manifest.json``, ``report.json`` or
+    ``default``).
+
+    ``given`` is a whole Preprocess (it replaces any record) or the options the
+    user gave (:meth:`Preprocess.given`): each replaces its own field only, the
+    others keep the recorded values, so ``--resize stretch`` alone does not
+    reset a recorded ``--scale`` to 1.  A record that cannot be read still gets
+    its error, unless every field was given; when only some were, it is a
+    warning and the others are the defaults.
+    """
+    if isinstance(given, Preprocess):
+        return given, dict.fromkeys(FIELDS, "given")
+    fields = dict(given or {})
+    recorded, base = None, "default"
+    if set(fields) != set(FIELDS):
+        try:
+            recorded = recorded_preprocess(model)
+        except DataError as exc:
+            if not fields:
+                raise
+            log.warning("%s; using the default %s", exc, ", ".join(f for f in FIELDS if f not in fields))
+        if recorded is not None:
+            base = "manifest.json" if manifest.bundle_of(model) is not None else "report.json"
+    pre = (recorded or Preprocess()).merged(fields)
+    return pre, {f: "given" if f in fields else base for f in FIELDS}
+
+
+def sources_text(sources: dict[str, str]) -> str:
+    """``report.json``, or ``given (std); report.json (scale, mean, resize)`` when the fields' sources differ."""
+    by: dict[str, list[str]] = {}
+    for field, source in sources.items():
+        by.setdefault(source, []).append(field)
+    if len(by) == 1:
+        return next(iter(by))
+    return "; ".join(f"{source} ({', '.join(fields)})" for source, fields in by.items())
 
 
 def recorded_host_activation(model: str) -> str | None:
@@ -74,29 +116,48 @@ def recorded_host_activation(model: str) -> str | None:
     return None
 
 
-def run_validate(model: str, data: str, *, reference: str | None = None, preprocess: Preprocess | None = None,
-                 threads: int = 2, delegate: str | None = None, val_size: int | None = None, seed: int = 0,
-                 batch_size: int = 32, on_error: str = "warn", progress=None,
-                 executor: Executor | None = None) -> dict:
+def has_record(model: str) -> bool:
+    """Whether ``model`` sits in an app bundle or a run folder that records its preprocessing."""
+    return manifest.bundle_of(model) is not None or run_report(model).is_file()
+
+
+def reference_preprocess(reference: str, given: Preprocess | dict | None, pre: Preprocess) -> Preprocess:
+    """What ``reference`` is fed: its own recorded preprocessing (with the options given on top, as for the
+    model) when it has a record, else the model's ``pre``.  Feeding a reference from another run the model's
+    preprocessing would compare it on inputs it was never meant to see."""
+    if isinstance(given, Preprocess) or not has_record(reference):
+        return pre
+    return effective_preprocess(reference, given)[0]
+
+
+def run_validate(model: str, data: str, *, reference: str | None = None,
+                 preprocess: Preprocess | dict | None = None, threads: int = 2, delegate: str | None = None,
+                 val_size: int | None = None, seed: int = 0, batch_size: int = 32, on_error: str = "warn",
+                 progress=None, executor: Executor | None = None, shape: tuple[int, ...] | None = None) -> dict:
     """Accuracy of ``model`` on ``data`` (and its fidelity to ``reference``): the dict ``edgeres validate``
     prints.
 
-    With an ``executor`` of more than one worker, the images are tallied in
-    shards on it (:mod:`edgeres.measure.shards`): the same figures, and an
-    ``executor`` entry describing what ran them.  ``progress(n)`` is called
-    as ``n`` more images are done.
+    ``preprocess`` is a whole Preprocess, or the fields the user gave (a dict,
+    :func:`effective_preprocess`), or None for the recorded one.  ``shape``
+    (N,H,W,C; N unused) fills a model's dynamic input dims.  With an
+    ``executor`` of more than one worker, the images are tallied in shards on
+    it (:mod:`edgeres.measure.shards`): the same figures, and an ``executor``
+    entry describing what ran them.  ``progress(n)`` is called as ``n`` more
+    images are done.
     """
     (model, *_), bundle = manifest.resolve(model)  # a bundle: every hash checks before anything runs
     if reference:
         manifest.resolve(reference)
-    source = "given"
-    if preprocess is None:
-        preprocess = recorded_preprocess(model)
-        source = ("manifest.json" if bundle else "report.json") if preprocess is not None else "default"
-        preprocess = preprocess or Preprocess()
+    pre, sources = effective_preprocess(str(model), preprocess)
+    ref_pre = reference_preprocess(str(reference), preprocess, pre) if reference else None
+    if ref_pre is not None and ref_pre.resize != pre.resize:
+        raise UsageError(f"{Path(model).name} and --reference {Path(reference).name} recorded different "
+                         f"preprocessing (resize {pre.resize} vs {ref_pre.resize}), and one pass over the images "
+                         "resizes them one way: validate each on its own, or give --resize for both")
+    shape = None if shape is None else (-1, *shape[1:])  # validation feeds its own batches
     with quiet():
-        runner = open_runner(model, threads=threads, delegate=delegate)
-        ref_runner = open_runner(reference, threads=threads) if reference else None
+        runner = open_runner(model, threads=threads, delegate=delegate, shape=shape)
+        ref_runner = open_runner(reference, threads=threads, shape=shape) if reference else None
     runner.host_activation = recorded_host_activation(str(model))
     if ref_runner is not None:
         ref_runner.host_activation = recorded_host_activation(str(reference))
@@ -111,22 +172,26 @@ def run_validate(model: str, data: str, *, reference: str | None = None, preproc
     shards = 1
     if executor is not None and executor.workers > 1:
         ref_tally, tally, shards = tally_shards(executor, ds, runner, ref_runner, threads=threads, delegate=delegate,
-                                                batch_size=batch_size, preprocess=preprocess, on_error=on_error,
-                                                progress=progress)
+                                                batch_size=batch_size, preprocess=pre, ref_preprocess=ref_pre,
+                                                on_error=on_error, progress=progress, shape=shape)
     else:
-        ref_fn = ref_runner.predict if ref_runner is not None else None
-        ref_tally, tallies = tally_batches(ds.batches(runner.hwc, batch_size, preprocess, on_error),
-                                           {"model": runner.predict}, reference=ref_fn,
+        stream, model_fn, ref_fn = feeds(runner.predict, ref_runner.predict if ref_runner else None, pre, ref_pre)
+        ref_tally, tallies = tally_batches(ds.batches(runner.hwc, batch_size, stream, on_error),
+                                           {"model": model_fn}, reference=ref_fn,
                                            first_output=lambda n: ds.check_classes(n, "validation"),
                                            progress=progress)
         tally = tallies["model"]
     result = {"model": str(model), **({"bundle": {"verified": True, "files": len(bundle["files"])}} if bundle else {}),
               **runner.describe(), "machine": machine_info(), "data": ds.describe(),
-              "preprocess": {**preprocess.to_dict(), "from": source}, **tally.result()}
+              "preprocess": {**pre.to_dict(), "from": sources_text(sources), "sources": sources}, **tally.result()}
+    if runner.fixed_batch and runner.fixed_batch > 1:
+        result["batch"] = runner.fixed_batch
     if runner.host_activation:
         result["host_activation"] = runner.host_activation
     if ref_runner is not None:
         result["reference"] = {"model": str(reference), **ref_tally.result()}
+        if ref_pre != pre:
+            result["reference"]["preprocess"] = ref_pre.to_dict()
         if "top1" in result and "top1" in result["reference"]:
             result["top1_drop"] = result["reference"]["top1"] - result["top1"]
     if executor is not None:
