@@ -114,17 +114,13 @@ def convert(model, calib, data, int8, output_dir, force, target, io_dtype, calib
         raise UsageError("--bundle packages the int8 models: add --int8")
     if (fold or labels is not None) and bundle_dir is None:
         raise UsageError("--fold-preprocessing and --labels shape the app bundle: add --bundle DIR")
-    if bundle_dir is not None:
-        from edgeres.core.fs import check_output_dir
-
-        check_output_dir(bundle_dir, force)  # before the conversion, not after it
     cfg = ConvertConfig(
         model=model, calib=calib, data=data, output_dir=output_dir, target=resolve_target(target),
         preprocess=preprocess, int8=int8, io_dtype=io_dtype, input_size=input_size, num_classes=num_classes,
         weights=weights, calib_size=calib_size, val_size=val_size, seed=seed, threads=threads, jobs=jobs, runs=runs,
         warmup=warmup, max_drop=max_drop, force=force, on_error=on_bad_image, default_note=note,
         recipe=the_recipe, metric=metric, select_fraction=select_fraction,
-        adaptive=recipe is None and max_drop is None)
+        adaptive=recipe is None and max_drop is None, bundle_dir=bundle_dir, labels=labels)
     executor = None
     if ray_address is not None:
         if jobs is not None and jobs > 1:

@@ -117,6 +117,8 @@ def _notes(cfg, settings: Settings, inputs, artifacts) -> list[str]:
     if inputs.val_ds is not None and len(inputs.calib) < len(inputs.calib_ds):
         notes.append(f"calibration used {len(inputs.calib)} of {len(inputs.calib_ds)} images (the rest were "
                      "unreadable)")
+    if getattr(inputs, "adaptive_skipped", None):
+        notes.append(inputs.adaptive_skipped)
     for a in artifacts:
         notes.extend(_adaptive_note(a))
         k = a.details.get("kernels") or {}
@@ -153,6 +155,10 @@ def _adaptive_note(a) -> list[str]:
     chosen, stock = rows.get(ad["chosen"], {}), rows.get("stock", {})
     against = (f"; stock: {stock['agreement']:.2f}%, {stock['sqnr_db']:.1f} dB" if stock and stock is not chosen
                else "")
+    if ad.get("all_collapsed"):  # no conversion error: the model is written, and the validation fails it
+        return [f"{a.name}: every configuration the adaptive default built collapsed on {ad['holdout_images']} "
+                f"held-out calibration images (one class for nearly every image); it kept '{ad['chosen']}' "
+                f"(agreement {chosen.get('agreement', 0):.2f}% with float32): 'edgeres diagnose' names the layers"]
     return [f"{a.name}: the adaptive default chose '{ad['chosen']}' of {len(ad['candidates'])} configurations on "
             f"{ad['holdout_images']} held-out calibration images (agreement {chosen.get('agreement', 0):.2f}%, "
             f"SQNR {chosen.get('sqnr_db', 0):.1f} dB{against}); --recipe NAME builds one configuration"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 import re
 import time
@@ -23,7 +24,7 @@ from edgeres.bundle import app_readme, manifest
 from edgeres.bundle.fold import Fold, fold_preprocessing, ramp_images
 from edgeres.bundle.tflite_metadata import ClassifierInfo, metadata_buffer, populate, read_metadata
 from edgeres.core.errors import BundleError, DataError, ModelError, ShapeError, UsageError, first_line
-from edgeres.core.fs import staged_dir, to_json
+from edgeres.core.fs import check_output_dir, staged_dir, to_json
 from edgeres.core.preprocess import Preprocess
 from edgeres.core.quiet import quiet
 from edgeres.core.runtime import open_runner
@@ -80,35 +81,75 @@ def _artifact(run: Path, report: dict, name: str, required: bool) -> tuple[dict,
 
 
 def _labels(cfg: BundleConfig, report: dict, outputs: int) -> tuple[list[str], str]:
-    if cfg.labels is not None:
+    names, source = labels_from(cfg.labels, {role: (report.get(role) or {}).get("classes")
+                                             for role in ("validation", "calibration")})
+    check_labels(names, source, outputs)
+    return names, source
+
+
+def labels_from(labels: Path | None, classes: dict[str, object], prefix: str = "") -> tuple[list[str], str]:
+    """The bundle's class names and where they come from: ``--labels``, else the first of ``classes`` (role ->
+    a data set's described ``classes``, in order of preference) that names them.  Needs no model, so that
+    ``convert --bundle`` refuses unusable labels before converting (its error then starts with ``prefix``)."""
+    if labels is not None:
         try:
-            if cfg.labels.stat().st_size > MAX_LABEL_BYTES:
-                raise UsageError(f"--labels {cfg.labels} is over {MAX_LABEL_BYTES >> 20} MiB")
-            text = cfg.labels.read_text(encoding="utf-8-sig")
+            if labels.stat().st_size > MAX_LABEL_BYTES:
+                raise UsageError(f"--labels {labels} is over {MAX_LABEL_BYTES >> 20} MiB")
+            text = labels.read_text(encoding="utf-8-sig")
         except (OSError, UnicodeDecodeError) as exc:
-            raise UsageError(f"--labels {cfg.labels} cannot be read: {first_line(exc)}") from None
+            raise UsageError(f"--labels {labels} cannot be read: {first_line(exc)}") from None
         names = text.splitlines()
         while names and not names[-1].strip():
             names.pop()
-        source = f"--labels {cfg.labels}"
+        source = f"--labels {labels}"
         blank = next((i for i, n in enumerate(names, 1) if not n.strip()), None)
         if blank is not None:
-            raise UsageError(f"--labels {cfg.labels} has a blank line {blank}; give one class name per line")
-    else:
-        names, source = None, None
-        for role in ("validation", "calibration"):
-            classes = (report.get(role) or {}).get("classes")
-            if isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes):
-                names, source = list(classes), f"the class names of the run's {role} data"
-                break
-        if names is None:
-            raise UsageError("the run's data carry no class names (a flat folder, or an .npz without "
-                             "'class_names'): pass --labels FILE, one name per line")
+            raise UsageError(f"--labels {labels} has a blank line {blank}; give one class name per line")
+        return names, source
+    for role, found in classes.items():
+        if isinstance(found, list) and found and all(isinstance(c, str) for c in found):
+            return list(found), f"the class names of the run's {role} data"
+    raise UsageError(f"{prefix}the run's data carry no class names (a flat folder, or an .npz without "
+                     "'class_names'): pass --labels FILE, one name per line")
+
+
+def check_labels(names: list[str], source: str, outputs: int) -> None:
     if len(names) != outputs:
         raise ShapeError(f"{source} names {len(names)} classes but the model outputs {outputs}")
     if len(set(names)) != len(names):
         raise UsageError(f"{source} repeats a class name")
-    return names, source
+
+
+def check_bundle_dir(out: Path, run: Path, force: bool, inputs: list) -> None:
+    """Refuse, before ``convert --bundle`` converts anything, a bundle folder that the bundle step would refuse
+    after it (or that would replace the run or an input): each message names ``--bundle``, not ``-o``."""
+    bundle, folder = _real(out), _real(run)
+    if bundle == folder:
+        raise UsageError(f"--bundle {out} is the run folder -o {run}: give the bundle a folder of its own")
+    if folder in bundle.parents:
+        raise UsageError(f"--bundle {out} is inside the run folder -o {run}, which is written as a whole: "
+                         "choose a --bundle outside it")
+    if bundle in folder.parents:
+        raise UsageError(f"--bundle {out} holds the run folder -o {run}, and a bundle folder is replaced as a "
+                         "whole: choose a --bundle that does not hold it")
+    for given in inputs:
+        try:
+            source = _real(given) if given is not None and str(given) and Path(given).exists() else None
+        except (OSError, ValueError):
+            source = None
+        if source is None:
+            continue  # not a path: a zoo name, no such option
+        if source == bundle or bundle in source.parents:
+            raise UsageError(f"--bundle {out} holds this run's input {given}, and a bundle folder is replaced as "
+                             "a whole: choose another --bundle")
+        if source in bundle.parents:
+            raise UsageError(f"--bundle {out} is inside this run's input folder {given}: choose a --bundle "
+                             "outside it")
+    check_output_dir(out, force)
+
+
+def _real(p) -> Path:
+    return Path(os.path.realpath(p))
 
 
 def _safe_name(text: str) -> str:
@@ -193,7 +234,7 @@ def run_bundle(cfg: BundleConfig, log=lambda msg: None) -> dict:
         model, fold = fold_preprocessing(tfl_bytes, pre)
         log(f"folded the preprocessing into the TFLite model ({fold.method})")
     color = _color(c)
-    with staged_dir(cfg.out, cfg.force, inputs=[run]) as stage:
+    with staged_dir(cfg.out, cfg.force, inputs=[run, cfg.labels]) as stage:
         tfl_name = f"{name}_int8.tflite"
         tfl_path, bare = stage / tfl_name, stage / ".without-metadata.tflite"
         # The interpreter maps its file: a file a runner has open is never rewritten, only removed after.

@@ -60,6 +60,9 @@ class ConvertConfig:
     metric: str = "top1"  # what --max-drop budgets: top1 drop, or agreement lost
     select_fraction: float = 0.5  # of --data, used only to choose a configuration with --max-drop
     plan: SearchPlan = field(default_factory=SearchPlan)  # what the --max-drop search may try
+    #: --bundle and --labels: the app bundle written after the run; checked by prepare() before converting
+    bundle_dir: Path | None = None
+    labels: Path | None = None
 
     @property
     def searching(self) -> bool:
@@ -85,6 +88,7 @@ class Inputs:
     holdout: Split | None = None      # adaptive default: unlabelled calibration images it chooses on
     holdout_carved: bool = False      # ... taken out of the calibration sample (the choice is then rebuilt
                                       # from calibration and holdout images together)
+    adaptive_skipped: str | None = None  # why the adaptive default was skipped (a report note), if it was
 
 
 def run_convert(cfg: ConvertConfig, progress: Progress = no_progress, executor=None) -> Report:
@@ -135,12 +139,17 @@ def prepare(cfg: ConvertConfig, stages: Stages, progress: Progress) -> Inputs:
     if val_ds is not None and not val_ds.labelled:
         raise DataError(f"validation data {cfg.data} has no labels: use class subfolders or an .npz with 'y'")
     check_output_dir(cfg.output_dir, cfg.force, inputs=[cfg.model, cfg.calib, cfg.data, cfg.weights])
+    labels = _bundle_labels(cfg, calib_ds, val_ds) if cfg.bundle_dir is not None else None
     with stages("load"), quiet():
         loaded = keras_io.load_model(cfg.model, input_size=cfg.input_size, num_classes=cfg.num_classes,
                                      weights=cfg.weights)
         model_info = keras_io.describe(loaded)
     hwc, n_out = loaded.hwc, loaded.num_outputs
     calib_ds.check_classes(n_out, "calibration")
+    if labels is not None:
+        from edgeres.pipeline.bundle import check_labels
+
+        check_labels(*labels, n_out)
     n_calib = min(cfg.recipe.calib_images(cfg.calib_size), len(calib_ds))
     select_ds = select = None
     if val_ds is not None:
@@ -170,8 +179,23 @@ def prepare(cfg: ConvertConfig, stages: Stages, progress: Progress) -> Inputs:
         with stages("holdout_data"):
             hx = _decode(holdout_ds, hwc, cfg, progress, "held-out calibration images")
             holdout = Split(hx, None, keras_io.predict(loaded.model, hx))
+    skipped = None
+    if cfg.adaptive and cfg.int8 and holdout is None:
+        skipped = _adaptive_skipped(cfg, len(calib_ds), n_calib)
     return Inputs(loaded.model, hwc, n_out, model_info, calib_sample, calib, val_ds, select_ds, select, holdout,
-                  holdout_carved=holdout is not None and carved)
+                  holdout_carved=holdout is not None and carved, adaptive_skipped=skipped)
+
+
+def _bundle_labels(cfg: ConvertConfig, calib_ds: Dataset, val_ds: Dataset | None) -> tuple[list[str], str]:
+    """``--bundle``'s folder and class names, checked as the bundle step would check them after the run: a
+    conflict or a missing name found there would cost the whole conversion (and leave the run folder)."""
+    from edgeres.pipeline.bundle import check_bundle_dir, labels_from
+
+    check_bundle_dir(cfg.bundle_dir, cfg.output_dir, cfg.force,
+                     inputs=[cfg.model, cfg.calib, cfg.data, cfg.weights, cfg.labels])
+    classes = {"validation": val_ds.describe()["classes"] if val_ds is not None else None,
+               "calibration": calib_ds.describe()["classes"]}
+    return labels_from(cfg.labels, classes, prefix="--bundle: ")
 
 
 def _decode(ds: Dataset, hwc, cfg: ConvertConfig, progress: Progress, what: str) -> np.ndarray:
@@ -194,6 +218,21 @@ def _holdout(cfg: ConvertConfig, calib_ds: Dataset, calib_sample: Dataset) -> Da
     if len(calib_sample) >= 3 * MIN_HOLDOUT:
         return calib_sample.sample(len(calib_sample) // 3, cfg.seed + 2)
     return None
+
+
+def _adaptive_skipped(cfg: ConvertConfig, n_set: int, n_calib: int) -> str:
+    """Why the adaptive default did not run, and what it needs: said in the report, not only in the docs, since
+    the recipe built alone is a different model from the one the same command gives with more images."""
+    from edgeres.quant.adaptive import MIN_HOLDOUT
+
+    carve = 3 * MIN_HOLDOUT  # a sample this big gives a third of itself as the holdout (_holdout)
+    asked = cfg.recipe.calib_images(cfg.calib_size)
+    need = carve if asked >= carve else asked + MIN_HOLDOUT
+    also = f", or --calib-size {carve} with these" if asked < carve <= n_set else ""
+    return (f"the adaptive default was skipped and each back end built the recipe '{cfg.recipe.name}' alone: it "
+            f"chooses on at least {MIN_HOLDOUT} calibration images held out from calibration (beyond the sample "
+            f"of {n_calib}, or a third of a sample of {carve} or more), and the {n_set} calibration images give "
+            f"neither; it needs {need} calibration images{also}")
 
 
 MEMORY_SHARE = 0.5  # of the memory available now, for the decoded images (the converters need the rest)

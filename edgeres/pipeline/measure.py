@@ -60,8 +60,7 @@ def validate(cfg, inputs, artifacts: list[ArtifactReport], runners: dict[str, Ru
         # REPORT_LEVEL (95%) intervals on these (the report's) images, from the paired counts (edgeres.quant.confidence)
         a.top1_drop_ci = _rounded(drop_interval(t.lost, t.gained, t.labelled))
         a.agreement_ci = _rounded(agreement_interval(t.disagree, t.compared))
-    ref_collapsed = collapsed(ref_tally.predictions)
-    return ref, {a.name for a in artifacts if (collapsed(tallies[a.name].predictions) and not ref_collapsed)
+    return ref, {a.name for a in artifacts if collapsed(tallies[a.name].predictions, ref_tally.predictions)
                  or a.agreement < COLLAPSE_AGREEMENT}
 
 

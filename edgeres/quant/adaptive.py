@@ -23,7 +23,10 @@ rounded by GPTQ (:mod:`edgeres.quant.rounding`), judged with all of them by the 
 development suite that rounding gains most where the weights limit a model (small ResNet-8s: up to 3.5 dB)
 and little or nothing on deeper ones, so it is a candidate, not a rule.  The stock configuration is always
 a candidate, so the chosen model is never less faithful on the holdout than stock by the rule above.
-Everything tried is recorded.
+Everything tried is recorded.  When every candidate that converted collapsed (one class for nearly every
+image), the most faithful of them by the same rule is kept all the same and ``all_collapsed`` recorded: the
+run's validation then fails it with the diagnosis, as it would the recipe built alone.  Only when none
+converted is it an error.
 """
 
 from __future__ import annotations
@@ -155,7 +158,7 @@ def choose(backend: Backend, base: Recipe, holdout: Split,
                     tally.update(runner.predict(x), ref=ref)
                 s.agrees = tally.predictions == ref_top1
                 s.sqnr_db = tally.result()["sqnr_db"]
-                s.collapsed = collapsed(tally.predictions) and not collapsed(ref_top1)
+                s.collapsed = collapsed(tally.predictions, ref_top1)
             except ConversionError as exc:
                 s.error = str(exc).splitlines()[0]
             s.seconds = time.perf_counter() - t0
@@ -171,11 +174,18 @@ def choose(backend: Backend, base: Recipe, holdout: Split,
         if first is not None and first.candidate.recipe.for_backend(backend.name).weight_rounding == "nearest":
             score(refined(first.candidate))
             winner = _pick(scored, first)
+    all_collapsed = winner is None and any(s.error is None for s in scored)
+    if all_collapsed:
+        # A model to ship all the same: this is no conversion error.  The run's validation reports the collapse
+        # (exit 10, with the diagnosis) as it does for --recipe default; no GPTQ round, as rounding moves no range.
+        winner = _pick(scored, scored[0], with_collapsed=True)
+        log(f"{backend.name} default: every candidate collapsed on the held-out calibration images; keeping "
+            f"'{winner.candidate.name}'")
     if winner is None:
         raise ConversionError(f"{backend.name}: no int8 configuration converted to a working model; the first "
-                              f"error: {next((s.error for s in scored if s.error), 'every one collapsed')}")
+                              f"error: {next(s.error for s in scored if s.error)}")
     summary = {
-        "holdout_images": len(holdout), "chosen": winner.candidate.name,
+        "holdout_images": len(holdout), "chosen": winner.candidate.name, "all_collapsed": all_collapsed,
         "rule": f"among the candidates whose top-1 agreement with float32 is not significantly below the best "
                 f"(exact one-sided McNemar, alpha {TIE_ALPHA}), the recipe if its output SQNR is less than "
                 f"{MIN_GAIN_DB} dB below the highest, else the highest SQNR; on calibration images held out from "
@@ -186,11 +196,11 @@ def choose(backend: Backend, base: Recipe, holdout: Split,
     return winner.data, {**winner.details, "adaptive": summary, "recipe_summary": winner.summary}
 
 
-def _pick(scored: list[Scored], incumbent: Scored) -> Scored | None:
+def _pick(scored: list[Scored], incumbent: Scored, with_collapsed: bool = False) -> Scored | None:
     """The winner by the module's rule, ``incumbent`` kept unless the highest SQNR among those tied on agreement
     beats it by ``MIN_GAIN_DB``: the recipe in the first round, the first round's winner in the second.  Marks
-    each candidate's ties."""
-    valid = [s for s in scored if s.error is None and not s.collapsed]
+    each candidate's ties.  Collapsed candidates count only ``with_collapsed`` (when every one collapsed)."""
+    valid = [s for s in scored if s.error is None and (with_collapsed or not s.collapsed)]
     if not valid:
         return None
     best = max(valid, key=lambda s: (s.agreement, s.sqnr_db))
