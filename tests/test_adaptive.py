@@ -53,6 +53,8 @@ class FakeBackend:
     """Each candidate's outputs on the holdout, by candidate name; None: it fails to convert."""
 
     name, suffix = "tflite", ".tflite"
+    float_layers_allowed = False  # no layers to keep float: the broken-layer step runs on real models
+                                  # (tests/test_unseen_architectures.py)
 
     def __init__(self, outputs: dict):
         self.outputs, self.by_data = outputs, {}

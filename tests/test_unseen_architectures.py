@@ -340,3 +340,49 @@ def test_the_float_chain_runs_from_each_island_to_the_next_matrix_product_or_dat
     assert kept == ["mean", "sub", "sq", "var", "sqrt", "rcp", "scale", "shift", "div", "erf", "one", "gelu"]
     assert float_chain(order, kind, users, islands=[], stops=stops) == []
     assert float_chain(order, kind, users, islands=["mean"], stops=stops, never=["sub"]) == ["mean"]
+
+
+def test_a_broken_layer_is_found_by_its_step_in_error_not_by_a_fixed_list():
+    from edgeres.quant.adaptive import broken_layer
+
+    order = ["a", "b", "c", "d", "e"]
+    healthy = {"a": (40.0, 0), "b": (34.0, 0), "c": (30.0, 0), "d": (27.0, 0), "e": (26.0, 0)}
+    assert broken_layer(healthy, order) is None  # error grows a few dB per layer
+    broken = {**healthy, "c": (3.0, 0), "d": (2.5, 0), "e": (2.0, 0)}  # c breaks; d and e inherit it
+    assert broken_layer(broken, order) == "c"
+    assert broken_layer({**healthy, "a": (1.0, 0)}, order) == "a"  # nothing before it: an absolute floor
+
+
+def test_a_layer_the_converter_breaks_is_kept_float_by_the_adaptive_default(tmp_path):
+    """TFLite quantizes a SELU's EXP over the pre-activations' whole range: at about +-50 its negative branch
+    (between -1 and 0) rounds to nothing, and every range method gives the same broken model (about 25 dB).
+    The adaptive default finds the layer by its step in per-layer error and keeps it float."""
+    import keras
+    from keras import layers
+
+    keras.utils.set_random_seed(0)
+    i = keras.Input((8, 8, 1))
+    h = layers.Conv2D(16, 3, padding="same", activation="relu")(layers.Rescaling(1 / 255)(i))
+    big = layers.Conv2D(16, 3, padding="same", name="big")
+    h = layers.Activation("selu", name="selu")(big(h))
+    c3 = layers.Conv2D(16, 3, padding="same", activation="relu")
+    model = keras.Model(i, layers.Dense(10)(layers.GlobalAveragePooling2D()(c3(h))))
+    _trained(model, 3, tmp_path / "first.keras")
+    w, b = big.get_weights()
+    big.set_weights([w * 8, b * 8])  # pre-activations to about +-50, as an unnormalised layer gives
+    w3, b3 = c3.get_weights()
+    c3.set_weights([w3 / 8, b3])
+    model.save(tmp_path / "selu.keras")
+    out = tmp_path / "run"
+    result = invoke("convert", tmp_path / "selu.keras", "--int8", "--calib", TRAIN, "--data", CALIBRATION /
+                    "digits-test.npz", "-o", out)
+    assert result.exit_code == 0, result.stderr
+    assert "layer selu is broken in int8" in result.stderr
+    arts = {a["name"]: a for a in json.loads((out / "report.json").read_text())["artifacts"]}
+    t = arts["tflite_int8"]
+    ad = t["details"]["adaptive"]
+    assert ad["broken_layers"] == ["selu"] and ad["chosen"].endswith("selu in float")
+    assert t["details"]["float_layers"] == ["selu"] and not t["details"]["full_integer"]
+    without = next(c for c in ad["candidates"] if c["name"] == ad["kept_float_of"])
+    assert t["sqnr_db"] > without["sqnr_db"] + 10 and t["agreement"] >= without["agreement"]
+    assert t["agreement"] >= 99.0 and t["sqnr_db"] > 35  # measured: 25.7 -> 43 dB on the held-out images

@@ -222,6 +222,7 @@ _AFFINE_OPS = ("Mul", "Add", "Sub", "Div")
 
 
 _COUNTED = re.compile(r"^(?P<base>.*?__)(?P<n>\d+)(?P<port>:\d+)?$")  # tf2onnx's made names: Squeeze__203:0
+_INNER_COUNT = re.compile(r"__\d+(?=_)")  # a counter inside such a name, from the node it was made for
 
 
 def canonical_names(proto) -> int:
@@ -233,8 +234,9 @@ def canonical_names(proto) -> int:
     later number by one), so the same model exported to different bytes, and every artifact after it.  The
     nodes, their order and the values were the same: renumbered, the export is the same bytes each time
     (``tests/test_onnx_passes.py``).  The symbolic dimensions it makes up (``unk__104``) are renumbered the same
-    way.  A name that does not end in ``__<number>`` is left as it is, so a new name
-    can only meet another renumbered one, and those are numbered apart.
+    way, and so are the numbers inside the last part of such a name (``Transpose__609_shape__189``, named after
+    a node whose number changed too).  A name that does not end in ``__<number>`` is left as it is, so a new
+    name can only meet another renumbered one, and those are numbered apart.
 
     tf2onnx also merges equal constants (two ``Cast/x`` zeros of a ResNet's padded shortcuts) and keeps the name
     of whichever it met first, which changed between two conversions in one process.  So a constant that more
@@ -248,8 +250,9 @@ def canonical_names(proto) -> int:
         if not m:
             return name
         key = m["base"] + m["n"]
-        if key not in new:
-            new[key] = f"{m['base']}{len(new)}"
+        if key not in new:  # and the numbers inside its last part: Transpose__609_shape__189
+            head, sep, tail = m["base"].rpartition("/")
+            new[key] = f"{head}{sep}{_INNER_COUNT.sub('', tail)}{len(new)}"
         return new[key] + (m["port"] or "")
 
     first: dict[str, int] = {}

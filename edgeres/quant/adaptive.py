@@ -55,6 +55,12 @@ TIE_ALPHA = 0.05    # one-sided exact McNemar: below this, a candidate is worse 
 MIN_GAIN_DB = 0.1
 #: entropy (KL) ranges are left out: ten times slower to compute than the others (3.5 s against 0.3 s on
 #: ResNet-20), and on it the least faithful of all (SQNR 27.5 dB against 30.7); --recipe entropy builds them
+BROKEN_GAP_DB = 20.0   # a layer's SQNR this far below every earlier layer's: 100x their error power
+BROKEN_LAYER_DB = 5.0  # the first layer's floor (nothing before it to compare with)
+MAX_RESCUED = 3
+#: holdout images the per-layer error is measured on: a broken layer (a step of 20 dB) shows on a few, and every
+#: intermediate tensor of a 224x224 ResNet-50 is about 40 MB an image, twice (int8 and float)
+BROKEN_IMAGES = 16
 METHODS = (("mse", None), ("percentile", 99.999), ("percentile", 99.99), ("minmax", None))
 
 
@@ -174,13 +180,21 @@ def choose(backend: Backend, base: Recipe, holdout: Split,
         if first is not None and first.candidate.recipe.for_backend(backend.name).weight_rounding == "nearest":
             score(refined(first.candidate))
             winner = _pick(scored, first)
-    all_collapsed = winner is None and any(s.error is None for s in scored)
-    if all_collapsed:
-        # A model to ship all the same: this is no conversion error.  The run's validation reports the collapse
-        # (exit 10, with the diagnosis) as it does for --recipe default; no GPTQ round, as rounding moves no range.
-        winner = _pick(scored, scored[0], with_collapsed=True)
-        log(f"{backend.name} default: every candidate collapsed on the held-out calibration images; keeping "
-            f"'{winner.candidate.name}'")
+        all_collapsed = winner is None and any(s.error is None for s in scored)
+        if all_collapsed:
+            # A model to ship all the same: this is no conversion error.  The run's validation reports the
+            # collapse (exit 10, with the diagnosis) as it does for --recipe default; no GPTQ round, as rounding
+            # moves no range.
+            winner = _pick(scored, scored[0], with_collapsed=True)
+            log(f"{backend.name} default: every candidate collapsed on the held-out calibration images; keeping "
+                f"'{winner.candidate.name}'")
+        rescued: dict[str, list[str]] = {}
+        rescued_from = winner.candidate.name if winner is not None else ""
+        if winner is not None and backend.float_layers_allowed:
+            rescued = _rescue(backend, winner, holdout, score, scored, log)
+            if rescued:
+                winner = _pick(scored, winner, with_collapsed=all_collapsed) or winner
+                all_collapsed = all_collapsed and winner.collapsed
     if winner is None:
         raise ConversionError(f"{backend.name}: no int8 configuration converted to a working model; the first "
                               f"error: {next(s.error for s in scored if s.error)}")
@@ -193,7 +207,59 @@ def choose(backend: Backend, base: Recipe, holdout: Split,
                 f"round's winner in the recipe's place",
         "candidates": [s.to_dict() for s in scored],
     }
+    if rescued:
+        summary["broken_layers"] = list(rescued.values())[-1]
+    if winner.candidate.name in rescued:  # how _rebuild builds it again: that candidate, these layers float
+        summary["kept_float"] = rescued[winner.candidate.name]
+        summary["kept_float_of"] = rescued_from
     return winner.data, {**winner.details, "adaptive": summary, "recipe_summary": winner.summary}
+
+
+def broken_layer(errors: dict[str, tuple[float, float]], order: list[str]) -> str | None:
+    """The first layer (in graph order) whose int8 output is broken, not merely imprecise: its SQNR against
+    float is ``BROKEN_GAP_DB`` below every layer's before it, or under ``BROKEN_LAYER_DB`` where no layer
+    precedes it.  Error grows a few dB from layer to layer in a healthy model; a 20 dB step is one layer
+    whose ranges do not fit its values (a SELU's EXP calibrated to 16,000 leaves its negative branch, all
+    between -1 and 0, at zero)."""
+    lowest = math.inf
+    for layer in order:
+        if layer not in errors or not math.isfinite(errors[layer][0]):
+            continue
+        sqnr = errors[layer][0]
+        if sqnr < (lowest - BROKEN_GAP_DB if math.isfinite(lowest) else BROKEN_LAYER_DB):
+            return layer
+        lowest = min(lowest, sqnr)
+    return None
+
+
+def _rescue(backend: Backend, winner: Scored, holdout: Split, score: Callable[[Candidate], None],
+            scored: list[Scored], log: Callable[[str], None]) -> dict[str, list[str]]:
+    """A layer the converter breaks (its ranges do not fit its values, whatever the range method) makes every
+    candidate unfaithful alike: find it in the winner (per-layer error on a few holdout images), build the
+    winner with it in float as one more candidate, and repeat on that one while another layer breaks, up to
+    ``MAX_RESCUED``.  On a healthy model this is one measurement and no build.  Returns {candidate name: its
+    float layers}; the rule then judges those candidates with the others."""
+    import glob
+
+    from edgeres.quant.diagnosis import layer_errors
+
+    tried: dict[str, list[str]] = {}
+    found: list[str] = []
+    current = winner
+    while len(found) < MAX_RESCUED and current.error is None:
+        layer = broken_layer(layer_errors(backend, current.data, holdout, limit=BROKEN_IMAGES), backend.layers)
+        if layer is None or layer in found:
+            break
+        found.append(layer)
+        name = f"{winner.candidate.name}, {', '.join(found)} in float"
+        recipe = winner.candidate.recipe.replace(
+            keep_float=(*winner.candidate.recipe.keep_float, *(glob.escape(f) for f in found)))
+        log(f"{backend.name} default: layer {layer} is broken in int8 (its output SQNR falls more than "
+            f"{BROKEN_GAP_DB:g} dB below the layers before it): trying it in float")
+        score(Candidate(name, recipe))
+        tried[name] = list(found)
+        current = scored[-1]
+    return tried
 
 
 def _pick(scored: list[Scored], incumbent: Scored, with_collapsed: bool = False) -> Scored | None:

@@ -53,6 +53,9 @@ class TensorStats:
     ch_hi: np.ndarray | None = None
     ch_sum: np.ndarray | None = None
     ch_count: int = 0
+    #: the "channel" axis changed size between batches (a tensor that holds the batch there, after one of
+    #: tf2onnx's transposes): no per-channel statistics for it
+    ch_varies: bool = False
 
     @property
     def mean(self) -> float:
@@ -90,8 +93,12 @@ class ActivationStats:
         s.total += float(x64.sum())
         s.total_sq += float((x64 ** 2).sum())
         s.zeros += int((x == 0).sum())
-        if x.ndim >= 2:
+        if x.ndim >= 2 and not s.ch_varies:
             axis = self.channel_axis % x.ndim
+            if s.ch_lo is not None and len(s.ch_lo) != x.shape[axis]:
+                s.ch_lo = s.ch_hi = s.ch_sum = None
+                s.ch_count, s.ch_varies = 0, True
+                return
             other = tuple(i for i in range(x.ndim) if i != axis)
             lo, hi = x.min(axis=other), x.max(axis=other)
             s.ch_lo = lo if s.ch_lo is None else np.minimum(s.ch_lo, lo)

@@ -1,4 +1,4 @@
-"""When an int8 model counts as collapsed: one class for nearly every input, where the float model was not."""
+"""Metrics and statistics on degenerate input: collapse against the reference, NaN outputs, a varying channel axis."""
 
 from __future__ import annotations
 
@@ -45,3 +45,20 @@ def test_nan_outputs_are_counted_and_never_a_zero_difference():
     clean = Tally()
     clean.update(ref, ref=ref)
     assert "nonfinite_outputs" not in clean.result() and clean.result()["max_abs_diff"] == 0.0
+
+
+def test_per_channel_statistics_of_a_tensor_whose_channel_axis_is_the_batch_are_dropped_not_a_crash():
+    """ONNX's channel axis is 1; after one of tf2onnx's transposes a tensor can hold the batch there, whose
+    size changes with the last, shorter batch (ConvNeXt: 'operands could not be broadcast (32,) (12,)')."""
+    from edgeres.quant.stats import ActivationStats
+
+    stats = ActivationStats(channel_axis=1)
+    rng = np.random.default_rng(0)
+    for n in (32, 32, 12):
+        stats.observe("t", rng.normal(size=(4, n)).astype(np.float32))
+    stats.observe("conv", rng.normal(size=(7, 8, 2, 2)).astype(np.float32))
+    stats.observe("conv", rng.normal(size=(3, 8, 2, 2)).astype(np.float32))
+    t, conv = stats.tensors["t"], stats.tensors["conv"]
+    assert t.ch_varies and t.ch_lo is None and t.count == 4 * 76
+    assert not conv.ch_varies and conv.ch_lo.shape == (8,)
+    assert stats.channel_mean("t", 12) is None
