@@ -215,7 +215,7 @@ def test_convert_reports_the_rewrite_and_keeps_the_tflite_int8_model_faithful(tm
 def test_int8_clamps_follow_the_fused_activation():
     from types import SimpleNamespace
 
-    from edgeres.backends.tflite_quant import _int8_clamps
+    from edgeres.core.tflite_edit import int8_clamps as _int8_clamps
     from edgeres.core.tflite_schema import schema
 
     acts = schema().ActivationFunctionType

@@ -200,7 +200,8 @@ def test_a_half_precision_model_is_converted_in_float32_with_one_warning(tmp_pat
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     warnings = [line for line in proc.stderr.splitlines() if line.startswith("edgeres: warning:")]
-    assert len(warnings) == 1 and "half precision in 4 layers: converted in float32" in warnings[0], proc.stderr
+    assert len(warnings) == 1, proc.stderr
+    assert "computes in float16 (" in warnings[0] and "and 3 more): converted in float32" in warnings[0]  # 4 layers
     report = json.loads((out / "report.json").read_text())
     fp32 = next(a for a in report["artifacts"] if a["name"] == "tflite_fp32")
     assert fp32["agreement"] == 100.0

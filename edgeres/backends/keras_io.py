@@ -11,13 +11,21 @@ import logging
 import os
 import re
 import weakref
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from edgeres.backends.keras_repair import (
+    any_batch,
+    check_built,
+    check_finite,
+    check_format,
+    flat_layers,
+    float32_compute,
+    functional,
+)
 from edgeres.core.errors import ModelError, ShapeError, first_line
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -81,7 +89,7 @@ def load_model(spec: str, *, input_size: int | None = None, num_classes: int | N
         raise ModelError(f"{path} is not a Keras model: expected .keras, .h5 or a SavedModel folder")
     if path.stat().st_size == 0:
         raise ModelError(f"{path} is empty")
-    _check_format(path, suffix)
+    check_format(path, suffix)
     import keras
 
     try:
@@ -97,28 +105,13 @@ def load_model(spec: str, *, input_size: int | None = None, num_classes: int | N
         raise ModelError(f"cannot load {path}: {first_line(exc)}") from None
     if not isinstance(model, keras.Model):
         raise ModelError(f"{path} does not hold a Keras model")
-    _check_built(model, str(path))
+    check_built(model, str(path))
     _check_single_io(model, str(path))
     _check_classifier(model, str(path))
-    _check_finite(model, str(path))
-    model = _float32_compute(model, str(path))
-    model = _functional(_any_batch(model, str(path)))
+    check_finite(model, str(path))
+    model = float32_compute(model, str(path))
+    model = functional(any_batch(model, str(path)))
     return LoadedModel(model, path.stem, str(path), suffix.lstrip(".").replace("hdf5", "h5"))
-
-
-_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
-
-
-def _check_format(path: Path, suffix: str) -> None:
-    """A .keras archive named .h5 or an HDF5 file named .keras: say which it is, not the loader's complaint."""
-    with open(path, "rb") as f:
-        head = f.read(len(_HDF5_SIGNATURE))
-    is_zip, is_hdf5 = zipfile.is_zipfile(path), head == _HDF5_SIGNATURE
-    if suffix == ".keras" and not is_zip:
-        raise ModelError(f"{path} is an HDF5 model named .keras: rename it to .h5" if is_hdf5 else
-                         f"{path} is corrupt or not a .keras file (not a zip archive)")
-    if suffix != ".keras" and is_zip:
-        raise ModelError(f"{path} is a .keras archive named {suffix}: rename it to .keras")
 
 
 def _from_zoo(name: str, input_size, num_classes, weights) -> LoadedModel:
@@ -153,120 +146,6 @@ def _from_savedmodel(path: Path) -> LoadedModel:
     model = keras.Model(inp, out, name=path.name)
     _check_classifier(model, f"SavedModel {path}")
     return LoadedModel(model, path.name, str(path), "savedmodel")
-
-
-#: float dtypes no converter here runs as they are: TFLite has no half-precision or float64 kernels for
-#: convolutions and matmuls, and int8 calibration wants float32 statistics
-_NOT_FLOAT32 = ("float16", "bfloat16", "float64")
-
-
-def _float32_compute(model, where: str):
-    """The same model computing in float32, when any layer computes in float16/bfloat16/float64 (a
-    ``mixed_float16`` policy from training, a half-precision model) or its input is such a float.  The weights
-    are the same values (half weights widen exactly; float64 ones round to float32)."""
-    found = {layer.name: str(getattr(layer, "compute_dtype", "float32")) for layer in flat_layers(model)}
-    found = {"the input": str(getattr(model.inputs[0], "dtype", "float32")), **found}
-    other = [name for name, dtype in found.items() if dtype in _NOT_FLOAT32]
-    if not other:
-        return model
-
-    def widen(cfg):
-        if isinstance(cfg, dict):
-            if cfg.get("class_name") in ("DTypePolicy", "FloatDTypePolicy") and isinstance(cfg.get("config"), dict):
-                return {**cfg, "config": {**cfg["config"], "name": "float32"}}
-            return {k: ("float32" if k == "dtype" and isinstance(v, str)
-                        and (v in _NOT_FLOAT32 or v.startswith("mixed_")) else widen(v)) for k, v in cfg.items()}
-        return [widen(v) for v in cfg] if isinstance(cfg, list) else cfg
-
-    dtypes = "/".join(sorted({found[name] for name in other}))
-    what = f"computes in {dtypes} ({other[0]}" + (f" and {len(other) - 1} more" if len(other) > 1 else "") + ")"
-    wide = _rebuilt(model, widen, f"{where} {what}", "save it with the float32 dtype policy")
-    still = [layer.name for layer in flat_layers(wide) if str(getattr(layer, "compute_dtype", "")) in _NOT_FLOAT32]
-    if still or str(getattr(wide.inputs[0], "dtype", "float32")) in _NOT_FLOAT32:
-        raise ModelError(f"{where}: {(still or ['the input'])[0]} is still not float32 after rebuilding the model "
-                         "in float32; save it with the float32 dtype policy")
-    log.warning("%s %s: converted in float32 (same weights)", where, what)
-    return wide
-
-
-def _any_batch(model, where: str):
-    """The same model with any batch size, when it was saved with a fixed one above 1 (``keras.Input(...,
-    batch_size=8)``, or a Sequential built by ``fit`` on batches of 64): every stage here feeds it other
-    batch sizes, and an artifact with a fixed batch of 8 could not run one camera frame.  (A fixed batch of 1
-    is kept: the Edge TPU path makes it on purpose, and it runs one image at a time like a deployment.)"""
-    batch = model.inputs[0].shape[0]
-    if batch is None or int(batch) == 1:
-        return model
-
-    def free(cfg):
-        if isinstance(cfg, dict):
-            out = {}
-            for k, v in cfg.items():
-                if k in ("batch_shape", "batch_input_shape") and isinstance(v, (list, tuple)) and v:
-                    v = [None, *v[1:]]
-                elif k == "batch_size" and isinstance(v, int):
-                    v = None
-                out[k] = free(v)
-            return out
-        return [free(v) for v in cfg] if isinstance(cfg, list) else cfg
-
-    rebuilt = _rebuilt(model, free, f"{where} has a fixed batch of {batch}",
-                       "save it with keras.Input(shape=...) and no batch_size")
-    if rebuilt.inputs[0].shape[0] is not None:
-        raise ShapeError(f"{where} has a fixed batch of {batch} that could not be freed: save it with "
-                         "keras.Input(shape=...) and no batch_size")
-    log.warning("%s has a fixed batch of %s: converted with any batch size (same weights)", where, batch)
-    return rebuilt
-
-
-def _functional(model):
-    """A ``Sequential`` as the same layers in a functional model.  tf2onnx's Keras 3 path names the outputs
-    after ``model.outputs``, which a Sequential's traced call does not produce ("ONNX conversion failed:
-    'keras_tensor_3'" for every Sequential); the layers, their names and their weights are the same objects."""
-    import keras
-
-    if not isinstance(model, keras.Sequential):
-        return model
-    spec = model.inputs[0]
-    x = inp = keras.Input(batch_shape=tuple(spec.shape), dtype=spec.dtype, name=spec.name)
-    for layer in model.layers:
-        x = layer(x)
-    return keras.Model(inp, x, name=model.name)
-
-
-def _rebuilt(model, edit, what: str, advice: str):
-    """``model`` rebuilt from its own config after ``edit`` (safe mode, like every load here), same weights."""
-    import keras
-
-    try:
-        new = keras.saving.deserialize_keras_object(edit(keras.saving.serialize_keras_object(model)),
-                                                    safe_mode=True)
-        new.set_weights([np.asarray(w, np.float32) if np.asarray(w).dtype.kind == "f" else w
-                         for w in model.get_weights()])
-    except Exception as exc:
-        raise ModelError(f"{what} and could not be rebuilt: {first_line(exc)}; {advice}") from None
-    return new
-
-
-def _check_built(model, where: str) -> None:
-    """A Sequential saved before it was built has no input shape: nothing here could feed it."""
-    try:
-        model.inputs[0].shape  # noqa: B018 - raises when the model has no inputs yet
-    except (AttributeError, IndexError, TypeError, ValueError):
-        raise ShapeError(f"{where} has no input shape (a Sequential saved before it was built): start it with "
-                         "keras.Input(shape=(H, W, C)), build it, and save it again") from None
-
-
-def _check_finite(model, where: str) -> None:
-    """NaN or infinite weights make every output NaN: say so, rather than let calibration fail on it."""
-    for layer in flat_layers(model):
-        for w in layer.weights:
-            v = np.asarray(w.numpy())
-            if v.dtype.kind == "f" and not np.isfinite(v).all():
-                bad = int(np.count_nonzero(~np.isfinite(v)))
-                raise ModelError(f"{where}: layer {layer.name!r} has {bad} NaN or infinite weight(s) in "
-                                 f"{w.path if hasattr(w, 'path') else w.name}: the model's outputs would be NaN; "
-                                 "retrain or restore it")
 
 
 _COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -408,15 +287,6 @@ def _layer_macs(layer, out: tuple) -> int:
     if "Dense" in kind:
         return _prod(out[1:-1]) * _prod(layer.kernel.shape)
     return 0
-
-
-def flat_layers(model):
-    """Every layer, the layers of nested models instead of the models themselves."""
-    for layer in model.layers:
-        if hasattr(layer, "layers") and layer.layers:
-            yield from flat_layers(layer)
-        else:
-            yield layer
 
 
 def describe(loaded: LoadedModel) -> dict:

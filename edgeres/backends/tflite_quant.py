@@ -347,13 +347,14 @@ class TFLiteQuantizer:
                     or out.type != schema.TensorType.INT8:
                 continue
             targets.append((op.outputs[0], fi, bias, x, w, out.name.decode()))
-            clamps[op.outputs[0]] = _int8_clamps(op, out)
+            clamps[op.outputs[0]] = tflite_edit.int8_clamps(op, out)
         if not targets:
             return data, [], "no layer to measure"
         # Layer by layer, each measured with the ones before it corrected (see the ONNX back end: corrected
         # at once, a shift that flows on through a linear path is cancelled twice); one pass of the whole
         # model per layer, so over the budget all at once.
-        from edgeres.core.runtime import interpreter_macs, tflite_module
+        from edgeres.core.runtime import tflite_module
+        from edgeres.core.tensors import interpreter_macs
 
         macs = interpreter_macs(tflite_module()[0].Interpreter(model_content=data))
         passes, how = bias_correction_passes(targets, len(self.calib), [macs] * len(targets))
@@ -392,16 +393,3 @@ class TFLiteQuantizer:
                 sums[i] = sums.get(i, 0) + _dequantized(flat, details[i]).sum(0)
                 counts[i] = counts.get(i, 0) + flat.shape[0]
         return {i: s / counts[i] for i, s in sums.items()}, {i: n / counts[i] for i, n in inside.items()}
-
-
-def _int8_clamps(op, out) -> tuple[int, int]:
-    """The int8 values an op's output is clamped to: its fused activation's bounds, within -128..127."""
-    acts = tflite_schema.schema().ActivationFunctionType
-    act = getattr(op.builtinOptions, "fusedActivationFunction", acts.NONE)
-    bounds = {acts.RELU: (0.0, None), acts.RELU6: (0.0, 6.0), acts.RELU_N1_TO_1: (-1.0, 1.0)}.get(act)
-    if bounds is None:
-        return -128, 127
-    scale, zero = float(out.quantization.scale[0]), int(out.quantization.zeroPoint[0])
-    lo = max(-128, zero + round(bounds[0] / scale))
-    hi = 127 if bounds[1] is None else min(127, zero + round(bounds[1] / scale))
-    return lo, hi

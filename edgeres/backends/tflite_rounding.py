@@ -14,7 +14,8 @@ def round_weights(q, data: bytes) -> tuple[bytes, dict, set[str]]:
     """GPTQ rounding (:mod:`edgeres.quant.rounding`) of every CONV_2D and FULLY_CONNECTED weight, layer by
     layer in graph order, each on its int8 input with the layers before it already rounded.  Returns the
     model, the report's record and the output tensor names of the layers it rounded."""
-    from edgeres.core.runtime import interpreter_macs, tflite_module
+    from edgeres.core.runtime import tflite_module
+    from edgeres.core.tensors import interpreter_macs
     from edgeres.quant import rounding
 
     schema = tflite_schema.schema()

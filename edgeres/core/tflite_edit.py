@@ -170,3 +170,16 @@ def set_constant(model_t, tensor, value: np.ndarray) -> None:
         model_t.buffers.append(schema().BufferT())
         tensor.buffer = len(model_t.buffers) - 1
     model_t.buffers[tensor.buffer].data = np.frombuffer(np.ascontiguousarray(value).tobytes(), np.uint8)
+
+
+def int8_clamps(op, out) -> tuple[int, int]:
+    """The int8 values an op's output is clamped to: its fused activation's bounds, within -128..127."""
+    acts = schema().ActivationFunctionType
+    act = getattr(op.builtinOptions, "fusedActivationFunction", acts.NONE)
+    bounds = {acts.RELU: (0.0, None), acts.RELU6: (0.0, 6.0), acts.RELU_N1_TO_1: (-1.0, 1.0)}.get(act)
+    if bounds is None:
+        return -128, 127
+    scale, zero = float(out.quantization.scale[0]), int(out.quantization.zeroPoint[0])
+    lo = max(-128, zero + round(bounds[0] / scale))
+    hi = 127 if bounds[1] is None else min(127, zero + round(bounds[1] / scale))
+    return lo, hi
