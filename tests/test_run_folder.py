@@ -453,3 +453,23 @@ def test_convert_on_a_full_disk_keeps_the_previous_run(tmp_path: Path, monkeypat
     assert_one_line_error(result, 8, "No space left on device")
     assert snapshot(out) == before
     assert leftovers(tmp_path) == []
+
+
+def test_a_sigterm_a_converter_wraps_in_its_own_error_still_terminates(tmp_path: Path):
+    """TensorFlow's converter catches the exception SIGTERM raises inside it and raises its own (seen as 'TFLite
+    int8 conversion failed', exit 6): the run still ends as terminated, and nothing is left."""
+    import time
+
+    from edgeres.core.fs import Terminated, staged_dir
+
+    out = tmp_path / "run"
+    with pytest.raises(Terminated):
+        with staged_dir(out, False) as stage:
+            (stage / "model_int8.tflite").write_bytes(b"half")
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(1)
+            except Terminated:
+                raise RuntimeError("converter failed") from None  # what the converter does with it
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL

@@ -10,9 +10,7 @@ from __future__ import annotations
 import errno
 import functools
 import hashlib
-import json
 import logging
-import math
 import os
 import re
 import secrets
@@ -28,6 +26,7 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from edgeres.core.errors import OutputExistsError, OutputWriteError, UsageError
+from edgeres.core.jsonfmt import to_json  # noqa: F401 - imported from here by the writers of reports
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +38,9 @@ PathLike = str | os.PathLike
 
 class Terminated(SystemExit):
     """SIGTERM while a run was staged: the stage was removed; exits with SIGTERM_EXIT."""
+
+
+_TERMINATED: list[int] = []  # the SIGTERMs received while a run was staged (see _sigterm_exits)
 
 
 def check_output_dir(out: Path, force: bool, inputs: Iterable[PathLike | None] | None = None) -> None:
@@ -98,8 +100,10 @@ def staged_dir(out: Path, force: bool, *, inputs: Iterable[PathLike | None] | No
             if stage is not None:
                 with _signals_deferred():
                     shutil.rmtree(stage, ignore_errors=True)
-                if isinstance(exc, Terminated):
+                if isinstance(exc, Terminated) or _TERMINATED:
                     log.warning("terminated (SIGTERM): the unfinished run folder was removed")
+            if _TERMINATED and not isinstance(exc, Terminated):  # TensorFlow's converter wrapped it in its own error
+                raise Terminated(SIGTERM_EXIT) from None
             if isinstance(exc, OSError) and exc.errno in _NO_SPACE:  # a full disk anywhere in the body
                 raise OutputWriteError(f"cannot write the run folder {out}: {exc}") from exc
             raise
@@ -262,8 +266,10 @@ def _sigterm_exits() -> Iterator[None]:
         return
 
     def _terminate(signum: int, frame: object) -> None:
+        _TERMINATED.append(signum)  # a converter may catch the exception and raise its own: staged_dir sees this
         raise Terminated(SIGTERM_EXIT)  # the cleanup itself holds signals back (_signals_deferred)
 
+    _TERMINATED.clear()
     signal.signal(signal.SIGTERM, _terminate)
     try:
         yield
@@ -366,29 +372,6 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
 
 def write_text_atomic(path: Path, text: str) -> None:
     write_bytes_atomic(path, text.encode("utf-8"))
-
-
-def to_json(obj: object) -> str:
-    """Strict JSON: non-finite floats (an SQNR of +inf) become null."""
-    return json.dumps(_finite(obj), indent=2, default=_jsonable, allow_nan=False) + "\n"
-
-
-def _finite(o: object) -> object:
-    if isinstance(o, float) and not math.isfinite(o):
-        return None
-    if isinstance(o, dict):
-        return {k: _finite(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_finite(v) for v in o]
-    return o
-
-
-def _jsonable(o: object) -> object:
-    if hasattr(o, "item"):
-        return o.item()  # numpy scalars
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serializable: {type(o).__name__}")
 
 
 def sha256_file(path: Path) -> str:
