@@ -217,3 +217,10 @@ def test_an_empty_remote_is_refused_not_run_here(default_run: Path, value: str):
     model = default_run / "model_int8.tflite"
     assert_one_line_error(invoke("bench", model, "--remote", value, "--runs", "3"), 2, "--remote", "names no host")
     assert_one_line_error(invoke("validate", model, "--data", DIGITS, "--remote", value), 2, "names no host")
+
+
+@pytest.mark.parametrize("command", ["bench", "validate", "check"])
+def test_a_run_folder_given_as_the_model_names_its_models(default_run, command):
+    args = ["--data", CALIBRATION / "digits-test.npz"] if command == "validate" else []
+    assert_one_line_error(invoke(command, default_run, *args), 3, "is a folder: give one of its models",
+                          "model_int8.tflite")

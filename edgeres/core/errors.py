@@ -92,3 +92,17 @@ class BundleError(EdgeresError):
     bundle from a newer schema.  Nothing in it is run."""
 
     exit_code = 9
+
+
+def no_model_file(path) -> ModelError:
+    """The error for a model path that is not a file: a run or bundle folder gets the files to pass instead."""
+    from pathlib import Path
+
+    p = Path(path)
+    if p.is_dir():
+        models = sorted(f.name for f in p.iterdir() if f.suffix.lower() in (".tflite", ".onnx"))
+        if models:
+            return ModelError(f"{p} is a folder: give one of its models ({', '.join(str(p / m) for m in models[:4])})")
+        return ModelError(f"{p} is a folder, not a .tflite or .onnx model file")
+    return ModelError(f"model file {p} does not exist")
+

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeres.core.errors import ModelError, RuntimeUnavailableError, ShapeError, UsageError, first_line
+from edgeres.core.errors import ModelError, RuntimeUnavailableError, ShapeError, UsageError, first_line, no_model_file
 from edgeres.core.limits import check_threads
 from edgeres.core.tensors import (  # noqa: F401 - HOST_ACTIVATIONS and quantize: imported from here too
     HOST_ACTIVATIONS,
@@ -387,7 +387,7 @@ def open_runner(path: str | Path, threads: int = 2, delegate: str | None = None,
     p = Path(path)
     check_threads(threads, "thread count")
     if not p.is_file():
-        raise ModelError(f"model file {p} does not exist")
+        raise no_model_file(p)
     suffix = p.suffix.lower()
     if suffix == ".tflite":
         return TFLiteRunner(p, threads, delegate or "xnnpack", shape)

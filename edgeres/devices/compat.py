@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgeres.core.errors import ModelError, RuntimeUnavailableError, UsageError
+from edgeres.core.errors import ModelError, RuntimeUnavailableError, UsageError, no_model_file
 from edgeres.core.tflite_schema import schema
 from edgeres.devices.compat_tables import (
     INSTALLED_DISTRIBUTIONS,
@@ -285,7 +285,7 @@ def read_onnx_header(path: str | Path) -> dict:
     """IR version, opset imports and node domains of an ``.onnx`` file, read from its protobuf wire format."""
     p = Path(path)
     if not p.is_file():
-        raise ModelError(f"model file {p} does not exist")
+        raise no_model_file(p)
     try:
         with p.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
             ir, opsets, domains, graph = 0, {}, {}, None

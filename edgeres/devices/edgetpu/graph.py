@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeres.core.errors import ModelError
+from edgeres.core.errors import ModelError, no_model_file
 from edgeres.core.tflite_schema import schema
 
 _NUMPY = {"FLOAT32": np.float32, "FLOAT16": np.float16, "FLOAT64": np.float64, "INT32": np.int32,
@@ -33,7 +33,7 @@ def read_tflite(path: str | Path) -> tuple[Path, bytes]:
     """The path and bytes of a ``.tflite`` file; ModelError if it is missing or not a TFLite model."""
     p = Path(path)
     if not p.is_file():
-        raise ModelError(f"model file {p} does not exist")
+        raise no_model_file(p)
     try:
         data = p.read_bytes()
     except OSError as exc:
