@@ -463,13 +463,17 @@ def test_a_sigterm_a_converter_wraps_in_its_own_error_still_terminates(tmp_path:
     from edgeres.core.fs import Terminated, staged_dir
 
     out = tmp_path / "run"
-    with pytest.raises(Terminated):
-        with staged_dir(out, False) as stage:
-            (stage / "model_int8.tflite").write_bytes(b"half")
-            try:
-                os.kill(os.getpid(), signal.SIGTERM)
-                time.sleep(1)
-            except Terminated:
-                raise RuntimeError("converter failed") from None  # what the converter does with it
-    assert not out.exists() and list(tmp_path.iterdir()) == []
-    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    before = signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a Ray test in this worker may have left its own
+    try:
+        with pytest.raises(Terminated):
+            with staged_dir(out, False) as stage:
+                (stage / "model_int8.tflite").write_bytes(b"half")
+                try:
+                    os.kill(os.getpid(), signal.SIGTERM)
+                    time.sleep(1)
+                except Terminated:
+                    raise RuntimeError("converter failed") from None  # what the converter does with it
+        assert not out.exists() and list(tmp_path.iterdir()) == []
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGTERM, before)

@@ -13,7 +13,7 @@ import numpy as np
 
 from edgeres.core.errors import ModelError, ShapeError, first_line
 
-log = logging.getLogger("edgeres.backends.keras_io")
+log = logging.getLogger(__name__)
 
 
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
@@ -46,13 +46,11 @@ def float32_compute(model, where: str):
     if not other:
         return model
 
-    def widen(cfg):
-        if isinstance(cfg, dict):
-            if cfg.get("class_name") in ("DTypePolicy", "FloatDTypePolicy") and isinstance(cfg.get("config"), dict):
-                return {**cfg, "config": {**cfg["config"], "name": "float32"}}
-            return {k: ("float32" if k == "dtype" and isinstance(v, str)
-                        and (v in _NOT_FLOAT32 or v.startswith("mixed_")) else widen(v)) for k, v in cfg.items()}
-        return [widen(v) for v in cfg] if isinstance(cfg, list) else cfg
+    def widen(d: dict) -> dict:
+        if d.get("class_name") in ("DTypePolicy", "FloatDTypePolicy") and isinstance(d.get("config"), dict):
+            return {**d, "config": {**d["config"], "name": "float32"}}
+        return {k: ("float32" if k == "dtype" and isinstance(v, str) and (v in _NOT_FLOAT32 or v.startswith("mixed_"))
+                    else v) for k, v in d.items()}
 
     dtypes = "/".join(sorted({found[name] for name in other}))
     what = f"computes in {dtypes} ({other[0]}" + (f" and {len(other) - 1} more" if len(other) > 1 else "") + ")"
@@ -74,17 +72,14 @@ def any_batch(model, where: str):
     if batch is None or int(batch) == 1:
         return model
 
-    def free(cfg):
-        if isinstance(cfg, dict):
-            out = {}
-            for k, v in cfg.items():
-                if k in ("batch_shape", "batch_input_shape") and isinstance(v, (list, tuple)) and v:
-                    v = [None, *v[1:]]
-                elif k == "batch_size" and isinstance(v, int):
-                    v = None
-                out[k] = free(v)
-            return out
-        return [free(v) for v in cfg] if isinstance(cfg, list) else cfg
+    def free(d: dict) -> dict:
+        out = dict(d)
+        for k, v in d.items():
+            if k in ("batch_shape", "batch_input_shape") and isinstance(v, (list, tuple)) and v:
+                out[k] = [None, *v[1:]]
+            elif k == "batch_size" and isinstance(v, int):
+                out[k] = None
+        return out
 
     rebuilt = _rebuilt(model, free, f"{where} has a fixed batch of {batch}",
                        "save it with keras.Input(shape=...) and no batch_size")
@@ -110,12 +105,20 @@ def functional(model):
     return keras.Model(inp, x, name=model.name)
 
 
+def _edited(cfg, edit):
+    """A serialized Keras config with ``edit`` applied to every dict in it, each before its values."""
+    if isinstance(cfg, dict):
+        return {k: _edited(v, edit) for k, v in edit(cfg).items()}
+    return [_edited(v, edit) for v in cfg] if isinstance(cfg, list) else cfg
+
+
 def _rebuilt(model, edit, what: str, advice: str):
-    """``model`` rebuilt from its own config after ``edit`` (safe mode, like every load here), same weights."""
+    """``model`` rebuilt from its own config with ``edit`` applied to each of its dicts (:func:`_edited`; safe
+    mode, like every load here), same weights."""
     import keras
 
     try:
-        new = keras.saving.deserialize_keras_object(edit(keras.saving.serialize_keras_object(model)),
+        new = keras.saving.deserialize_keras_object(_edited(keras.saving.serialize_keras_object(model), edit),
                                                     safe_mode=True)
         new.set_weights([np.asarray(w, np.float32) if np.asarray(w).dtype.kind == "f" else w
                          for w in model.get_weights()])

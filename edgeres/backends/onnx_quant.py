@@ -215,7 +215,7 @@ class OnnxQuantizer:
             overrides[name] = [{"rmin": np.float32(a), "rmax": np.float32(b)}]
         extra = {"WeightSymmetric": True, "ActivationSymmetric": False, "TensorQuantOverrides": overrides}
         exclude = [*self.keep_float_always, *self.no_int8_kernel,
-                   *(n for layer in keep_float for n in self.layer_all.get(layer, self.layers[layer]))]
+                   *(n for layer in keep_float for n in self.layer_all[layer])]
         # ORT still runs its own calibrator; every range is overridden, so a few images suffice.
         reader = _Reader(self.input_name, self.calib[:8], 8)
         with tempfile.TemporaryDirectory(prefix="edgeres-ort-") as tmp:

@@ -205,7 +205,7 @@ class TFLiteQuantizer:
             a, b = self.stats.range(str(i), method, recipe.percentile)
             q = g.tensors[i].quantization
             q.min, q.max = [float(a)], [float(b)]
-        deny = [t for layer in keep_float for t in self.layer_all.get(layer, self.layers[layer])]
+        deny = [t for layer in keep_float for t in self.layer_all[layer]]
         packed = tflite_edit.pack(model_t)
 
         def quantized(deny: list[str]) -> bytes:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import functools
-import os
 import sys
 from pathlib import Path
 
 import click
 
-from edgeres.core.errors import OutputWriteError, UsageError
+from edgeres.core.errors import UsageError
 from edgeres.core.limits import (
     MAX_CALIB_IMAGES,
     MAX_CLASSES,
@@ -123,15 +122,3 @@ fold_option = click.option("--fold-preprocessing", "fold", is_flag=True,
                                 "raw uint8 RGB pixels (scale 1, zero-point 0) and gives float32 scores.")
 labels_option = click.option("--labels", type=click.Path(path_type=Path), default=None, metavar="FILE",
                              help="Class names, one per line (default: the class folders of the run's data).")
-
-
-def check_output_file(path, option: str) -> None:
-    """Refuse, before the work that would fill it, an output file that cannot be written: its folder is
-    missing or not writable, or the path is a folder (write_bytes_atomic would only find out at the end)."""
-    path = Path(path)
-    if path.is_dir():
-        raise OutputWriteError(f"{option} {path} is a folder: give a file name")
-    if not path.parent.is_dir():
-        raise OutputWriteError(f"cannot write {option} {path}: folder {path.parent} does not exist")
-    if not os.access(os.path.realpath(path.parent), os.W_OK | os.X_OK):
-        raise OutputWriteError(f"cannot write {option} {path}: folder {path.parent} is not writable")

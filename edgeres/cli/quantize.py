@@ -12,7 +12,6 @@ import click
 from edgeres.cli.app import cli
 from edgeres.cli.options import (
     calib_size_option,
-    check_output_file,
     echo_json,
     echo_table,
     json_option,
@@ -73,7 +72,7 @@ def diagnose(model, calib, data, recipe, backend, target, calib_size, val_size, 
     """
     from edgeres.core import defaults
     from edgeres.core.data import open_dataset
-    from edgeres.core.fs import to_json, write_text_atomic
+    from edgeres.core.fs import check_output_file, to_json, write_text_atomic
     from edgeres.devices.targets import resolve_target
     from edgeres.quant.diagnosis import HEADER, table_rows
     from edgeres.quant.diagnosis import plot as plot_diagnosis

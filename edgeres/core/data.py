@@ -160,14 +160,8 @@ class Dataset:
             judge_skipped(self.source, len(self.items), yielded, skipped)
 
     def _emit(self, xs, ys, preprocess):
-        raw = np.stack(xs)
-        with np.errstate(over="ignore", invalid="ignore"):
-            x = preprocess.apply(raw)
-        if not np.isfinite(x).all():  # only pixels far outside 0..255 (a float .npz) can get here
-            raise DataError(f"{self.source}: pixels {float(raw.min()):g}..{float(raw.max()):g} are not finite in "
-                            "float32 after (pixels * scale - mean) / std; check the data and --scale/--mean/--std")
         y = np.asarray(ys, np.int64) if self.labels is not None else None
-        return x, y
+        return preprocessed(preprocess, np.stack(xs), f"{self.source}: "), y
 
     def _pixels(self, item, h: int, w: int, c: int, resize: str) -> np.ndarray:
         if self._npz_x is not None:
@@ -181,6 +175,17 @@ class Dataset:
         x = np.concatenate([p[0] for p in parts])
         y = None if parts[0][1] is None else np.concatenate([p[1] for p in parts])
         return x, y
+
+
+def preprocessed(preprocess: Preprocess, raw: np.ndarray, where: str = "") -> np.ndarray:
+    """``preprocess`` applied to raw pixels, refused when the result is not finite in float32 (only pixels far
+    outside 0..255, a float .npz, can get there)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        x = preprocess.apply(raw)
+    if not np.isfinite(x).all():
+        raise DataError(f"{where}pixels {float(raw.min()):g}..{float(raw.max()):g} are not finite in float32 after "
+                        "(pixels * scale - mean) / std; check the data and --scale/--mean/--std")
+    return x
 
 
 def judge_skipped(source: str, total: int, read: int, skipped: list[str]) -> None:

@@ -105,4 +105,3 @@ def no_model_file(path) -> ModelError:
             return ModelError(f"{p} is a folder: give one of its models ({', '.join(str(p / m) for m in models[:4])})")
         return ModelError(f"{p} is a folder, not a .tflite or .onnx model file")
     return ModelError(f"model file {p} does not exist")
-

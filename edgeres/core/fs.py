@@ -347,6 +347,18 @@ def _write_error(path: Path, exc: OSError) -> OutputWriteError:
     return OutputWriteError(f"cannot write {path}: {exc.strerror or exc}")
 
 
+def check_output_file(path: PathLike, option: str) -> None:
+    """Refuse, before the work that would fill it, an output file that cannot be written: its folder is
+    missing or not writable, or the path is a folder (write_bytes_atomic would only find out at the end)."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputWriteError(f"{option} {path} is a folder: give a file name")
+    if not path.parent.is_dir():
+        raise OutputWriteError(f"cannot write {option} {path}: folder {path.parent} does not exist")
+    if not _can_write(_real(path.parent)):
+        raise OutputWriteError(f"cannot write {option} {path}: folder {path.parent} is not writable")
+
+
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     """Write ``path`` whole or not at all, with the mode ``open()`` gives under the umask; OSError (a full
     disk, an unwritable folder) becomes OutputWriteError."""

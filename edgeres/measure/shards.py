@@ -20,8 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeres.core.data import Dataset, Preprocess, Shard, effective_batch_size, judge_skipped
-from edgeres.core.errors import DataError
+from edgeres.core.data import Dataset, Preprocess, Shard, effective_batch_size, judge_skipped, preprocessed
 from edgeres.core.executor import Executor
 from edgeres.core.metrics import Tally, default_topk, merge_tallies, tally_batches
 from edgeres.core.quiet import quiet
@@ -37,18 +36,8 @@ def feeds(model_fn: Callable, ref_fn: Callable | None, pre: Preprocess, ref_pre:
     (resized only) and each function applies its own; the resize must agree (the caller checks)."""
     if ref_fn is None or ref_pre is None or ref_pre == pre:
         return pre, model_fn, ref_fn
-    return (Preprocess(resize=pre.resize), lambda x: model_fn(_apply(pre, x)),
-            lambda x: ref_fn(_apply(ref_pre, x)))
-
-
-def _apply(pre: Preprocess, raw: np.ndarray) -> np.ndarray:
-    """``pre`` on raw pixels, as :meth:`Dataset.batches` applies it (bit for bit), with the same check."""
-    with np.errstate(over="ignore", invalid="ignore"):
-        x = pre.apply(raw)
-    if not np.isfinite(x).all():
-        raise DataError(f"pixels {float(raw.min()):g}..{float(raw.max()):g} are not finite in float32 after "
-                        "(pixels * scale - mean) / std; check the data and --scale/--mean/--std")
-    return x
+    return (Preprocess(resize=pre.resize), lambda x: model_fn(preprocessed(pre, x)),
+            lambda x: ref_fn(preprocessed(ref_pre, x)))
 
 
 def shard_bounds(n: int, batch_size: int, workers: int) -> list[tuple[int, int]]:

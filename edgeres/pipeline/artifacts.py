@@ -193,18 +193,11 @@ def _rebuild(cfg, fmt: Format, model, base: bytes, head, settings: Settings, inp
     holdout was carved out of a small calibration set, the shipped model still gets every image's statistics."""
     import numpy as np
 
-    from edgeres.quant.adaptive import recipe_named
+    from edgeres.quant.adaptive import chosen_recipe
 
     images = np.concatenate([inputs.calib, inputs.holdout.x])
-    ad = details["adaptive"]
-    chosen = ad["chosen"]
-    if "kept_float" in ad:  # a broken layer kept float in the winner of the ranges (edgeres.quant.adaptive)
-        import glob
-
-        recipe = recipe_named(cfg.recipe, fmt.name, ad["kept_float_of"])
-        recipe = recipe.replace(keep_float=(*recipe.keep_float, *(glob.escape(n) for n in ad["kept_float"])))
-    else:
-        recipe = recipe_named(cfg.recipe, fmt.name, chosen)
+    chosen = details["adaptive"]["chosen"]
+    recipe = chosen_recipe(cfg.recipe, fmt.name, details["adaptive"])
     log.info(f"{fmt.name} default: building '{chosen}' again from all {len(images)} calibration images")
     backend = create_backend(fmt, model, inputs.hwc, images, settings, float_model=base, head=head)
     data, rebuilt = backend.build(recipe)

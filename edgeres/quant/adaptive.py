@@ -53,14 +53,14 @@ TIE_ALPHA = 0.05    # one-sided exact McNemar: below this, a candidate is worse 
 #: calibration sample of the same size moves by 0.1-0.4 dB (benchmarks/calibration_spread.py), and
 #: candidates with bias correction often sit within a few hundredths of a dB of each other
 MIN_GAIN_DB = 0.1
-#: entropy (KL) ranges are left out: ten times slower to compute than the others (3.5 s against 0.3 s on
-#: ResNet-20), and on it the least faithful of all (SQNR 27.5 dB against 30.7); --recipe entropy builds them
 BROKEN_GAP_DB = 20.0   # a layer's SQNR this far below every earlier layer's: 100x their error power
 BROKEN_LAYER_DB = 5.0  # the first layer's floor (nothing before it to compare with)
 MAX_RESCUED = 3
 #: holdout images the per-layer error is measured on: a broken layer (a step of 20 dB) shows on a few, and every
 #: intermediate tensor of a 224x224 ResNet-50 is about 40 MB an image, twice (int8 and float)
 BROKEN_IMAGES = 16
+#: entropy (KL) ranges are left out: ten times slower to compute than the others (3.5 s against 0.3 s on
+#: ResNet-20), and on it the least faithful of all (SQNR 27.5 dB against 30.7); --recipe entropy builds them
 METHODS = (("mse", None), ("percentile", 99.999), ("percentile", 99.99), ("minmax", None))
 
 
@@ -132,6 +132,21 @@ def refined(c: Candidate) -> Candidate:
     """``c`` with its weights rounded by GPTQ (:mod:`edgeres.quant.rounding`), tried on the first round's winner:
     the rounding changes no range and no kernel, only which int8 value each weight takes."""
     return Candidate(c.name + ", gptq rounding", c.recipe.replace(weight_rounding="gptq"))
+
+
+def with_float_layers(recipe: Recipe, layers: list[str]) -> Recipe:
+    """``recipe`` with ``layers`` (exact names, not patterns) kept in float on top of its own."""
+    import glob
+
+    return recipe.replace(keep_float=(*recipe.keep_float, *(glob.escape(name) for name in layers)))
+
+
+def chosen_recipe(base: Recipe, backend: str, adaptive: dict) -> Recipe:
+    """The recipe of the candidate :func:`choose` chose, from its ``details["adaptive"]`` record (to build it
+    again from more images): a broken layer's candidate is its source candidate with those layers float."""
+    if "kept_float" in adaptive:
+        return with_float_layers(recipe_named(base, backend, adaptive["kept_float_of"]), adaptive["kept_float"])
+    return recipe_named(base, backend, adaptive["chosen"])
 
 
 def recipe_named(base: Recipe, backend: str, name: str) -> Recipe:
@@ -239,8 +254,6 @@ def _rescue(backend: Backend, winner: Scored, holdout: Split, score: Callable[[C
     winner with it in float as one more candidate, and repeat on that one while another layer breaks, up to
     ``MAX_RESCUED``.  On a healthy model this is one measurement and no build.  Returns {candidate name: its
     float layers}; the rule then judges those candidates with the others."""
-    import glob
-
     from edgeres.quant.diagnosis import layer_errors
 
     tried: dict[str, list[str]] = {}
@@ -252,8 +265,7 @@ def _rescue(backend: Backend, winner: Scored, holdout: Split, score: Callable[[C
             break
         found.append(layer)
         name = f"{winner.candidate.name}, {', '.join(found)} in float"
-        recipe = winner.candidate.recipe.replace(
-            keep_float=(*winner.candidate.recipe.keep_float, *(glob.escape(f) for f in found)))
+        recipe = with_float_layers(winner.candidate.recipe, found)
         log(f"{backend.name} default: layer {layer} is broken in int8 (its output SQNR falls more than "
             f"{BROKEN_GAP_DB:g} dB below the layers before it): trying it in float")
         score(Candidate(name, recipe))
