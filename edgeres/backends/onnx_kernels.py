@@ -27,12 +27,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from edgeres.core.runtime import _ORT_TYPES
+from edgeres.core.stop import temp_dir
 
 FASTER = 0.9        # a layer moves to GEMM when it ran in at most 90% of its symmetric time ...
 WHOLE_FASTER = 0.97  # ... and the tuned model is kept when it ran in at most 97% of the untuned one
@@ -125,7 +125,7 @@ def conv_times(data: bytes, threads: int, runs: int = RUNS) -> dict[str, float]:
     """Median time (ms) of every int8 convolution, by weight name, from ONNX Runtime's profiler."""
     import onnx
 
-    with tempfile.TemporaryDirectory(prefix="edgeres-kernels-") as tmp:
+    with temp_dir("edgeres-kernels-") as tmp:
         optimized = str(Path(tmp, "optimized.onnx"))
         sess = _session(data, threads, tmp, optimized)
         feed = _feed(sess)

@@ -6,7 +6,6 @@ activation ranges from its own histograms and corrects biases afterwards.
 
 from __future__ import annotations
 
-import tempfile
 from functools import cached_property
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from edgeres.backends.onnx_subgraph import feeding as _feeding
 from edgeres.backends.onnx_subgraph import prefix as _prefix
 from edgeres.backends.onnx_subgraph import tap as _tap
 from edgeres.core.errors import ConversionError, first_line
+from edgeres.core.stop import temp_dir
 from edgeres.quant.stats import LAYER_BY_LAYER, bias_correction_passes
 
 
@@ -68,7 +68,7 @@ class OnnxQuantizer:
         from edgeres.core.layers import resolve_layer
 
         self.calib, self.activation_type = calib, activation_type
-        with tempfile.TemporaryDirectory(prefix="edgeres-ort-") as tmp:
+        with temp_dir("edgeres-ort-") as tmp:
             src, pre = Path(tmp, "fp32.onnx"), Path(tmp, "pre.onnx")
             src.write_bytes(float_model)
             try:
@@ -218,7 +218,7 @@ class OnnxQuantizer:
                    *(n for layer in keep_float for n in self.layer_all[layer])]
         # ORT still runs its own calibrator; every range is overridden, so a few images suffice.
         reader = _Reader(self.input_name, self.calib[:8], 8)
-        with tempfile.TemporaryDirectory(prefix="edgeres-ort-") as tmp:
+        with temp_dir("edgeres-ort-") as tmp:
             src, dst = Path(tmp, "pre.onnx"), Path(tmp, "int8.onnx")
             onnx.save(self.proto, str(src))
             try:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from edgeres.core.stop import temp_dir
+
 
 def tap(proto, names: list[str], optimized: bool = False):
     """A session over ``proto`` that also returns the named intermediate tensors.
@@ -128,12 +130,11 @@ def float_islands(data: bytes) -> list[tuple[str, str]]:
     DequantizeLinear and a QuantizeLinear.  Float ops at the model's edges (input normalization, an output
     activation) are not islands; data movement ops (Reshape, Transpose, ...) are not counted."""
     import os
-    import tempfile
 
     import onnx
     import onnxruntime as ort
 
-    with tempfile.TemporaryDirectory(prefix="edgeres-ort-") as tmp:
+    with temp_dir("edgeres-ort-") as tmp:
         path = os.path.join(tmp, "optimized.onnx")
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

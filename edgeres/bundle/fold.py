@@ -33,6 +33,7 @@ from edgeres.core import tflite_edit as tfl
 from edgeres.core.errors import ModelError, ShapeError
 from edgeres.core.preprocess import Preprocess
 from edgeres.core.runtime import quantize
+from edgeres.core.stop import temp_dir
 from edgeres.core.tflite_schema import schema
 
 _NP = {"INT8": np.int8, "UINT8": np.uint8}
@@ -160,7 +161,6 @@ def _float_ops(m, g, new: int, body_input: int, preprocess: Preprocess, shape: l
 def _pixel_path_exact(m, n_ops: int, body_input: int, table: np.ndarray, shape: list[int]) -> bool:
     """Run the first ``n_ops`` ops alone (the pixel path, cut out of the model) on every pixel value in every
     channel, with XNNPACK and with the built-in kernels, and compare with ``table``."""
-    import tempfile
     from pathlib import Path
 
     from edgeres.core.quiet import quiet
@@ -174,7 +174,7 @@ def _pixel_path_exact(m, n_ops: int, body_input: int, table: np.ndarray, shape: 
         sig.outputs = []
     pixels = ramp_images(shape[1:])
     want = table[pixels.astype(np.int64), np.arange(shape[3])]
-    with tempfile.TemporaryDirectory(prefix="edgeres-fold-") as tmp:
+    with temp_dir("edgeres-fold-") as tmp:
         path = Path(tmp) / "pixel_path.tflite"
         path.write_bytes(tfl.pack(cut))
         for delegate in ("xnnpack", "none"):

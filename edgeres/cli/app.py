@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 
 import click
 
 from edgeres import __version__
 from edgeres.core.errors import EdgeresError
 from edgeres.core.quiet import real_stderr
+from edgeres.core.stop import stops_cleanly
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
@@ -45,7 +47,8 @@ class _Group(click.Group):
 
     def invoke(self, ctx: click.Context):
         try:
-            return super().invoke(ctx)
+            with stops_cleanly((signal.SIGINT, signal.SIGTERM)):  # Ctrl-C 130, SIGTERM 143: nothing half-written
+                return super().invoke(ctx)
         except EdgeresError as exc:
             click.echo(f"edgeres: error: {exc}", err=True)
             ctx.exit(exc.exit_code)

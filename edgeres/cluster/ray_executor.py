@@ -31,9 +31,9 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from edgeres.core import stop
 from edgeres.core.errors import ClusterError, EdgeresError, UsageError, first_line
 from edgeres.core.executor import Progress
-from edgeres.core.fs import SIGTERM_EXIT
 from edgeres.core.machine import usable_cores
 
 INSTALL_HINT = "--ray needs Ray, which is not installed: pip install 'edgeres[cluster]'"
@@ -78,11 +78,6 @@ def _connected_address(ray) -> str | None:
         return None
 
 
-def _terminated(signum, frame) -> None:
-    """SIGTERM: exit 143 as edgeres does, but through ``close`` (Ray's processes would outlive a plain kill)."""
-    raise SystemExit(SIGTERM_EXIT)
-
-
 def _call(fn: Callable[[Any, Any], Any], shared: Any, item: Any) -> Any:
     """The remote task's body (Ray resolves ``shared``, put once, to its value)."""
     return fn(shared, item)
@@ -101,6 +96,7 @@ class RayExecutor:
         ray = self._ray = _import_ray()
         self._owned = False
         self._sigterm = None  # the SIGTERM handler to put back on close
+        self._on_stop = None  # while connected: _shutdown registered with core.stop
         if not ray.is_initialized():
             self._connect()
             self._owned = True
@@ -139,8 +135,11 @@ class RayExecutor:
         finally:  # ray.init sets its own SIGTERM handler (exit 15): SIGTERM keeps edgeres's meaning instead
             if before is not None:
                 default = connected and before == signal.SIG_DFL
-                signal.signal(signal.SIGTERM, _terminated if default else before)
+                signal.signal(signal.SIGTERM, stop.stop if default else before)
                 self._sigterm = before if default else None
+        if connected:  # a signal's cleanup (core.stop): Ray's processes would outlive a plain exit
+            self._on_stop = stop.on_stop(self._shutdown)
+            self._on_stop.__enter__()
 
     def describe(self) -> dict:
         return {"backend": "ray", "ray": self._ray.__version__, "address": self.address, "nodes": self.nodes,
@@ -191,11 +190,17 @@ class RayExecutor:
                                 f"{first_line(exc)}")
         return exc
 
-    def close(self) -> None:
-        """Stop the Ray this executor started, or drop the connection it made; leave any other alone."""
+    def _shutdown(self) -> None:
         if self._owned:
             self._owned = False
             self._ray.shutdown()
+
+    def close(self) -> None:
+        """Stop the Ray this executor started, or drop the connection it made; leave any other alone."""
+        self._shutdown()
+        if self._on_stop is not None:
+            self._on_stop.__exit__(None, None, None)
+            self._on_stop = None
         if self._sigterm is not None and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self._sigterm)
             self._sigterm = None

@@ -15,10 +15,8 @@ import os
 import re
 import secrets
 import shutil
-import signal
 import stat
 import tempfile
-import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -27,20 +25,13 @@ from filelock import FileLock, Timeout
 
 from edgeres.core.errors import OutputExistsError, OutputWriteError, UsageError
 from edgeres.core.jsonfmt import to_json  # noqa: F401 - imported from here by the writers of reports
+from edgeres.core.stop import on_stop, signals_held, stops_cleanly
 
 log = logging.getLogger(__name__)
 
-SIGTERM_EXIT = 143  # 128 + 15: what a shell reports for a process that SIGTERM ended
 _NO_SPACE = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 _LOCK_WAIT = 1.0  # seconds: rides out another run's check_output_dir probe, never a run
 PathLike = str | os.PathLike
-
-
-class Terminated(SystemExit):
-    """SIGTERM while a run was staged: the stage was removed; exits with SIGTERM_EXIT."""
-
-
-_TERMINATED: list[int] = []  # the SIGTERMs received while a run was staged (see _sigterm_exits)
 
 
 def check_output_dir(out: Path, force: bool, inputs: Iterable[PathLike | None] | None = None) -> None:
@@ -66,8 +57,9 @@ def staged_dir(out: Path, force: bool, *, inputs: Iterable[PathLike | None] | No
 
     :func:`check_output_dir`'s checks run first, and again under the lock ``.NAME.lock`` beside ``out``, held
     to the end.  The stage ``.NAME.partial-XXXXXXXX`` gets the umask's mode; any exception, Ctrl-C or SIGTERM
-    removes it.  SIGTERM raises :class:`Terminated` (SystemExit 143) meanwhile, in the main thread when it has
-    its default action.  SIGKILL may leave a stage (the next run removes it), never a valid-looking ``out``.
+    removes it, a signal through :mod:`edgeres.core.stop`'s handler (SIGTERM gets it meanwhile, when it has
+    its default action; the process then ends with 143).  SIGKILL may leave a stage (the next run removes it),
+    never a valid-looking ``out``.
     Without ``force`` the stage is renamed onto ``out``, replacing only a missing or empty folder: files that
     appeared meanwhile are kept, the stage dropped, OutputExistsError raised.  With ``force`` a non-empty
     ``out`` is moved aside and deleted.  A symbolic link ``out`` is refused (UsageError), never followed.
@@ -78,32 +70,36 @@ def staged_dir(out: Path, force: bool, *, inputs: Iterable[PathLike | None] | No
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise _write_error(out.parent, exc) from exc
-    with _output_lock(out), _sigterm_exits():
+    stage: Path | None = None
+
+    def _unfinished() -> str | None:  # a signal's cleanup (core.stop): the stage goes, and the process ends
+        if stage is not None:
+            shutil.rmtree(stage, ignore_errors=True)
+            return "the unfinished run folder was removed"
+        return None
+
+    with stops_cleanly(), _output_lock(out), on_stop(_unfinished):
         _check(out, force)  # again, now that no other edgeres run can change it
         stale = re.compile(re.escape(f".{out.name}.partial-") + r"[a-z0-9_]{8}")  # a killed run's, under the lock
         with suppress(OSError), os.scandir(out.parent) as it:
             for entry in (e for e in it if stale.fullmatch(e.name) and e.is_dir(follow_symlinks=False)):
                 shutil.rmtree(entry.path, ignore_errors=True)
-        stage: Path | None = None
         try:
-            with _signals_deferred():
+            with signals_held():
                 try:
                     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
                 except OSError as exc:
                     raise _write_error(out.parent, exc) from exc
                 os.chmod(stage, 0o777 & ~_umask())  # mkdtemp makes it 0700 whatever the umask
             yield stage
-            with _signals_deferred():
+            with signals_held():
                 _publish(stage, out, force)
                 stage = None
         except BaseException as exc:
             if stage is not None:
-                with _signals_deferred():
+                with signals_held():
                     shutil.rmtree(stage, ignore_errors=True)
-                if isinstance(exc, Terminated) or _TERMINATED:
-                    log.warning("terminated (SIGTERM): the unfinished run folder was removed")
-            if _TERMINATED and not isinstance(exc, Terminated):  # TensorFlow's converter wrapped it in its own error
-                raise Terminated(SIGTERM_EXIT) from None
+                    stage = None
             if isinstance(exc, OSError) and exc.errno in _NO_SPACE:  # a full disk anywhere in the body
                 raise OutputWriteError(f"cannot write the run folder {out}: {exc}") from exc
             raise
@@ -209,8 +205,13 @@ def _output_lock(out: Path) -> Iterator[None]:
         lock.release()  # we locked a file another run had just removed: lock the new one
     else:
         raise OutputExistsError(busy)
+    def _remove() -> None:  # a signal's cleanup (core.stop): the process ends, and the kernel drops the flock
+        if _same_file(lock, path) and _filelock_keeps_file():
+            path.unlink(missing_ok=True)
+
     try:
-        yield
+        with on_stop(_remove):
+            yield
     finally:
         try:
             if _same_file(lock, path) and _filelock_keeps_file():
@@ -256,49 +257,6 @@ def _filelock_keeps_file() -> bool:
             return os.path.exists(os.path.join(tmp, "probe.lock"))
     except Exception:  # if in doubt, keep the file
         return False
-
-
-@contextmanager
-def _sigterm_exits() -> Iterator[None]:
-    """SIGTERM raises Terminated (exit 143) meanwhile, in the main thread, if it has its default action."""
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
-        yield
-        return
-
-    def _terminate(signum: int, frame: object) -> None:
-        _TERMINATED.append(signum)  # a converter may catch the exception and raise its own: staged_dir sees this
-        raise Terminated(SIGTERM_EXIT)  # the cleanup itself holds signals back (_signals_deferred)
-
-    _TERMINATED.clear()
-    signal.signal(signal.SIGTERM, _terminate)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-
-@contextmanager
-def _signals_deferred() -> Iterator[None]:
-    """Hold SIGINT and SIGTERM back while a rename or a cleanup runs, and deliver them after it.
-
-    Python handlers run in the main thread, so they are swapped there (pthread_sigmask would not do: the
-    kernel would hand the signals to TensorFlow's threads instead).
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    held: list[int] = []
-    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    saved = {s: h for s, h in saved.items() if h not in (None, signal.SIG_IGN)}
-    for s in saved:
-        signal.signal(s, lambda signum, frame: held.append(signum))
-    try:
-        yield
-    finally:
-        for s, handler in saved.items():
-            signal.signal(s, handler)
-        for s in dict.fromkeys(held):
-            signal.raise_signal(s)
 
 
 def _publish(stage: Path, out: Path, force: bool) -> None:

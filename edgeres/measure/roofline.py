@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from edgeres.core.stop import temp_dir
 
 H = W = 28
 C_IN = C_OUT = 256
@@ -107,7 +108,7 @@ def measured_ceiling(threads: int, delegate: str = "xnnpack", precision: str = "
     cache = _read_cache()
     if use_cache and key in cache:
         return {**cache[key], "cached": True}
-    with tempfile.TemporaryDirectory(prefix="edgeres-roofline-") as tmp:
+    with temp_dir("edgeres-roofline-") as tmp:
         path = Path(tmp) / "roofline.tflite"
         path.write_bytes(conv_model(precision=precision))
         with quiet():

@@ -13,7 +13,6 @@ LIGHT layer: the executor is given; nothing here imports Ray.
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ from edgeres.core.executor import Executor
 from edgeres.core.metrics import Tally, default_topk, merge_tallies, tally_batches
 from edgeres.core.quiet import quiet
 from edgeres.core.runtime import Runner, open_runner
+from edgeres.core.stop import temp_dir
 
 SHARDS_PER_WORKER = 4  # a few per worker, so a slow worker or a retried shard does not hold up the end
 MIN_SHARD_BATCHES = 4  # but none smaller than this: each shard loads the models again
@@ -103,7 +103,7 @@ def run_shard(job: ShardJob, shard: Shard) -> ShardResult:
     """The task: tally one shard, reading its images and opening the models here."""
     ds = shard.open("validation")
     skipped: list[str] = []
-    with tempfile.TemporaryDirectory(prefix="edgeres-shard-") as tmp:
+    with temp_dir("edgeres-shard-") as tmp:
         runner = job.model.open(Path(tmp) / "model", job.threads, job.delegate, job.shape)
         ref = job.reference.open(Path(tmp) / "reference", job.threads, None, job.shape) if job.reference else None
         stream, model_fn, ref_fn = feeds(runner.predict, ref.predict if ref is not None else None, job.preprocess,

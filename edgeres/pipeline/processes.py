@@ -24,11 +24,12 @@ when the parent stops for any reason, the children are stopped too.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pickle
 import resource
-import tempfile
+import signal
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,7 @@ import numpy as np
 
 from edgeres.core.errors import ConversionError, EdgeresError
 from edgeres.core.machine import available_memory, usable_cores
+from edgeres.core.stop import on_stop, stops_cleanly, temp_dir
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +120,11 @@ def build_in_processes(build, cfg, settings, inputs, stage: Path, stages, names:
     parts: dict[str, object] = {}
     running: dict[str, tuple] = {}
     log.info(f"building {', '.join(names)} in their own processes, {jobs} at a time")
-    with tempfile.TemporaryDirectory(prefix="edgeres-jobs-") as tmp, stages(f"formats ({jobs} at a time)"):
+
+    def children() -> None:  # stopped at the end, and on a signal (core.stop) before the stage is removed
+        _stop([proc for proc, _ in running.values()])
+
+    with temp_dir("edgeres-jobs-") as tmp, on_stop(children), stages(f"formats ({jobs} at a time)"):
         shared = _share(inputs, Path(tmp))
         pending = list(names)
         try:
@@ -138,7 +144,7 @@ def build_in_processes(build, cfg, settings, inputs, stage: Path, stages, names:
                         parts[name] = _collect(name, proc, receive)
                         del running[name]
         finally:
-            _stop([proc for proc, _ in running.values()])
+            children()
     return [parts[name] for name in names]
 
 
@@ -212,7 +218,9 @@ def _child(send, job: Job) -> None:
     root.handlers[:] = [_StderrHandler()]
     root.setLevel(job.log_level)
     root.propagate = False
+    stack = contextlib.ExitStack()
     try:
+        stack.enter_context(stops_cleanly((signal.SIGINT, signal.SIGTERM), announce=False))  # the parent speaks
         from edgeres.core.timing import Stages
 
         inputs = _load(job)
@@ -229,6 +237,7 @@ def _child(send, job: Job) -> None:
         send.send(("error", _portable(exc, job.name)))
     finally:
         send.close()
+        stack.close()
 
 
 def _portable(exc: BaseException, name: str) -> BaseException:

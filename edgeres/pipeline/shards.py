@@ -12,13 +12,13 @@ is the sequential run's: the same figures, bit for bit.
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from edgeres.core.data import Preprocess, Shard, effective_batch_size, judge_skipped
 from edgeres.core.executor import Executor
 from edgeres.core.metrics import Tally, default_topk, merge_tallies, tally_batches
+from edgeres.core.stop import temp_dir
 from edgeres.measure.shards import SHARDS_PER_WORKER, ModelBytes
 from edgeres.pipeline.reference import reference_chunk, with_reference
 
@@ -50,7 +50,7 @@ def run_convert_shard(job: ConvertShardJob, shard: Shard) -> tuple[Tally, dict[s
 
     ds = shard.open("validation")
     skipped: list[str] = []
-    with tempfile.TemporaryDirectory(prefix="edgeres-shard-") as tmp:
+    with temp_dir("edgeres-shard-") as tmp:
         (Path(tmp) / "model.keras").write_bytes(job.keras)
         model = load_in_worker(Path(tmp) / "model.keras")
         runners = {a.name: a.model.open(Path(tmp) / a.name, job.threads, a.delegate) for a in job.artifacts}
@@ -67,7 +67,7 @@ def validate_in_shards(executor: Executor, cfg, inputs, artifacts, runners, prog
     from edgeres.backends.keras_io import save_for_worker
 
     ds = inputs.val_ds
-    with tempfile.TemporaryDirectory(prefix="edgeres-keras-") as tmp:
+    with temp_dir("edgeres-keras-") as tmp:
         save_for_worker(inputs.model, Path(tmp) / "model.keras")
         keras_bytes = (Path(tmp) / "model.keras").read_bytes()
     batch = effective_batch_size(inputs.hwc, cfg.batch_size)

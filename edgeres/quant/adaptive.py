@@ -32,7 +32,6 @@ converted is it an error.
 from __future__ import annotations
 
 import math
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -42,6 +41,7 @@ import numpy as np
 
 from edgeres.core.errors import ConversionError
 from edgeres.core.metrics import Tally, collapsed
+from edgeres.core.stop import temp_dir
 from edgeres.quant.backend import Backend
 from edgeres.quant.evaluate import Split
 from edgeres.quant.recipes import BackendOverride, Recipe
@@ -167,7 +167,7 @@ def choose(backend: Backend, base: Recipe, holdout: Split,
     candidate: the rounding is what costs, and it helps the same way whatever the ranges)."""
     ref_top1 = holdout.ref.reshape(len(holdout.ref), -1).argmax(1)
     scored: list[Scored] = []
-    with tempfile.TemporaryDirectory(prefix="edgeres-adaptive-") as tmp:
+    with temp_dir("edgeres-adaptive-") as tmp:
         def score(cand: Candidate) -> None:
             s = Scored(cand, summary=cand.recipe.for_backend(backend.name).summary())
             t0 = time.perf_counter()

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from edgeres.core.metrics import collapsed, tally_batches
+from edgeres.core.stop import temp_dir
 from edgeres.quant.backend import Backend
 
 
@@ -62,7 +62,7 @@ def evaluate(backend: Backend, data: bytes, split: Split, latency_runs: int = 0)
     """Run ``data`` on ``split``; with ``latency_runs`` also time batch-1 inference."""
     from edgeres.core.timing import measure
 
-    with tempfile.TemporaryDirectory(prefix="edgeres-eval-") as tmp:
+    with temp_dir("edgeres-eval-") as tmp:
         runner = backend.runner(data, Path(tmp))
         ref_tally, tallies = tally_batches(split.batches(), {"model": runner.predict}, topk=1)
         p50 = None
