@@ -99,6 +99,8 @@ class Runner:
     input_quant: tuple[float, int] | None = None
     output_quant: tuple[float, int] | None = None
     load_seconds: float = 0.0
+    #: how many outputs the model has (validate measures one class vector: it refuses more)
+    outputs: int = 1
     #: "softmax"/"sigmoid": applied to the outputs on the host (a full-integer model that outputs logits)
     host_activation: str | None = None
 
@@ -215,6 +217,7 @@ class TFLiteRunner(Runner):
         if len(inp) != 1:
             raise ShapeError(f"{self.path.name} has {len(inp)} inputs; edgeres handles single-input image models")
         self._in, self._out = inp[0], out[0]
+        self.outputs = len(out)
         sig = [int(v) for v in self._in.get("shape_signature", self._in["shape"])]
         self._finish_shape(sig, shape)
         try:  # dynamic dims set by --shape are sized before the first allocation (at 1x1 a 3x3 conv fails)
@@ -363,6 +366,7 @@ class OnnxRunner(Runner):
             raise ShapeError(f"{self.path.name} has {len(inputs)} inputs; edgeres handles single-input image models")
         self._in = inputs[0]
         self._out_name = self.sess.get_outputs()[0].name
+        self.outputs = len(self.sess.get_outputs())
         dims = [d if isinstance(d, int) and d > 0 else -1 for d in self._in.shape]
         self._finish_shape(dims, shape)
         self.input_dtype = np.dtype(_ORT_TYPES.get(self._in.type, np.float32))

@@ -158,6 +158,10 @@ def run_validate(model: str, data: str, *, reference: str | None = None,
     with quiet():
         runner = open_runner(model, threads=threads, delegate=delegate, shape=shape)
         ref_runner = open_runner(reference, threads=threads, shape=shape) if reference else None
+    for r, name in ((runner, model), (ref_runner, reference)):
+        if r is not None and r.outputs != 1:
+            raise ShapeError(f"{Path(name).name} has {r.outputs} outputs; validate measures a classifier's one "
+                             "class vector (edgeres handles single-output models)")
     runner.host_activation = recorded_host_activation(str(model))
     if ref_runner is not None:
         ref_runner.host_activation = recorded_host_activation(str(reference))
