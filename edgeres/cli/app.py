@@ -13,6 +13,7 @@ written; 10 accuracy budget not met (artifacts and report are still written);
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -20,6 +21,7 @@ import signal
 import click
 
 from edgeres import __version__
+from edgeres.cli.options import JSON_ASKED, JSON_WRITTEN
 from edgeres.core.errors import EdgeresError
 from edgeres.core.quiet import real_stderr
 from edgeres.core.stop import stops_cleanly
@@ -51,6 +53,9 @@ class _Group(click.Group):
                 return super().invoke(ctx)
         except EdgeresError as exc:
             click.echo(f"edgeres: error: {exc}", err=True)
+            if ctx.meta.get(JSON_ASKED) and not ctx.meta.get(JSON_WRITTEN):  # --json: stdout is never empty
+                click.echo(json.dumps({"error": {"message": str(exc), "exit_code": exc.exit_code,
+                                                 "kind": type(exc).__name__}}, indent=2))
             ctx.exit(exc.exit_code)
         except click.UsageError as exc:  # click's own checks of a command's options and arguments
             _usage_error(exc)

@@ -13,6 +13,7 @@ from edgeres.cli.app import cli
 from edgeres.cli.options import (
     FiniteFloat,
     calib_size_option,
+    echo_json_text,
     fold_option,
     json_option,
     labels_option,
@@ -149,7 +150,7 @@ def convert(model, calib, data, int8, output_dir, force, target, io_dtype, calib
 
         doc = json.loads(to_json(report))
         doc["bundle"] = m
-        click.echo(json.dumps(doc, indent=2))
+        echo_json_text(json.dumps(doc, indent=2))
         return
     _print(report, output_dir, False)
     print_manifest(m, bundle_dir)
@@ -158,4 +159,7 @@ def convert(model, calib, data, int8, output_dir, force, target, io_dtype, calib
 def _print(report, out: Path, as_json: bool) -> None:
     from edgeres.report import render_terminal, to_json
 
-    click.echo(to_json(report) if as_json else render_terminal(report, out), nl=False)
+    if as_json:
+        echo_json_text(to_json(report))
+    else:
+        click.echo(render_terminal(report, out), nl=False)

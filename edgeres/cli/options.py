@@ -51,7 +51,16 @@ target_option = click.option("--target", default=None, metavar="NAME|FILE",
                              help="Device profile (see 'edgeres targets'); default: this machine's.")
 seed_option = click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True,
                            help="Seed for sampling images.")
-json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON to stdout.")
+JSON_ASKED, JSON_WRITTEN = "edgeres.json", "edgeres.json_written"  # ctx.meta keys, read by the error boundary
+
+
+def _json_asked(ctx, param, value):
+    ctx.meta[JSON_ASKED] = value  # meta is shared by every context of the command line
+    return value
+
+
+json_option = click.option("--json", "as_json", is_flag=True, callback=_json_asked,
+                           help="Print machine-readable JSON to stdout (on an error, {\"error\": {...}}).")
 on_bad_image_option = click.option("--on-bad-image", type=click.Choice(["warn", "error"]), default="warn",
                                    show_default=True, help="Skip unreadable images with a warning, or stop.")
 val_size_option = click.option("--val-size", type=click.IntRange(1, MAX_IMAGES), default=None,
@@ -114,7 +123,15 @@ def echo_table(header, rows) -> None:
 def echo_json(obj) -> None:
     from edgeres.core.fs import to_json
 
-    click.echo(to_json(obj), nl=False)
+    echo_json_text(to_json(obj))
+
+
+def echo_json_text(text: str) -> None:
+    """The command's JSON document on stdout; an error after it (exit 10) then adds no second one."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:
+        ctx.meta[JSON_WRITTEN] = True
+    click.echo(text, nl=not text.endswith("\n"))
 
 
 fold_option = click.option("--fold-preprocessing", "fold", is_flag=True,
