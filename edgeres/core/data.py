@@ -90,6 +90,14 @@ class Dataset:
             idx = np.sort(np.random.default_rng(seed).permutation(idx)[:n])
         return self._subset(idx)
 
+    def shared_with(self, other: Dataset) -> int:
+        """How many of this dataset's images are also ``other``'s: the same files, or the same rows of one .npz."""
+        if self.layout == "npz" or other.layout == "npz":
+            same = self.layout == other.layout and os.path.realpath(self.source) == os.path.realpath(other.source)
+            return len(set(self.items) & set(other.items)) if same else 0
+        theirs = {os.path.realpath(item) for item in other.items}
+        return sum(os.path.realpath(item) in theirs for item in self.items)
+
     def _subset(self, idx: np.ndarray) -> Dataset:
         items = tuple(self.items[i] for i in idx)
         labels = None if self.labels is None else self.labels[idx]

@@ -117,6 +117,10 @@ def _notes(cfg, settings: Settings, inputs, artifacts) -> list[str]:
     if inputs.val_ds is not None and len(inputs.calib) < len(inputs.calib_ds):
         notes.append(f"calibration used {len(inputs.calib)} of {len(inputs.calib_ds)} images (the rest were "
                      "unreadable)")
+    if inputs.val_ds is not None and (shared := inputs.val_ds.shared_with(inputs.calib_ds)):
+        notes.append(f"{shared} of the {len(inputs.val_ds)} validation images were also calibration images: "
+                     "figures measured on images the int8 models were calibrated on flatter them; give --data "
+                     "held-out images")
     if getattr(inputs, "adaptive_skipped", None):
         notes.append(inputs.adaptive_skipped)
     for a in artifacts:
