@@ -210,3 +210,36 @@ def test_a_calibration_set_too_small_for_the_adaptive_default_says_so_in_the_rep
                     "--recipe", "default", "-o", out2)
     assert result.exit_code == 0, result.stderr
     assert not any("adaptive" in n for n in json.loads((out2 / "report.json").read_text())["notes"])
+
+
+# ------------------------------------------------------------------ validation images that were calibration images
+
+
+def test_images_shared_by_two_datasets_are_counted_by_file_and_by_npz_row(tmp_path):
+    from PIL import Image
+
+    from edgeres.core.data import open_dataset
+
+    for cls in ("a", "b"):
+        (tmp_path / "imgs" / cls).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (4, 4), (i, 0, 0)).save(tmp_path / "imgs" / cls / f"{i}.png")
+    (tmp_path / "link").symlink_to(tmp_path / "imgs")
+    folder, linked = open_dataset(tmp_path / "imgs", "calibration"), open_dataset(tmp_path / "link", "validation")
+    assert linked.shared_with(folder) == 6  # the same files under another name
+    assert linked.sample(4, 1).shared_with(folder) == 4 and folder.shared_with(linked.sample(4, 1)) == 4
+    a, b = folder.split(3, 0)
+    assert a.shared_with(b) == 0 and a.shared_with(linked) == 3
+    npz = open_dataset(TEST, "validation")
+    assert npz.sample(50, 0).shared_with(npz.sample(60, 0)) == 50  # rows 0.. of one sample are in the other
+    assert npz.shared_with(open_dataset(TRAIN, "calibration")) == 0 and npz.shared_with(folder) == 0
+
+
+def test_validating_on_the_calibration_images_is_a_report_note(tmp_path):
+    out = tmp_path / "run"
+    result = invoke("convert", "--int8", "--recipe", "default", "--calib", TEST, "--data", TEST, "--val-size",
+                    "40", "-o", out)
+    assert result.exit_code == 0, result.stderr
+    notes = json.loads((out / "report.json").read_text())["notes"]
+    assert any(n.startswith("40 of the 40 validation images were also calibration images") for n in notes), notes
+    assert "give --data held-out images" in result.output

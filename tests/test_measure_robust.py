@@ -41,7 +41,7 @@ def models(tmp_path_factory) -> dict[str, Path]:
     w, b = (v.numpy() if hasattr(v, "numpy") else np.asarray(v) for v in conv.weights)
     dw, db = (v.numpy() if hasattr(v, "numpy") else np.asarray(v) for v in dense.weights)
 
-    def onnx_model(name: str, shape: list) -> None:
+    def onnx_model(name: str, shape: list, two_outputs: bool = False) -> None:
         inits = [numpy_helper.from_array(np.float32(1 / 16.0).reshape(()), "s"),
                  numpy_helper.from_array(w.transpose(3, 2, 0, 1).copy(), "w"),  # HWIO -> OIHW
                  numpy_helper.from_array(b, "b"), numpy_helper.from_array(dw, "dw"),
@@ -50,8 +50,12 @@ def models(tmp_path_factory) -> dict[str, Path]:
                  helper.make_node("Relu", ["c"], ["r"]), helper.make_node("GlobalAveragePool", ["r"], ["g"]),
                  helper.make_node("Flatten", ["g"], ["f"]), helper.make_node("MatMul", ["f", "dw"], ["mm"]),
                  helper.make_node("Add", ["mm", "db"], ["y"])]
+        outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [shape[0], 10])]
+        if two_outputs:  # a second head: the class scores' softmax
+            nodes.append(helper.make_node("Softmax", ["y"], ["p"], axis=-1))
+            outputs.append(helper.make_tensor_value_info("p", TensorProto.FLOAT, [shape[0], 10]))
         graph = helper.make_graph(nodes, name, [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
-                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [shape[0], 10])], inits)
+                                  outputs, inits)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
         model.ir_version = 8
         out[f"{name}.onnx"] = root / f"{name}.onnx"
@@ -60,6 +64,7 @@ def models(tmp_path_factory) -> dict[str, Path]:
     onnx_model("nchw_b4", [4, 1, 8, 8])
     onnx_model("nchw", ["N", 1, 8, 8])
     onnx_model("nchw_dynhw", ["N", 1, "H", "W"])
+    onnx_model("two_outputs", ["N", 1, 8, 8], two_outputs=True)
     return out
 
 
@@ -93,6 +98,16 @@ def test_bench_times_a_fixed_batch_model_at_its_batch_and_says_so(models):
     assert (b4["batch"], b4["input_shape"], b4["layout"]) == (4, [4, 1, 8, 8], "NCHW")
     assert (dyn["batch"], dyn["input_shape"]) == (1, [1, 1, 8, 8])
     assert b4["per_image_p50_ms"] == pytest.approx(b4["latency_ms"]["p50"] / 4)
+
+
+def test_a_model_with_two_outputs_is_benchmarked_but_not_validated_on_one_of_them(models):
+    two = models["two_outputs.onnx"]
+    for args in ((two,), (models["nchw.onnx"], "--reference", two)):
+        assert_one_line_error(invoke("validate", *args, "--data", DIGITS, "--val-size", "20"), 5,
+                              "two_outputs.onnx has 2 outputs", "one class vector")
+    result = invoke("bench", two, "--runs", "3", "--warmup", "1", "--json")
+    assert result.exit_code == 0, result.output + result.stderr
+    assert json.loads(result.stdout)["results"][0]["latency_ms"]["p50"] > 0
 
 
 def test_shape_is_nhwc_mapped_to_the_model_layout_and_must_fit_its_fixed_dims(models):
@@ -224,3 +239,15 @@ def test_a_run_folder_given_as_the_model_names_its_models(default_run, command):
     args = ["--data", CALIBRATION / "digits-test.npz"] if command == "validate" else []
     assert_one_line_error(invoke(command, default_run, *args), 3, "is a folder: give one of its models",
                           "model_int8.tflite")
+
+
+@pytest.mark.parametrize("command", ["bench", "validate", "info", "check"])
+def test_json_on_an_error_is_one_error_document_on_stdout(tmp_path: Path, command):
+    """A machine reading stdout gets a document on an error too; people still get the one stderr line."""
+    missing = tmp_path / "missing.onnx"
+    extra = ["--data", str(DIGITS)] if command == "validate" else []
+    result = invoke(command, missing, *extra, "--json")
+    assert_one_line_error(result, 3, "missing.onnx does not exist")
+    assert json.loads(result.stdout) == {"error": {"message": f"model file {missing} does not exist",
+                                                   "exit_code": 3, "kind": "ModelError"}}
+    assert invoke(command, missing, *extra).stdout == ""  # without --json: nothing on stdout
