@@ -215,3 +215,5 @@ def test_bench_reports_throughput_against_a_measured_ceiling(default_run: Path):
 
     if int8_peak().get("gops"):
         assert 0 < tp["fraction_of_peak"] < 2 and "MACs/cycle" in tp["peak_basis"]
+        # a peak below what was measured is flagged, never left to read as a limit
+        assert ("peak_note" in tp) == (tp["ceiling_gops"] > tp["int8_peak_gops"])

@@ -154,6 +154,8 @@ def bench(models, threads, runs, min_time, warmup, delegate, target, data, shape
             if tp.get("fraction_of_peak"):
                 text += (f"; {100 * tp['fraction_of_peak']:.0f}% of the theoretical peak of "
                          f"{tp['int8_peak_gops']:.0f} GOP/s [{tp['peak_basis']}]")
+                if tp.get("peak_note"):
+                    text += f" ({tp['peak_note']})"
             click.echo(text)
     for r in report["results"]:
         if r["batch"] > 1:
