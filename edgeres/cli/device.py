@@ -36,6 +36,7 @@ from edgeres.cli.remote import (
 )
 from edgeres.core.errors import UsageError
 from edgeres.core.limits import MAX_RUNS, MAX_SECONDS, MAX_WARMUP
+from edgeres.core.plots import check_plot_file
 
 
 @cli.command()
@@ -77,7 +78,7 @@ def targets(as_json):
               "N,H,W,C whatever the model's layout (an NCHW model gets N,C,H,W). It must agree with the model's "
               "fixed dims; N is the batch timed (default 1, or the model's fixed batch).")
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path), default=None,
-              help="Write a PNG of the latency distributions (needs matplotlib).")
+              help="Write a plot of the latency distributions: .png, .svg, .pdf, ... (needs matplotlib).")
 @preprocess_options
 @remote_options
 @json_option
@@ -111,6 +112,8 @@ def bench(models, threads, runs, min_time, warmup, delegate, target, data, shape
     )
 
     t = resolve_target(target)
+    if plot_path is not None:
+        check_plot_file(plot_path)
     models = resolve_models(models)  # app bundles: every hash checks first; a bundle folder gives its models
     cfg = BenchConfig(models=models, threads=parse_threads(threads) if threads else (t.threads,),
                       delegate=delegate or (t.tflite.delegate if target else None), runs=runs, warmup=warmup,

@@ -73,6 +73,7 @@ def diagnose(model, calib, data, recipe, backend, target, calib_size, val_size, 
     from edgeres.core import defaults
     from edgeres.core.data import open_dataset
     from edgeres.core.fs import check_output_file, to_json, write_text_atomic
+    from edgeres.core.plots import check_plot_file
     from edgeres.devices.targets import resolve_target
     from edgeres.quant.diagnosis import HEADER, table_rows
     from edgeres.quant.diagnosis import plot as plot_diagnosis
@@ -81,9 +82,10 @@ def diagnose(model, calib, data, recipe, backend, target, calib_size, val_size, 
 
     the_recipe = resolve_recipe(recipe)
     t = resolve_target(target)
-    for path, option in ((output, "-o"), (plot, "--plot")):
-        if path is not None:
-            check_output_file(path, option)
+    if output is not None:
+        check_output_file(output, "-o")
+    if plot is not None:
+        check_plot_file(plot)
     if model is None:
         model = defaults.default_model()
         calib, data = calib or defaults.default_calib(), data or defaults.default_data()

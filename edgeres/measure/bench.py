@@ -226,19 +226,10 @@ def coverage_text(ops: dict) -> str:
 
 
 def plot(report: dict, path: Path) -> None:
-    """A PNG of the latency distributions, one box per configuration."""
-    from edgeres.core.errors import RuntimeUnavailableError
+    """The latency distributions, one box per configuration, in the format the suffix names."""
+    from edgeres.core.plots import pyplot, save_figure
 
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise RuntimeUnavailableError("--plot needs matplotlib: pip install 'edgeres[plot]'") from None
-    import io
-
-    from edgeres.core.fs import write_bytes_atomic
-
+    plt = pyplot()
     res = report["results"]
     labels = [f"{Path(r['model']).name}\n{r['delegate'].replace('ExecutionProvider', '')}, {r['threads']} thr"
               for r in res]
@@ -250,7 +241,4 @@ def plot(report: dict, path: Path) -> None:
     ax.set_title(f"edgeres bench: {report['machine']['cpu']}", fontsize=9)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    write_bytes_atomic(Path(path), buf.getvalue())
+    save_figure(fig, path, dpi=110)

@@ -183,10 +183,9 @@ def table_rows(diagnosis: dict) -> list[tuple[str, ...]]:
 
 def plot(diagnosis: dict, path) -> None:
     """Bar chart: per-layer SQNR and the agreement regained by keeping each layer in float."""
-    import matplotlib
+    from edgeres.core.plots import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rows = diagnosis["layers"]
     names = [r["layer"] for r in rows]
@@ -200,5 +199,4 @@ def plot(diagnosis: dict, path) -> None:
     axes[1].tick_params(axis="x", rotation=90)
     fig.suptitle(f"edgeres diagnose: {diagnosis['backend']}, {diagnosis['images']} images")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
