@@ -114,6 +114,11 @@ def labels_from(labels: Path | None, classes: dict[str, object], prefix: str = "
 
 
 def check_labels(names: list[str], source: str, outputs: int) -> None:
+    """A name per output, each one line of labels.txt: a folder name with a line break would become two."""
+    broken = next((n for n in names if n != " ".join(n.splitlines()) or not n.strip()), None)
+    if broken is not None:
+        raise UsageError(f"{source} has a class name that is not one line of labels.txt ({broken!r}): rename "
+                         "that class folder, or pass --labels FILE, one name per line")
     if len(names) != outputs:
         raise ShapeError(f"{source} names {len(names)} classes but the model outputs {outputs}")
     if len(set(names)) != len(names):
