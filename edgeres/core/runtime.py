@@ -27,6 +27,7 @@ from edgeres.core.limits import check_threads
 from edgeres.core.tensors import (  # noqa: F401 - HOST_ACTIVATIONS and quantize: imported from here too
     HOST_ACTIVATIONS,
     _dims_text,
+    detail_quant,
     input_layout,
     interpreter_macs,
     quantize,
@@ -192,7 +193,7 @@ class TFLiteRunner(Runner):
     format = "tflite"
 
     def __init__(self, path: str | Path, threads: int = 2, delegate: str = "xnnpack",
-                 shape: tuple[int, ...] | None = None):
+                 shape: tuple[int, ...] | None = None, allocate: bool = True):
         if delegate not in TFLITE_DELEGATES:
             raise UsageError(f"unknown TFLite delegate {delegate!r}; choose from {', '.join(TFLITE_DELEGATES)}")
         self.path = Path(path)
@@ -223,7 +224,8 @@ class TFLiteRunner(Runner):
         try:  # dynamic dims set by --shape are sized before the first allocation (at 1x1 a 3x3 conv fails)
             if all(d > 0 for d in self.input_shape[1:]) and list(self.input_shape[1:]) != list(sig[1:]):
                 self.interp.resize_tensor_input(self._in["index"], [max(sig[0], 1), *self.input_shape[1:]])
-            self.interp.allocate_tensors()
+            if allocate or all(d > 0 for d in self.input_shape[1:]):  # info describes a dynamic model as is
+                self.interp.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             if any(d < 0 for d in self.input_shape[1:]):
                 raise ShapeError(f"{self.path.name} has dynamic input dims {_dims_text(self.input_shape)}; "
@@ -233,8 +235,8 @@ class TFLiteRunner(Runner):
         self._in = self.interp.get_input_details()[0]
         self.input_dtype = np.dtype(self._in["dtype"])
         self.output_dtype = np.dtype(self._out["dtype"])
-        self.input_quant = _quant(self._in)
-        self.output_quant = _quant(self._out)
+        self.input_quant = detail_quant(self._in)
+        self.output_quant = detail_quant(self._out)
         self._allocated = tuple(int(v) for v in self._in["shape"])
 
     def _resize(self, batch: int) -> None:
@@ -328,13 +330,6 @@ def _load_edgetpu(mod: Any) -> Any:
         "https://coral.ai/docs/accelerator/get-started/ (apt-get install libedgetpu1-std)")
 
 
-def _quant(detail: dict) -> tuple[float, int] | None:
-    scale, zero = detail.get("quantization", (0.0, 0))
-    if not scale:
-        return None
-    return float(scale), int(zero)
-
-
 class OnnxRunner(Runner):
     format = "onnx"
 
@@ -385,16 +380,17 @@ _ORT_TYPES = {"tensor(float)": np.float32, "tensor(uint8)": np.uint8, "tensor(in
 
 
 def open_runner(path: str | Path, threads: int = 2, delegate: str | None = None,
-                shape: tuple[int, ...] | None = None) -> Runner:
+                shape: tuple[int, ...] | None = None, allocate: bool = True) -> Runner:
     """Open a ``.tflite`` or ``.onnx`` file with the right runtime.  ``shape`` (N,H,W,C in any model layout,
-    -1 for "any") fills the model's dynamic input dims and must agree with its fixed ones."""
+    -1 for "any") fills the model's dynamic input dims and must agree with its fixed ones.  Without
+    ``allocate`` a TFLite model with dynamic dims is opened only to be described (it cannot run)."""
     p = Path(path)
     check_threads(threads, "thread count")
     if not p.is_file():
         raise no_model_file(p)
     suffix = p.suffix.lower()
     if suffix == ".tflite":
-        return TFLiteRunner(p, threads, delegate or "xnnpack", shape)
+        return TFLiteRunner(p, threads, delegate or "xnnpack", shape, allocate)
     if suffix == ".onnx":
         providers = None if delegate in (None, "xnnpack", "cpu") else tuple(delegate.split(","))
         return OnnxRunner(p, threads, providers, shape)

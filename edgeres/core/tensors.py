@@ -95,3 +95,9 @@ def interpreter_macs(interp: Any) -> int:
             x = tensors[ins[2]]["shape"]
             total += int(np.prod(x[1:3])) * int(np.prod(w))
     return total
+
+
+def detail_quant(detail: dict) -> tuple[float, int] | None:
+    """(scale, zero point) of a TFLite interpreter's tensor detail, None for a float tensor."""
+    scale, zero = detail.get("quantization", (0.0, 0))
+    return (float(scale), int(zero)) if scale else None

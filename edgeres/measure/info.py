@@ -8,7 +8,7 @@ from edgeres.core.runtime import TFLiteRunner, open_runner
 
 
 def describe_artifact(path: str) -> dict:
-    runner = open_runner(path, threads=1, delegate="none" if path.endswith(".tflite") else None)
+    runner = open_runner(path, threads=1, delegate="none" if path.endswith(".tflite") else None, allocate=False)
     d = {
         "path": str(path),
         "format": runner.format,
