@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import signal
+from typing import NoReturn
 
 import click
 
@@ -24,11 +25,12 @@ from edgeres import __version__
 from edgeres.cli.options import JSON_ASKED, JSON_WRITTEN
 from edgeres.core.errors import EdgeresError
 from edgeres.core.quiet import real_stderr
-from edgeres.core.stop import stops_cleanly
+from edgeres.core.stop import on_stop, received, stops_cleanly
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
+_ARGV = "edgeres.argv"  # ctx.meta: the command line as given
 _HEAVY = ("tensorflow", "keras", "tf2onnx", "onnx", "matplotlib")
 
 EXIT_CODES = """\b
@@ -39,7 +41,11 @@ locked or unwritable, 10 accuracy budget not met (run folder still written),
 
 
 class _Group(click.Group):
-    """Turns every EdgeresError into one line on stderr and its exit code."""
+    """Turns every error into one line on stderr and its exit code (and, with --json, one document on stdout)."""
+
+    def parse_args(self, ctx, args):
+        ctx.meta[_ARGV] = list(args)  # a usage error comes before --json is parsed: _fail looks here
+        return super().parse_args(ctx, args)
 
     def make_context(self, info_name, args, parent=None, **extra):
         try:
@@ -48,38 +54,61 @@ class _Group(click.Group):
             _usage_error(exc)
 
     def invoke(self, ctx: click.Context):
+        def json_on_stop() -> None:  # run by core.stop's handler, the last of its cleanups
+            if _json_asked(ctx.meta) and not ctx.meta.get(JSON_WRITTEN) and (got := received()) is not None:
+                click.echo(_error_doc(got[1], 128 + got[0], "Stopped"))
+
         try:
-            with stops_cleanly((signal.SIGINT, signal.SIGTERM)):  # Ctrl-C 130, SIGTERM 143: nothing half-written
+            # Ctrl-C 130, SIGTERM 143: nothing half-written (core.stop)
+            with stops_cleanly((signal.SIGINT, signal.SIGTERM)), on_stop(json_on_stop):
                 return super().invoke(ctx)
         except EdgeresError as exc:
-            click.echo(f"edgeres: error: {exc}", err=True)
-            if ctx.meta.get(JSON_ASKED) and not ctx.meta.get(JSON_WRITTEN):  # --json: stdout is never empty
-                click.echo(json.dumps({"error": {"message": str(exc), "exit_code": exc.exit_code,
-                                                 "kind": type(exc).__name__}}, indent=2))
-            ctx.exit(exc.exit_code)
+            _fail(ctx, str(exc), exc.exit_code, type(exc).__name__)
         except click.UsageError as exc:  # click's own checks of a command's options and arguments
             _usage_error(exc)
         except ModuleNotFoundError as exc:
             if exc.name and exc.name.split(".")[0] in _HEAVY:
-                click.echo(f"edgeres: error: this command needs {exc.name.split('.')[0]}, which is not installed: "
-                           "pip install 'edgeres[convert]'", err=True)
-                ctx.exit(7)
+                _fail(ctx, f"this command needs {exc.name.split('.')[0]}, which is not installed: "
+                      "pip install 'edgeres[convert]'", 7, "RuntimeUnavailableError")
             raise
         except KeyboardInterrupt:
-            click.echo("edgeres: interrupted", err=True)
-            ctx.exit(130)
+            _fail(ctx, "interrupted", 130, "Interrupted")
 
 
-def _usage_error(exc: click.UsageError) -> None:
+def _fail(ctx: click.Context | None, message: str, code: int, kind: str) -> NoReturn:
+    """The one error line on stderr; with --json, also ``{"error": ...}`` on stdout unless the command printed
+    its result already (exit 10 prints the report)."""
+    message = one_line(message)
+    click.echo(f"edgeres: error: {message}", err=True)
+    meta = ctx.meta if ctx is not None else {}
+    if _json_asked(meta) and not meta.get(JSON_WRITTEN):
+        click.echo(_error_doc(message, code, kind))
+    raise click.exceptions.Exit(code)
+
+
+def one_line(text: str) -> str:
+    """``text`` as one line: a line break inside it (a file name may hold one) is written as \\n."""
+    return text.replace("\r", "\\r").replace("\n", "\\n")
+
+
+def _json_asked(meta: dict) -> bool:
+    argv = meta.get(_ARGV) or []
+    return bool(meta.get(JSON_ASKED)) or "--json" in argv[:argv.index("--") if "--" in argv else len(argv)]
+
+
+def _error_doc(message: str, code: int, kind: str) -> str:
+    return json.dumps({"error": {"message": message, "exit_code": code, "kind": kind}}, indent=2)
+
+
+def _usage_error(exc: click.UsageError) -> NoReturn:
     """Click's usage errors follow the same contract: one line, exit code 2."""
     hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
-    click.echo(f"edgeres: error: {' '.join(exc.format_message().split())}{hint}", err=True)
-    raise click.exceptions.Exit(2)
+    _fail(exc.ctx, f"{' '.join(exc.format_message().split())}{hint}", 2, "UsageError")
 
 
 class _WarningsToStderr(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
-        click.echo(f"edgeres: {record.levelname.lower()}: {record.getMessage()}", file=real_stderr())
+        click.echo(f"edgeres: {record.levelname.lower()}: {one_line(record.getMessage())}", file=real_stderr())
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES)

@@ -36,6 +36,12 @@ SIGTERM_EXIT = 143  # 128 + 15: what a shell reports for a process that SIGTERM 
 _WHAT = {signal.SIGTERM: "terminated (SIGTERM)", signal.SIGINT: "interrupted"}
 #: each returns a note for the last line ("the unfinished run folder was removed") or None
 _CLEANUPS: list[Callable[[], str | None]] = []
+_RECEIVED: list[int] = []  # the signal being handled, for cleanups that report it (see received)
+
+
+def received() -> tuple[int, str] | None:
+    """In a cleanup: the signal that stopped the process and its words ("terminated (SIGTERM)")."""
+    return (_RECEIVED[0], _WHAT.get(_RECEIVED[0], f"stopped by signal {_RECEIVED[0]}")) if _RECEIVED else None
 
 
 @contextmanager
@@ -84,6 +90,7 @@ def stop(signum: int, frame: object = None, *, announce: bool = True) -> None:
     for s in _WHAT:  # a second Ctrl-C while cleaning up does not cut the cleanup short
         with suppress(ValueError, OSError):
             signal.signal(s, signal.SIG_IGN)
+    _RECEIVED[:] = [signum]
     notes = []
     for cleanup in reversed(list(_CLEANUPS)):
         try:
@@ -95,7 +102,12 @@ def stop(signum: int, frame: object = None, *, announce: bool = True) -> None:
     _stop_children()
     what = _WHAT.get(signum, f"stopped by signal {signum}")
     if announce:
-        log.warning(f"{what}: {'; '.join(notes)}" if notes else what)
+        line = f"{what}: {'; '.join(notes)}" if notes else what
+        if log.hasHandlers():
+            log.warning(line)
+        else:  # the command line's handler is not set up yet (still importing), nor any other
+            with suppress(Exception):
+                sys.stderr.write(f"edgeres: warning: {line}\n")
     for stream in (sys.stdout, sys.stderr):
         with suppress(Exception):
             stream.flush()
