@@ -22,6 +22,7 @@ import struct
 import warnings
 import zlib
 from collections.abc import Iterator, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -30,6 +31,7 @@ import numpy as np
 from edgeres.core.errors import DataError, ShapeError, UsageError, first_line
 from edgeres.core.npz import MAX_IMAGE_ELEMENTS, load_npz
 from edgeres.core.preprocess import Preprocess
+from edgeres.core.quiet import quiet
 
 log = logging.getLogger(__name__)
 
@@ -264,7 +266,9 @@ def decode_image(path: str, h: int, w: int, c: int, resize: str = "crop") -> np.
 
     h, w, c = _check_hwc((h, w, c))
     try:
-        with warnings.catch_warnings():  # Pillow warns above ~89 Mpixel (and refuses above twice that)
+        # libtiff writes its complaints about a corrupt file to stderr itself: the error below says it all
+        silenced = quiet() if str(path).lower().endswith((".tif", ".tiff")) else nullcontext()
+        with warnings.catch_warnings(), silenced:  # Pillow warns above ~89 Mpixel (and refuses above twice that)
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as im:
                 im = ImageOps.exif_transpose(im)
@@ -314,7 +318,9 @@ def _fit_array(img: np.ndarray, h: int, w: int, c: int, source: str) -> np.ndarr
 
 
 def _is_image(p: Path) -> bool:
-    return p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+    """An image file by its name; a broken link named like one counts too (then unreadable, and said so)."""
+    return ((p.is_file() or (p.is_symlink() and not p.exists())) and p.suffix.lower() in IMAGE_EXTENSIONS
+            and not p.name.startswith("."))
 
 
 def _images_under(d: Path) -> list[str]:
