@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from edgeres.core.errors import BundleError, first_line
+from edgeres.core.errors import BundleError, EdgeresError, first_line
 from edgeres.core.fs import sha256_file
 from edgeres.core.preprocess import Preprocess
 
@@ -62,6 +62,17 @@ def load(bundle: str | Path) -> dict:
     if not isinstance(models, list) or not models or not all(
             isinstance(x, dict) and x.get("file") in files for x in models):
         raise BundleError(f"{where}: \"models\" must list the bundle's models, each a file in \"files\"")
+    for x in models:  # what an app applies before the model: a bad value is a broken bundle, not bad data
+        pre = x.get("preprocessing")
+        if pre is None:
+            continue
+        if not isinstance(pre, dict):
+            raise BundleError(f"{where}: the preprocessing of {x['file']} is not an object")
+        try:
+            Preprocess.from_dict({"resize": pre.get("resize", "crop")} if pre.get("folded") else pre,
+                                 source=f"{where}, {x['file']}")
+        except EdgeresError as exc:
+            raise BundleError(str(exc)) from None
     return m
 
 
