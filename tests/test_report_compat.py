@@ -43,7 +43,8 @@ TIMING_KEYS = {"latency_ms", "latency_samples_ms", "speedup_vs_fp32", "stages_se
 #: keys schema 1 added after the stored reports were written (issue #9: what was measured, not requested; issue #10:
 #: the report images' 95% intervals, and each search trial's upper confidence bound; issue #13: which of ORT's int8
 #: convolution kernels the ONNX artifact uses, and what was timed to choose)
-ADDED_KEYS = {".calibration.used", ".validation.measured", ".validation.skipped", "details.float_share",
+ADDED_KEYS = {".calibration.used", ".validation.measured", ".validation.skipped", ".validation.seed",
+              "details.float_share",
               "top1_drop_ci", "agreement_ci", "loss_upper", "details.kernels",
               "details.int8_graph_rewrites", "details.bias_correction", "details.batchnorm_as_depthwise",
               "details.weight_rounding"}

@@ -26,7 +26,7 @@ from edgeres.backends.keras_repair import (
     float32_compute,
     functional,
 )
-from edgeres.core.errors import ModelError, ShapeError, first_line
+from edgeres.core.errors import ModelError, ShapeError, UsageError, first_line
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 log = logging.getLogger(__name__)
@@ -80,6 +80,10 @@ def load_model(spec: str, *, input_size: int | None = None, num_classes: int | N
             raise ModelError(f"model {spec} does not exist")
         raise ModelError(f"'{spec}' is neither a model file nor a zoo model name "
                          "(see 'edgeres build --help' for the zoo)")
+    zoo_only = [o for o, v in (("--input-size", input_size), ("--weights", weights)) if v is not None]
+    if zoo_only:
+        raise UsageError(f"{' and '.join(zoo_only)} build a zoo model; {spec} is a model file, which keeps its own "
+                         "input size and weights")
     if path.is_dir():
         if (path / "saved_model.pb").is_file():
             return _from_savedmodel(path)

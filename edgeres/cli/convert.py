@@ -113,6 +113,15 @@ def convert(model, calib, data, int8, output_dir, force, target, io_dtype, calib
         raise UsageError("--max-drop needs --data: the labelled images the budget is measured on")
     if bundle_dir is not None and not int8:
         raise UsageError("--bundle packages the int8 models: add --int8")
+    given = click.get_current_context().get_parameter_source
+    int8_only = [o for o, name in (("--max-drop", "max_drop"), ("--recipe", "recipe"), ("--io-dtype", "io_dtype"),
+                                   ("--metric", "metric"), ("--select-fraction", "select_fraction"))
+                 if given(name) == click.core.ParameterSource.COMMANDLINE]
+    if int8_only and not int8:
+        raise UsageError(f"{', '.join(int8_only)} shape the int8 models, and this run makes none: add --int8")
+    unsearched = [o for o in ("--metric", "--select-fraction") if o in int8_only]
+    if unsearched and max_drop is None:
+        raise UsageError(f"{' and '.join(unsearched)} shape the --max-drop search: add --max-drop PP")
     if (fold or labels is not None) and bundle_dir is None:
         raise UsageError("--fold-preprocessing and --labels shape the app bundle: add --bundle DIR")
     cfg = ConvertConfig(

@@ -94,6 +94,9 @@ def diagnose(model, calib, data, recipe, backend, target, calib_size, val_size, 
     calib_ds, val_ds = open_dataset(calib, "calibration"), open_dataset(data, "validation")
     if len(calib_ds) < MIN_CALIBRATION:
         raise DataError(f"diagnose needs at least {MIN_CALIBRATION} calibration images, got {len(calib_ds)}")
+    if calib_size is not None and calib_size < MIN_CALIBRATION:
+        raise UsageError(f"--calib-size {calib_size}: diagnose needs at least {MIN_CALIBRATION} calibration images "
+                         "(ranges from fewer are unreliable, and so would be the diagnosis)")
     with redirect_stdout(sys.stderr):
         result = _diagnose(model, calib_ds, val_ds, the_recipe, backend, t, calib_size, val_size, seed, sensitivity,
                            input_size, num_classes, preprocess)

@@ -42,7 +42,7 @@ def assemble(cfg, settings: Settings, inputs, built, stages, ref: dict | None, c
         target={"name": t.name, "arch": t.arch, "threads": settings.threads, "tflite_delegate": t.tflite.delegate,
                 "tflite_io_dtype": settings.io_dtype, "onnx_scheme": t.onnx_scheme},
         calibration=_calibration(cfg, inputs),
-        validation=_validation(inputs, ref),
+        validation=_validation(cfg, inputs, ref),
         reference={"name": "keras_fp32", **(ref or {})}, artifacts=artifacts,
         stages_seconds=stages.seconds,
         conversion_seconds=sum(v for k, v in stages.seconds.items() if k not in ("validate", "bench")),
@@ -90,11 +90,12 @@ def _judge_budget(report: Report, a, budget: float, metric: str) -> None:
         report.fail(f"{text} (budget {budget:g}{interval})")
 
 
-def _validation(inputs, ref: dict | None) -> dict | None:
-    """The validation set, with how many images were measured and how many were skipped as unreadable."""
+def _validation(cfg, inputs, ref: dict | None) -> dict | None:
+    """The validation set, with the seed of its sample (``validate --val-size N --seed S`` measures the same
+    images), how many images were measured and how many were skipped as unreadable."""
     if inputs.val_ds is None:
         return None
-    d = inputs.val_ds.describe()
+    d = {**inputs.val_ds.describe(), "seed": cfg.seed}
     if ref is not None:
         d["measured"] = ref.get("count", 0)
         d["skipped"] = d["count"] - d["measured"]

@@ -38,6 +38,7 @@ import numpy as np
 
 from edgeres.core.errors import ConversionError, EdgeresError
 from edgeres.core.machine import available_memory, usable_cores
+from edgeres.core.quiet import quiet
 from edgeres.core.stop import on_stop, stops_cleanly, temp_dir
 
 log = logging.getLogger(__name__)
@@ -223,7 +224,8 @@ def _child(send, job: Job) -> None:
         stack.enter_context(stops_cleanly((signal.SIGINT, signal.SIGTERM), announce=False))  # the parent speaks
         from edgeres.core.timing import Stages
 
-        inputs = _load(job)
+        with quiet():  # TensorFlow's import logs (absl, the CUDA stub) before any log level applies
+            inputs = _load(job)
         stages = Stages()
         part = job.build(job.cfg, job.settings, inputs, job.stage, stages, job.name)
         part.backend = None  # calibrated runtimes stay here; the parent rebuilds one if it ever needs it
