@@ -242,4 +242,61 @@ def test_validating_on_the_calibration_images_is_a_report_note(tmp_path):
     assert result.exit_code == 0, result.stderr
     notes = json.loads((out / "report.json").read_text())["notes"]
     assert any(n.startswith("40 of the 40 validation images were also calibration images") for n in notes), notes
+    assert json.loads((out / "report.json").read_text())["validation"]["seed"] == 0  # the sample can be redrawn
     assert "give --data held-out images" in result.output
+
+
+# ------------------------------------------------------------------ an int8 model its own runtime refuses
+
+@pytest.fixture(scope="module")
+def refused_model(tmp_path_factory) -> Path:
+    """A conv with a bias of 1e6 on one channel: XNNPACK refuses the int8 model's requantization scale."""
+    import keras
+    from keras import layers
+
+    i = keras.Input((8, 8, 1))
+    conv, dense = layers.Conv2D(16, 3), layers.Dense(10)
+    m = keras.Model(i, dense(layers.GlobalAveragePooling2D()(conv(layers.Rescaling(1 / 16.0)(i)))))
+    rng = np.random.default_rng(0)
+    w, b = conv.get_weights()
+    b[:] = 0
+    b[0] = 1e6
+    conv.set_weights([rng.normal(size=w.shape).astype("float32") * 0.3, b])
+    w, b = dense.get_weights()
+    w = rng.normal(size=w.shape).astype("float32")
+    w[0] = 0
+    dense.set_weights([w, b * 0])
+    path = tmp_path_factory.mktemp("refused") / "refused.keras"
+    m.save(path)
+    return path
+
+
+@pytest.mark.parametrize("recipe", [None, "stock"], ids=["adaptive", "stock"])
+def test_an_int8_model_its_runtime_refuses_is_a_conversion_failure(refused_model, tmp_path, recipe):
+    """Not exit 3 naming a temporary or staging file as if the user's model were bad: exit 6, one line."""
+    out = tmp_path / "run"
+    result = invoke("convert", refused_model, "--int8", "--calib", TRAIN, "--calib-size", "64", "--jobs", "1",
+                    *(["--recipe", recipe] if recipe else []), "-o", out)
+    assert_one_line_error(result, 6, "does not load in its runtime")
+    assert "partial" not in result.stderr and "trial.tflite" not in result.stderr
+    assert not out.exists() and not list(tmp_path.glob(".run*"))
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--max-drop", "1"], "--max-drop shape the int8 models"),
+    (["--recipe", "stock"], "--recipe shape the int8 models"),
+    (["--io-dtype", "uint8", "--metric", "agreement"], "--io-dtype, --metric shape the int8 models"),
+    (["--int8", "--metric", "agreement"], "--metric shape the --max-drop search"),
+    (["--int8", "--select-fraction", "0.3"], "--select-fraction shape the --max-drop search"),
+    (["--int8", "--input-size", "16"], "--input-size build a zoo model"),
+    (["--int8", "--weights", "imagenet"], "--weights build a zoo model"),
+])
+def test_options_that_would_change_nothing_are_refused(tmp_path, args, needle):
+    out = tmp_path / "run"
+    assert_one_line_error(invoke("convert", *args, "-o", out), 2, needle)
+    assert not out.exists()
+
+
+def test_diagnose_refuses_a_calibration_sample_too_small_to_diagnose():
+    assert_one_line_error(invoke("diagnose", "--calib-size", "10", "--no-sensitivity"), 2, "--calib-size 10",
+                          "at least 32")

@@ -105,3 +105,9 @@ def no_model_file(path) -> ModelError:
             return ModelError(f"{p} is a folder: give one of its models ({', '.join(str(p / m) for m in models[:4])})")
         return ModelError(f"{p} is a folder, not a .tflite or .onnx model file")
     return ModelError(f"model file {p} does not exist")
+
+
+def unloadable_build(exc: ModelError, what: str) -> ConversionError:
+    """A model edgeres converted that its own runtime will not load (XNNPACK refuses a requantization scale out
+    of its range, say) is a conversion failure, exit 6, not a bad model file; said without the temporary path."""
+    return ConversionError(f"{what} does not load in its runtime: {str(exc).split(' model: ', 1)[-1]}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgeres.backends.base import Settings, get_format
+from edgeres.core.errors import ModelError, unloadable_build
 from edgeres.core.metrics import COLLAPSE_AGREEMENT, collapsed, default_topk, tally_batches
 from edgeres.core.quiet import quiet
 from edgeres.core.runtime import Runner, open_runner
@@ -16,9 +17,12 @@ from edgeres.report.model import ArtifactReport
 def open_runners(settings: Settings, artifacts: list[ArtifactReport], stage: Path) -> dict[str, Runner]:
     runners = {}
     for a in artifacts:
-        with quiet():
-            r = open_runner(stage / a.path, threads=settings.threads,
-                            delegate=get_format(a.format).run_delegate(settings))
+        try:
+            with quiet():
+                r = open_runner(stage / a.path, threads=settings.threads,
+                                delegate=get_format(a.format).run_delegate(settings))
+        except ModelError as exc:
+            raise unloadable_build(exc, f"{a.name}, as converted,") from None
         d = r.describe()
         a.runtime, a.runtime_version, a.delegate, a.threads = (d["runtime"], d["runtime_version"], d["delegate"],
                                                                d["threads"])

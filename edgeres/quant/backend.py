@@ -79,12 +79,16 @@ class Backend:
             return (self.finish(data) if self.finish is not None and data else data), details
 
     def runner(self, data: bytes, tmp: Path):
+        from edgeres.core.errors import ModelError, unloadable_build
         from edgeres.core.quiet import quiet
         from edgeres.core.runtime import open_runner
 
         path = tmp / f"trial{self.suffix}"
         path.write_bytes(data)
-        with quiet():
-            r = open_runner(path, threads=self.threads, delegate=self.delegate)
+        try:
+            with quiet():
+                r = open_runner(path, threads=self.threads, delegate=self.delegate)
+        except ModelError as exc:  # a candidate the runtime refuses: one failed candidate, not a bad input
+            raise unloadable_build(exc, f"the {self.name} int8 model") from None
         r.host_activation = self.host_activation
         return r
