@@ -182,3 +182,16 @@ main()
                           env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
     assert proc.returncode == code, proc.stderr
     assert [ln for ln in proc.stderr.splitlines() if ln.strip()] == [f"edgeres: warning: {line}"], proc.stderr
+
+
+def test_diagnose_never_replaces_an_existing_file_without_force(default_run: Path, tmp_path: Path):
+    """-o onto a run folder's report.json replaced it and broke the run (validate then failed on it)."""
+    before = (default_run / "report.json").read_bytes()
+    for option in ("-o", "--plot"):
+        target = default_run / ("report.json" if option == "-o" else "model_int8.tflite.png")
+        if option == "--plot":
+            target.write_bytes(b"mine")
+        assert_one_line_error(invoke("diagnose", "--no-sensitivity", option, target), 8, "already exists",
+                              "--force")
+    assert (default_run / "report.json").read_bytes() == before
+    (default_run / "model_int8.tflite.png").unlink()

@@ -54,11 +54,13 @@ def recipes(as_json):
                    "(two conversions per layer).")
 @zoo_options
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=None, help="Write the diagnosis JSON here.")
-@click.option("--plot", type=click.Path(path_type=Path), default=None, help="Write a PNG bar chart here.")
+@click.option("--plot", type=click.Path(path_type=Path), default=None,
+              help="Write a bar chart here: .png, .svg, .pdf, ... (needs matplotlib).")
+@click.option("--force", is_flag=True, help="Replace an existing -o or --plot file.")
 @preprocess_options
 @json_option
 def diagnose(model, calib, data, recipe, backend, target, calib_size, val_size, seed, sensitivity, input_size,
-             num_classes, output, plot, preprocess, as_json):
+             num_classes, output, plot, force, preprocess, as_json):
     """Per-layer int8 error and sensitivity of MODEL, and the failure causes found.
 
     For every quantized layer: SQNR and range-scaled RMSE of its output
@@ -83,9 +85,9 @@ def diagnose(model, calib, data, recipe, backend, target, calib_size, val_size, 
     the_recipe = resolve_recipe(recipe)
     t = resolve_target(target)
     if output is not None:
-        check_output_file(output, "-o")
+        check_output_file(output, "-o", force)
     if plot is not None:
-        check_plot_file(plot)
+        check_plot_file(plot, force=force)
     if model is None:
         model = defaults.default_model()
         calib, data = calib or defaults.default_calib(), data or defaults.default_data()

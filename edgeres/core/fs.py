@@ -305,12 +305,15 @@ def _write_error(path: Path, exc: OSError) -> OutputWriteError:
     return OutputWriteError(f"cannot write {path}: {exc.strerror or exc}")
 
 
-def check_output_file(path: PathLike, option: str) -> None:
+def check_output_file(path: PathLike, option: str, force: bool = True) -> None:
     """Refuse, before the work that would fill it, an output file that cannot be written: its folder is
-    missing or not writable, or the path is a folder (write_bytes_atomic would only find out at the end)."""
+    missing or not writable, or the path is a folder (write_bytes_atomic would only find out at the end);
+    without ``force``, a file that exists (OutputExistsError, 8)."""
     path = Path(path)
     if path.is_dir():
         raise OutputWriteError(f"{option} {path} is a folder: give a file name")
+    if not force and path.exists():
+        raise OutputExistsError(f"{option} {path} already exists; pass --force to replace it")
     if not path.parent.is_dir():
         raise OutputWriteError(f"cannot write {option} {path}: folder {path.parent} does not exist")
     if not _can_write(_real(path.parent)):

@@ -19,10 +19,11 @@ FORMATS = {".png": "png", ".svg": "svg", ".svgz": "svgz", ".pdf": "pdf", ".eps":
 _NEEDS = "--plot needs matplotlib: pip install 'edgeres[plot]'"
 
 
-def check_plot_file(path, option: str = "--plot") -> None:
-    """Refuse, before any work, a plot path that cannot be written or whose suffix names no image format."""
+def check_plot_file(path, option: str = "--plot", force: bool = True) -> None:
+    """Refuse, before any work, a plot path that cannot be written or whose suffix names no image format (and
+    without ``force`` one that exists)."""
     path = Path(path)
-    check_output_file(path, option)
+    check_output_file(path, option, force)
     if path.suffix.lower() not in FORMATS:
         raise UsageError(f"{option} {path}: '{path.suffix or 'no suffix'}' is not an image format edgeres writes; "
                          f"end the name in {', '.join(sorted(FORMATS))}")
