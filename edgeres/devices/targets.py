@@ -66,6 +66,7 @@ class Target:
 
 
 _CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
+    ("", "arch"): ("x86_64", "aarch64", "armv7l"),  # what host_arch() reports where the runtimes have wheels
     ("tflite", "delegate"): TFLITE_DELEGATES,
     ("tflite", "io_dtype"): IO_DTYPES,
     ("onnx", "activation_type"): ONNX_ACTIVATIONS,
