@@ -508,3 +508,16 @@ def test_resolve_layer_prefers_weighted_then_merge_layers():
     assert resolve_layer(["m/a/x;m/b/y"], types) == "b"
     assert resolve_layer(["m/a_3/x"], types) == "a"
     assert resolve_layer(["m/a/x"], {}) is None
+
+
+def test_a_recipe_file_named_like_a_bundled_recipe_is_refused(tmp_path):
+    """A file calling itself 'stock' (by name = or by its file name) was reported as the bundled stock recipe."""
+    from edgeres.core.errors import UsageError
+
+    for name, text in (("mine.toml", 'name = "stock"\ncalibration = "entropy"\n'),
+                       ("stock.toml", 'calibration = "entropy"\n')):
+        (tmp_path / name).write_text(text)
+        with pytest.raises(UsageError, match="like the bundled recipe"):
+            resolve_recipe(str(tmp_path / name))
+    (tmp_path / "ok.toml").write_text('name = "entropy-mine"\ncalibration = "entropy"\n')
+    assert resolve_recipe(str(tmp_path / "ok.toml")).name == "entropy-mine"

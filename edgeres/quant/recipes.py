@@ -152,7 +152,12 @@ def resolve_recipe(spec: str | None) -> Recipe:
 
 
 def load_recipe(path: Path) -> Recipe:
-    return load_typed(Recipe, path, "recipe file", _CHOICES, _CHECKS)
+    recipe = load_typed(Recipe, path, "recipe file", _CHOICES, _CHECKS)
+    bundled = recipes_dir() / f"{recipe.name}.toml"
+    if bundled.is_file() and not bundled.samefile(path):  # reports name recipes: one name, one recipe
+        raise UsageError(f"recipe file {path} is named '{recipe.name}', like the bundled recipe: set name = \"...\" "
+                         "in it (or rename the file) so that reports cannot confuse the two")
+    return recipe
 
 
 def match_layers(patterns: tuple[str, ...] | list[str], layers: list[str], source: str = "recipe") -> list[str]:
