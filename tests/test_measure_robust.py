@@ -251,3 +251,20 @@ def test_json_on_an_error_is_one_error_document_on_stdout(tmp_path: Path, comman
     assert json.loads(result.stdout) == {"error": {"message": f"model file {missing} does not exist",
                                                    "exit_code": 3, "kind": "ModelError"}}
     assert invoke(command, missing, *extra).stdout == ""  # without --json: nothing on stdout
+
+
+def test_validate_redraws_the_runs_own_sample_of_its_validation_data(tmp_path: Path):
+    """report.json records the seed of its validation sample: `validate --val-size N` on the same data measures
+    the images the report did (and says so), unless --seed is given."""
+    out = tmp_path / "run"
+    assert invoke("convert", "--int8", "--recipe", "default", "--val-size", "60", "--seed", "3", "-o",
+                  out).exit_code == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["validation"]["seed"] == 3
+    int8 = next(a for a in report["artifacts"] if a["name"] == "tflite_int8")
+    again = invoke("validate", out / "model_int8.tflite", "--data", DIGITS, "--val-size", "60", "--json")
+    assert again.exit_code == 0, again.stderr
+    assert "--seed 3 from report.json" in again.stderr
+    assert json.loads(again.stdout)["top1"] == int8["top1"] and json.loads(again.stdout)["count"] == 60
+    mine = invoke("validate", out / "model_int8.tflite", "--data", DIGITS, "--val-size", "60", "--seed", "0")
+    assert mine.exit_code == 0 and "from report.json:" not in mine.stderr

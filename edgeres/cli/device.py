@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from edgeres.cli.app import cli
 from edgeres.cli.options import (
@@ -216,10 +217,22 @@ def validate(model, data, reference, threads, delegate, val_size, seed, on_bad_i
     from edgeres.core.data import Preprocess
     from edgeres.devices.targets import resolve_target
     from edgeres.measure.bench import parse_shape
-    from edgeres.measure.validate import effective_preprocess, reference_preprocess, run_report, run_validate
+    from edgeres.measure.validate import (
+        effective_preprocess,
+        recorded_seed,
+        reference_preprocess,
+        run_report,
+        run_validate,
+    )
 
     given = Preprocess.given(scale, mean, std, resize)
     dims = parse_shape(shape)
+    if val_size and click.get_current_context().get_parameter_source("seed") != ParameterSource.COMMANDLINE:
+        recorded = recorded_seed(model, data)
+        if recorded is not None and recorded != seed:  # the run's own sample of the same data
+            seed = recorded
+            click.echo(f"edgeres: info: --seed {seed} from report.json: the images the run's report measured",
+                       err=True)
     remotes = devices(remote, resolve_target(target) if target else None)
     if remotes and ray_address is not None:
         raise UsageError("give --ray or --remote (or a --target with an ssh_host), not both: --ray runs on a Ray "

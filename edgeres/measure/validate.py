@@ -36,6 +36,19 @@ def _read_report(report: Path, hint: str = ""):
         raise DataError(f"cannot read report.json in {report.parent}: {first_line(exc)}{hint}") from None
 
 
+def recorded_seed(model: str, data: str) -> int | None:
+    """The seed the run folder ``model`` sits in drew its validation sample with, when ``data`` is that run's
+    validation data: ``validate --val-size N`` then measures the images the report did."""
+    report = run_report(model)
+    try:
+        v = json.loads(report.read_text(encoding="utf-8")).get("validation") or {}
+        same = Path(v["source"]).resolve() == Path(data).resolve()
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError, KeyError, TypeError):
+        return None
+    seed = v.get("seed")
+    return seed if same and isinstance(seed, int) and not isinstance(seed, bool) else None
+
+
 def recorded_preprocess(model: str) -> Preprocess | None:
     """The preprocessing recorded in the manifest of the bundle ``model`` sits in, else in the report.json of
     its run folder, if there is one.
