@@ -260,4 +260,4 @@ def test_a_target_for_an_architecture_no_runtime_has_is_refused(tmp_path):
     bad = tmp_path / "sparc.toml"
     bad.write_text('arch = "sparc"\n')
     assert_one_line_error(invoke("convert", "--int8", "--target", bad, "-o", tmp_path / "run"), 2,
-                          "'arch' = 'sparc' is not one of x86_64, aarch64, armv7l")
+                          "'arch' = 'sparc' is not one of x86_64, aarch64, armv7l, riscv64")

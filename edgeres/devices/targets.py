@@ -66,7 +66,8 @@ class Target:
 
 
 _CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
-    ("", "arch"): ("x86_64", "aarch64", "armv7l"),  # what host_arch() reports where the runtimes have wheels
+    # what host_arch() reports on the CPUs TFLite (XNNPACK) and ONNX Runtime are built for
+    ("", "arch"): ("x86_64", "aarch64", "armv7l", "riscv64", "ppc64le", "s390x"),
     ("tflite", "delegate"): TFLITE_DELEGATES,
     ("tflite", "io_dtype"): IO_DTYPES,
     ("onnx", "activation_type"): ONNX_ACTIVATIONS,
