@@ -64,16 +64,20 @@ def load(bundle: str | Path) -> dict:
         raise BundleError(f"{where}: \"models\" must list the bundle's models, each a file in \"files\"")
     for x in models:  # what an app applies before the model: a bad value is a broken bundle, not bad data
         pre = x.get("preprocessing")
-        if pre is None:
-            continue
-        if not isinstance(pre, dict):
+        if pre is not None and not isinstance(pre, dict):
             raise BundleError(f"{where}: the preprocessing of {x['file']} is not an object")
-        try:
-            Preprocess.from_dict({"resize": pre.get("resize", "crop")} if pre.get("folded") else pre,
-                                 source=f"{where}, {x['file']}")
-        except EdgeresError as exc:
-            raise BundleError(str(exc)) from None
+        if pre is not None:
+            _preprocessing(pre, f"{where}, {x['file']}")
     return m
+
+
+def _preprocessing(pre: dict, source: str) -> Preprocess:
+    """A manifest entry's preprocessing (none beyond resizing when it was folded in); BundleError if invalid."""
+    try:
+        return Preprocess.from_dict({"resize": pre.get("resize", "crop")} if pre.get("folded") else pre,
+                                    source=source)
+    except EdgeresError as exc:
+        raise BundleError(str(exc)) from None
 
 
 def _entry_ok(name: object, entry: object) -> bool:
@@ -143,5 +147,4 @@ def preprocess_of(model: str | Path) -> Preprocess | None:
     pre = entry.get("preprocessing")
     if not isinstance(pre, dict):
         raise BundleError(f"{MANIFEST} has no preprocessing for {Path(model).name}")
-    pre = {"resize": pre.get("resize", "crop")} if pre.get("folded") else pre
-    return Preprocess.from_dict(pre, source=f"{MANIFEST} in {bundle}")
+    return _preprocessing(pre, f"{MANIFEST} in {bundle}")

@@ -54,12 +54,12 @@ seed_option = click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0
 JSON_ASKED, JSON_WRITTEN = "edgeres.json", "edgeres.json_written"  # ctx.meta keys, read by the error boundary
 
 
-def _json_asked(ctx, param, value):
+def _remember_json(ctx, param, value):
     ctx.meta[JSON_ASKED] = value  # meta is shared by every context of the command line
     return value
 
 
-json_option = click.option("--json", "as_json", is_flag=True, callback=_json_asked,
+json_option = click.option("--json", "as_json", is_flag=True, callback=_remember_json,
                            help="Print machine-readable JSON to stdout (on an error, {\"error\": {...}}).")
 on_bad_image_option = click.option("--on-bad-image", type=click.Choice(["warn", "error"]), default="warn",
                                    show_default=True, help="Skip unreadable images with a warning, or stop.")

@@ -205,18 +205,18 @@ def _output_lock(out: Path) -> Iterator[None]:
         lock.release()  # we locked a file another run had just removed: lock the new one
     else:
         raise OutputExistsError(busy)
-    def _remove() -> None:  # a signal's cleanup (core.stop): the process ends, and the kernel drops the flock
+
+    def _remove() -> None:  # still locked; also a signal's cleanup (core.stop), the kernel then drops the flock
         if _same_file(lock, path) and _filelock_keeps_file():
-            path.unlink(missing_ok=True)
+            with suppress(OSError):
+                path.unlink()
 
     try:
         with on_stop(_remove):
             yield
     finally:
         try:
-            if _same_file(lock, path) and _filelock_keeps_file():
-                with suppress(OSError):
-                    path.unlink()
+            _remove()
         finally:
             lock.release()
 

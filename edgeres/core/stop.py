@@ -100,7 +100,7 @@ def stop(signum: int, frame: object = None, *, announce: bool = True) -> None:
         if note:
             notes.append(note)
     _stop_children()
-    what = _WHAT.get(signum, f"stopped by signal {signum}")
+    what = received()[1]
     if announce:
         line = f"{what}: {'; '.join(notes)}" if notes else what
         if log.hasHandlers():
